@@ -1,0 +1,261 @@
+"""
+The daemon's configuration: one frozen value, built once at start-up.
+
+Sources, highest first: ``twistd shellm`` options, the process environment, a
+``.env`` file in the working directory, built-in defaults.  Every setting is
+described once, in L{SETTINGS}; the command-line options, the README table and
+the validation all come from that list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping, Optional
+
+from attrs import field, frozen
+
+from shellm.models import DEFAULT_MODELS, ModelEntry, merge_models
+
+
+class ConfigError(Exception):
+    """
+    A setting has a value the daemon cannot run with.  The message names the
+    setting.
+    """
+
+
+def _int(low: int, high: Optional[int] = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text.strip())
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise ValueError(f"must be an integer {bound}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text.strip())
+        if not value >= low or value == float("inf"):
+            raise ValueError(f"must be a number of seconds >= {low:g}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _optional_text(text: str) -> Optional[str]:
+    return text.strip() or None
+
+
+def _env_object(text: str) -> Mapping[str, str]:
+    """
+    A JSON object of extra environment variables for one CLI.
+    """
+    value = json.loads(text or "{}")
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError('must be a JSON object of strings, e.g. {"NAME": "value"}')
+    if any("=" in k or "\0" in k or "\0" in v or not k for k, v in value.items()):
+        raise ValueError("has an invalid variable name")
+    return dict(value)
+
+
+def _models(text: str) -> tuple[ModelEntry, ...]:
+    return merge_models(DEFAULT_MODELS, json.loads(text) if text.strip() else {})
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in ("debug", "info", "warn", "error", "critical"):
+        raise ValueError("must be one of debug, info, warn, error, critical")
+    return level
+
+
+def _provider_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ("claude", "gemini", "codex", "cerebras")]
+    if unknown:
+        raise ValueError(f"names unknown providers: {', '.join(unknown)}")
+    return names
+
+
+def _url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
+@frozen
+class Setting:
+    """
+    One configuration setting: where it comes from and how it is checked.
+    """
+
+    name: str  # attribute of Config, and the option name with - for _
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    option: bool = True  # secrets are never command-line options (ps shows argv)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("listen", "SHELLM_LISTEN", "tcp:6100:interface=127.0.0.1", _text,
+            "listen endpoint, a strports description"),
+    Setting("max_concurrent", "SHELLM_MAX_CONCURRENT", "2", _int(1, 1024),
+            "CLI runs at once"),
+    Setting("max_queue_depth", "SHELLM_MAX_QUEUE_DEPTH", "10", _int(0, 100000),
+            "CLI requests waiting for a slot, at most"),
+    Setting("http_max_concurrent", "SHELLM_HTTP_MAX_CONCURRENT", "32", _int(1, 100000),
+            "HTTP-provider calls at once"),
+    Setting("http_max_queue_depth", "SHELLM_HTTP_MAX_QUEUE_DEPTH", "256", _int(0, 1000000),
+            "HTTP-provider requests waiting for a slot, at most"),
+    Setting("timeout", "SHELLM_TIMEOUT", "120", _seconds(0.001),
+            "seconds a provider call may take in all"),
+    Setting("kill_grace", "SHELLM_KILL_GRACE", "5", _seconds(0),
+            "seconds between TERM and KILL for a CLI's process group"),
+    Setting("drain_timeout", "SHELLM_DRAIN_TIMEOUT", "30", _seconds(0),
+            "seconds in-flight requests may run on after SIGTERM"),
+    Setting("health_ttl", "SHELLM_HEALTH_TTL", "30", _seconds(0),
+            "seconds a provider health check stays cached"),
+    Setting("heartbeat", "SHELLM_HEARTBEAT", "15", _seconds(0.01),
+            "seconds of silence before an SSE keepalive comment"),
+    Setting("max_prompt_chars", "SHELLM_MAX_PROMPT_CHARS", "50000", _int(1),
+            "longest prompt accepted, in characters"),
+    Setting("max_body_bytes", "SHELLM_MAX_BODY_BYTES", "262144", _int(1),
+            "largest request body accepted, in bytes"),
+    Setting("claude_bin", "SHELLM_CLAUDE_BIN", "claude", _text,
+            "claude executable: a path, or a name looked up on PATH"),
+    Setting("gemini_bin", "SHELLM_GEMINI_BIN", "gemini", _text,
+            "gemini executable: a path, or a name looked up on PATH"),
+    Setting("codex_bin", "SHELLM_CODEX_BIN", "codex", _text,
+            "codex executable: a path, or a name looked up on PATH"),
+    Setting("claude_env", "SHELLM_CLAUDE_ENV", "{}", _env_object,
+            "extra environment for claude (JSON object)"),
+    Setting("gemini_env", "SHELLM_GEMINI_ENV", "{}", _env_object,
+            "extra environment for gemini (JSON object)"),
+    Setting("codex_env", "SHELLM_CODEX_ENV", "{}", _env_object,
+            "extra environment for codex (JSON object)"),
+    Setting("cerebras_api_key", "CEREBRAS_API_KEY", "", _optional_text,
+            "Cerebras API key (environment or .env only)", option=False),
+    Setting("cerebras_base_url", "SHELLM_CEREBRAS_BASE_URL", "https://api.cerebras.ai/v1",
+            _url, "Cerebras (OpenAI-compatible) API base URL"),
+    Setting("models", "SHELLM_MODELS", "", _models,
+            "model table additions or replacements (JSON object)"),
+    Setting("fallback_chain", "SHELLM_FALLBACK_CHAIN", "claude,gemini,cerebras",
+            _provider_list, "providers tried, in order, when one fails"),
+    Setting("circuit_threshold", "SHELLM_CIRCUIT_THRESHOLD", "3", _int(1),
+            "consecutive provider failures that open its circuit"),
+    Setting("circuit_cooldown", "SHELLM_CIRCUIT_COOLDOWN", "60", _seconds(0),
+            "seconds an open circuit waits before one probe"),
+    Setting("log_level", "LOG_LEVEL", "info", _log_level,
+            "debug, info, warn, error or critical"),
+)
+
+
+@frozen
+class Config:
+    listen: str
+    max_concurrent: int
+    max_queue_depth: int
+    http_max_concurrent: int
+    http_max_queue_depth: int
+    timeout: float
+    kill_grace: float
+    drain_timeout: float
+    health_ttl: float
+    heartbeat: float
+    max_prompt_chars: int
+    max_body_bytes: int
+    claude_bin: str
+    gemini_bin: str
+    codex_bin: str
+    claude_env: Mapping[str, str] = field(repr=False)
+    gemini_env: Mapping[str, str] = field(repr=False)
+    codex_env: Mapping[str, str] = field(repr=False)
+    cerebras_api_key: Optional[str] = field(repr=False)
+    cerebras_base_url: str
+    models: tuple[ModelEntry, ...]
+    fallback_chain: tuple[str, ...]
+    circuit_threshold: int
+    circuit_cooldown: float
+    log_level: str
+    # What the CLIs inherit from the daemon: where to find programs and
+    # the service user's home, which holds their logins.
+    base_env: Mapping[str, str] = field(repr=False, factory=dict)
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """
+    Read C{KEY=value} lines; C{#} comments, blank lines and a leading
+    C{export} are allowed, and one pair of surrounding quotes is removed.
+    A missing file is an empty one.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    values = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ConfigError(f"{path}, line {number}: expected KEY=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+# The variables a CLI inherits from the daemon's own environment.  Everything
+# else (other API keys, proxies the operator did not mean for it, ...) stays out.
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE",
+                 "TZ", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def load_config(
+    options: Mapping[str, Optional[str]],
+    environ: Mapping[str, str],
+    env_file: Optional[str] = ".env",
+) -> Config:
+    """
+    Build the L{Config} from its sources.
+
+    @param options: option values given on the command line, by setting
+        name; L{None} means "not given".
+    @raise ConfigError: naming the first bad setting.
+    """
+    from_file = read_env_file(env_file) if env_file else {}
+    values = {}
+    for setting in SETTINGS:
+        given = options.get(setting.name) if setting.option else None
+        if given is not None:
+            raw, source = given, "--" + setting.name.replace("_", "-")
+        elif setting.env in environ:
+            raw, source = environ[setting.env], setting.env
+        elif setting.env in from_file:
+            raw, source = from_file[setting.env], f"{setting.env} (in {env_file})"
+        else:
+            raw, source = setting.default, setting.env
+        try:
+            values[setting.name] = setting.parse(raw)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{source}: {e}") from None
+    base_env = {k: environ[k] for k in INHERITED_ENV if k in environ}
+    base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return Config(**values, base_env=base_env)

@@ -1,0 +1,3 @@
+"""
+SheLLM dialects: request parsers and event writers.
+"""

@@ -1,0 +1,129 @@
+"""
+SheLLM's own dialect: C{POST /completions} and C{/completions/stream}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from shellm.completion import Completion, CompletionRequest
+from shellm.errors import InvalidRequest, ShellmError
+from shellm.models import ModelTable
+from shellm.web import valid_request_id
+
+MAX_TOKENS_LIMIT = 128000
+_FIELDS = {"model", "prompt", "system", "max_tokens", "request_id", "fallback"}
+
+
+def parse_json_body(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not valid UTF-8")
+    except ValueError as e:
+        raise InvalidRequest(f"the request body is not valid JSON ({e.msg} at position {e.pos})")
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _clean(text: str) -> str:
+    # NUL cannot be passed to a process; lone surrogates cannot be encoded.
+    return text.replace("\0", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def parse_completion_request(
+    body: dict, models: ModelTable, max_prompt_chars: int, request_id: str
+) -> CompletionRequest:
+    """
+    Validate a seed body, once, into a L{CompletionRequest}.
+
+    @raise InvalidRequest: naming the first field that is wrong.
+    """
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field: {unknown[0]}")
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("missing required field: model")
+    if not isinstance(model, str):
+        raise InvalidRequest('field "model" must be a string')
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise InvalidRequest("missing required field: prompt")
+    if not isinstance(prompt, str):
+        raise InvalidRequest('field "prompt" must be a string')
+    if not prompt.strip():
+        raise InvalidRequest('field "prompt" must not be empty')
+    if len(prompt) > max_prompt_chars:
+        raise InvalidRequest(
+            f"prompt exceeds the maximum length of {max_prompt_chars} characters (got {len(prompt)})"
+        )
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        raise InvalidRequest('field "system" must be a string')
+    if system is not None and len(system) > max_prompt_chars:
+        raise InvalidRequest(
+            f"system exceeds the maximum length of {max_prompt_chars} characters (got {len(system)})"
+        )
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
+        raise InvalidRequest(f'field "max_tokens" must be an integer between 1 and {MAX_TOKENS_LIMIT}')
+    given_id = body.get("request_id")
+    if given_id is not None:
+        if not isinstance(given_id, str) or not valid_request_id(given_id):
+            raise InvalidRequest(
+                'field "request_id" must be 1 to 128 characters of letters, digits and . _ : -'
+            )
+        request_id = given_id
+    fallback = body.get("fallback", True)
+    if not isinstance(fallback, bool):
+        raise InvalidRequest('field "fallback" must be true or false')
+    entry = models.resolve(model)
+    if entry is None:
+        raise InvalidRequest(f"unknown model: {model[:100]}. GET /providers lists the models")
+    return CompletionRequest(
+        model=model,
+        entry=entry,
+        prompt=_clean(prompt),
+        system=_clean(system) if system else None,
+        max_tokens=max_tokens,
+        request_id=request_id,
+        fallback=fallback,
+    )
+
+
+def completion_json(completion: Completion) -> dict:
+    body = {
+        "content": completion.content,
+        "provider": completion.provider,
+        "model": completion.model,
+        "duration_ms": completion.duration_ms,
+        "queued_ms": completion.queued_ms,
+        "request_id": completion.request_id,
+        "usage": completion.usage.to_json() if completion.usage else None,
+        "cost_usd": completion.cost_usd,
+    }
+    if completion.fallback is not None:
+        body["fallback"] = True
+        body["original_provider"] = completion.fallback.original_provider
+        body["original_error"] = completion.fallback.original_error
+    return body
+
+
+def delta_event(text: str) -> dict:
+    return {"content": text, "done": False}
+
+
+def final_event(completion: Completion) -> dict:
+    body = completion_json(completion)
+    body["content"] = ""
+    return {"content": "", "done": True, **{k: v for k, v in body.items() if k != "content"}}
+
+
+def error_event(error: ShellmError, request_id: Optional[str]) -> dict:
+    return {**error.to_json(), "done": True, "request_id": request_id}

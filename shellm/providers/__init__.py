@@ -1,0 +1,3 @@
+"""
+The providers: the CLIs and HTTP APIs that answer completions.
+"""

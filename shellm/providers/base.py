@@ -1,0 +1,91 @@
+"""
+What every provider offers the router.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+
+from shellm.completion import CompletionRequest, EventSink
+
+
+@frozen
+class ProviderHealth:
+    """
+    What a health check found, without spending a token.
+
+    @ivar error: a short, secret-free explanation when not usable, with the fix.
+    """
+
+    installed: bool
+    authenticated: bool
+    error: Optional[str] = None
+    version: Optional[str] = None
+
+    @property
+    def usable(self) -> bool:
+        return self.installed and self.authenticated
+
+    def to_json(self) -> dict:
+        body = {"installed": self.installed, "authenticated": self.authenticated}
+        if self.version:
+            body["version"] = self.version
+        if self.error:
+            body["error"] = self.error
+        return body
+
+
+@frozen
+class Capabilities:
+    """
+    @ivar streaming: C{"token"} when deltas are pieces of text as the model
+        writes them, C{"message"} when each delta is a whole message.
+    """
+
+    system_prompt: bool
+    max_tokens: bool
+    streaming: str
+
+    def to_json(self) -> dict:
+        return {
+            "system_prompt": self.system_prompt,
+            "max_tokens": self.max_tokens,
+            "streaming": self.streaming,
+        }
+
+
+@frozen
+class ProviderRun:
+    """
+    One provider call under way.
+
+    @ivar result: fires with a L{shellm.completion.ProviderResult} or fails
+        with a L{shellm.errors.ShellmError}; cancelling it stops the call.
+    @ivar finished: fires, never fails, once everything the call used is
+        released (child reaped, connection closed): its queue slot is free then.
+    """
+
+    result: Deferred
+    finished: Deferred
+
+
+class Provider(Protocol):
+    name: str
+    kind: str  # "cli" or "http"
+    capabilities: Capabilities
+
+    def start(self, request: CompletionRequest, upstream_model: Optional[str],
+              sink: EventSink) -> ProviderRun:
+        """
+        Begin answering; every L{shellm.completion.TextDelta} goes to C{sink}.
+
+        @raise shellm.errors.ShellmError: when the call cannot even start.
+        """
+
+    def check_health(self) -> Deferred:
+        """
+        Fires with a L{ProviderHealth}; never spends tokens.
+        """

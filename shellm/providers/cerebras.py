@@ -1,0 +1,267 @@
+"""
+Cerebras, or any OpenAI-compatible chat-completions API, through treq.
+
+Every call streams from upstream (C{stream: true}, usage included) and the
+deltas are parsed as the body arrives; a non-streaming client request just
+collects them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Optional
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import ResponseDone
+
+from shellm.completion import CompletionRequest, EventSink, ProviderResult, TextDelta, Usage
+from shellm.errors import CliFailed, InvalidRequest, ProviderUnavailable, RateLimited, Timeout
+from shellm.logs import redact
+from shellm.providers.base import Capabilities, ProviderHealth, ProviderRun
+from shellm.providers.cli import token_count
+
+MAX_LINE_BYTES = 1024 * 1024
+#: How much of an upstream error body is read (and logged, redacted).
+ERROR_BODY_BYTES = 8 * 1024
+HEALTH_TIMEOUT = 10.0
+
+
+class StreamCut(Exception):
+    """
+    The upstream body ended before its final event.
+    """
+
+
+class LineReader(Protocol):
+    """
+    Receives a response body and hands each complete line to C{on_line} as
+    soon as it arrives.  C{done} fires when the body ends cleanly; cancelling
+    it drops the connection.
+    """
+
+    def __init__(self, on_line: Callable[[str], None], limit: int = MAX_LINE_BYTES):
+        self._on_line = on_line
+        self._limit = limit
+        self._buffer = b""
+        self.error: Optional[BaseException] = None
+        self.done = Deferred(self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()
+        if len(self._buffer) > self._limit:
+            self._fail(StreamCut("an upstream line was too long"))
+            return
+        for raw in lines:
+            try:
+                self._on_line(raw.rstrip(b"\r").decode("utf-8", "replace"))
+            except Exception as e:
+                self._fail(e)
+                return
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason) -> None:
+        if self.done.called:
+            return
+        if self.error is not None:
+            self.done.errback(self.error)
+        elif reason.check(ResponseDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(StreamCut("the upstream connection was cut"))
+
+    def _cancel(self, d: Deferred) -> None:
+        self.transport.stopProducing()
+
+
+class ChatStreamParser:
+    """
+    OpenAI-style C{chat.completion.chunk} server-sent events.
+    """
+
+    def __init__(self, sink: EventSink):
+        self._sink = sink
+        self.usage: Optional[Usage] = None
+        self.model: Optional[str] = None
+        self.done = False
+        self.finish_reason: Optional[str] = None
+
+    def feed(self, line: str) -> None:
+        if not line.startswith("data:"):
+            return  # comments, event names, blank separators
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise CliFailed("cerebras sent a malformed event")
+        if not isinstance(chunk, dict):
+            raise CliFailed("cerebras sent a malformed event")
+        if chunk.get("error"):
+            raise CliFailed("cerebras reported an error mid-stream")
+        if isinstance(chunk.get("model"), str):
+            self.model = chunk["model"]
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            tokens_in = token_count(usage.get("prompt_tokens"))
+            tokens_out = token_count(usage.get("completion_tokens"))
+            if tokens_in is not None and tokens_out is not None:
+                self.usage = Usage(tokens_in, tokens_out)
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            text = (choice.get("delta") or {}).get("content")
+            if isinstance(text, str) and text:
+                self._sink(TextDelta(text))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+
+class CerebrasProvider:
+    name = "cerebras"
+    kind = "http"
+    capabilities = Capabilities(system_prompt=True, max_tokens=True, streaming="token")
+    log = Logger()
+
+    def __init__(self, reactor, http, api_key: Optional[str], base_url: str, timeout: float):
+        """
+        @param http: a L{treq.client.HTTPClient} (over the daemon's own
+            connection pool) or, in tests, a L{treq.testing.StubTreq}.
+        """
+        self._reactor = reactor
+        self._http = http
+        self._api_key = api_key
+        self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
+
+    def _headers(self) -> dict:
+        return {"Authorization": [f"Bearer {self._api_key}"], "Accept": ["text/event-stream"]}
+
+    def start(self, request: CompletionRequest, upstream_model: Optional[str],
+              sink: EventSink) -> ProviderRun:
+        if not self._api_key:
+            raise ProviderUnavailable("cerebras is not configured (CEREBRAS_API_KEY is not set)")
+        messages = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": request.prompt})
+        body = {
+            "model": upstream_model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.max_tokens:
+            body["max_completion_tokens"] = request.max_tokens
+        finished = Deferred()
+        running: list[Deferred] = []
+        timed_out: list[bool] = []
+
+        def time_out() -> None:
+            timed_out.append(True)
+            running[0].cancel()
+
+        timer = self._reactor.callLater(self._timeout, time_out)
+
+        async def call() -> ProviderResult:
+            try:
+                return await self._call(body, sink)
+            except CancelledError:
+                if timed_out:
+                    raise Timeout("cerebras did not answer in time")
+                raise
+            finally:
+                if timer.active():
+                    timer.cancel()
+                finished.callback(None)
+
+        result = ensureDeferred(call())
+        running.append(result)
+        return ProviderRun(result=result, finished=finished)
+
+    async def _call(self, body: dict, sink: EventSink) -> ProviderResult:
+        try:
+            response = await self._http.post(
+                self._base_url + "/chat/completions",
+                json=body, headers=self._headers(), unbuffered=True,
+            )
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.warn("cerebras unreachable: {why}", why=type(e).__name__)
+            raise ProviderUnavailable("cerebras could not be reached")
+        if response.code != 200:
+            raise await self._upstream_error(response)
+        parser = ChatStreamParser(sink)
+        reader = LineReader(parser.feed)
+        response.deliverBody(reader)
+        try:
+            await reader.done
+        except StreamCut:
+            raise CliFailed("cerebras: the response was cut off")
+        if not parser.done and parser.finish_reason is None:
+            raise CliFailed("cerebras: the response was cut off")
+        return ProviderResult(usage=parser.usage, model=parser.model)
+
+    async def _upstream_error(self, response) -> Exception:
+        status = response.code
+        chunks: list[bytes] = []
+
+        def keep(line: str) -> None:
+            if sum(map(len, chunks)) < ERROR_BODY_BYTES:
+                chunks.append(line.encode("utf-8"))
+
+        reader = LineReader(keep)
+        response.deliverBody(reader)
+        try:
+            await reader.done
+        except StreamCut:
+            pass
+        self.log.warn(
+            "cerebras returned HTTP {status}: {body}",
+            status=status, body=redact(b"\n".join(chunks).decode("utf-8", "replace")[:500]),
+        )
+        if status in (401, 403):
+            return ProviderUnavailable(f"cerebras refused the API key (HTTP {status})")
+        if status == 429:
+            retry = response.headers.getRawHeaders(b"retry-after", [b""])[0]
+            return RateLimited(
+                "cerebras: the upstream rate limit was reached",
+                retry_after=int(retry) if retry.isdigit() else 60,
+            )
+        if status in (400, 404, 413, 422):
+            return InvalidRequest(f"cerebras rejected the request (HTTP {status})")
+        return CliFailed(f"cerebras: upstream error (HTTP {status})")
+
+    def check_health(self) -> Deferred:
+        """
+        The key is set and the API accepts it on C{GET /models}, which costs
+        no tokens.
+        """
+        if not self._api_key:
+            return succeed(ProviderHealth(True, False, "CEREBRAS_API_KEY is not set"))
+
+        async def check() -> ProviderHealth:
+            try:
+                response = await self._http.get(
+                    self._base_url + "/models", headers=self._headers(), timeout=HEALTH_TIMEOUT
+                )
+                await response.content()
+            except CancelledError:
+                raise
+            except Exception:
+                return ProviderHealth(True, False, "cerebras API unreachable")
+            if response.code in (401, 403):
+                return ProviderHealth(True, False, f"cerebras refused the API key (HTTP {response.code})")
+            return ProviderHealth(True, True)
+
+        return ensureDeferred(check())

@@ -1,0 +1,129 @@
+"""
+Claude Code (C{claude}): C{-p} with C{stream-json} partial messages, no tools.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+from shellm.completion import CompletionRequest, ProviderResult, Usage
+from shellm.errors import CliFailed
+from shellm.process import CliExit
+from shellm.providers.base import Capabilities
+from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
+
+
+class ClaudeOutput(OutputParser):
+    """
+    Text deltas from C{stream_event} C{text_delta}s; usage and cost from the
+    final C{result} line.
+    """
+
+    def __init__(self, provider, sink):
+        super().__init__(provider, sink)
+        self.result: Optional[dict] = None
+        self._message_text = 0
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "system" and event.get("subtype") == "init":
+            self.model = event.get("model") if isinstance(event.get("model"), str) else None
+        elif kind == "stream_event":
+            inner = event.get("event") or {}
+            if inner.get("type") == "message_start":
+                self._message_text = 0
+            elif inner.get("type") == "content_block_delta":
+                delta = inner.get("delta") or {}
+                if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                    self._message_text += len(delta["text"])
+                    self.emit(delta["text"])
+        elif kind == "assistant":
+            message = event.get("message") or {}
+            if event.get("error") or message.get("model") == "<synthetic>":
+                return  # the CLI's own error notice, reported by the result line
+            if self._message_text == 0:
+                # No partial messages arrived for this message: send it whole.
+                for block in message.get("content") or []:
+                    if isinstance(block, dict) and block.get("type") == "text":
+                        self.emit(block.get("text") or "")
+            self._message_text = 0
+        elif kind == "result":
+            self.result = event
+
+    def outcome(self, exit: CliExit) -> ProviderResult:
+        result = self.result
+        if result is None:
+            raise self.failed(exit)
+        if result.get("is_error") or exit.exit_code != 0:
+            status = result.get("api_error_status")
+            said = f"{result.get('result', '')} {status or ''}"
+            if isinstance(status, int) and status >= 500:
+                raise CliFailed(f"claude: the upstream API failed (HTTP {status})")
+            raise self.failed(exit, said)
+        if self.emitted == 0 and isinstance(result.get("result"), str):
+            self.emit(result["result"])
+        usage = result.get("usage") or {}
+        tokens_in, tokens_out = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+        cost = result.get("total_cost_usd")
+        return ProviderResult(
+            usage=Usage(tokens_in, tokens_out) if tokens_in is not None and tokens_out is not None else None,
+            cost_usd=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+            model=self.model,
+        )
+
+
+class ClaudeProvider(CliProvider):
+    name = "claude"
+    capabilities = Capabilities(system_prompt=True, max_tokens=True, streaming="token")
+    login_hint = "run `claude` once as the service user and log in, or set ANTHROPIC_API_KEY in SHELLM_CLAUDE_ENV"
+
+    def arguments(self, request: CompletionRequest, upstream_model, scratch) -> list[str]:
+        args = [
+            "-p",
+            "--output-format", "stream-json", "--verbose", "--include-partial-messages",
+            # No tools at all, no MCP servers, no settings files that could add
+            # them back, and no slash commands: the prompt is only ever text.
+            "--tools", "",
+            "--strict-mcp-config",
+            "--permission-mode", "dontAsk",
+            "--setting-sources", "",
+            "--disable-slash-commands",
+            "--no-session-persistence",
+        ]
+        if upstream_model:
+            args += ["--model", upstream_model]
+        if request.system:
+            # A file, so the system prompt never appears in argv.
+            path = os.path.join(scratch, "system-prompt.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(request.system)
+            args += ["--system-prompt-file", path]
+        return args
+
+    def stdin_text(self, request: CompletionRequest) -> str:
+        return request.prompt
+
+    def vendor_env(self, request: CompletionRequest, scratch: str) -> dict[str, str]:
+        env = {
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            # One quick retry; a provider that keeps failing is a fallback's job,
+            # not ten minutes of backoff inside one request.
+            "CLAUDE_CODE_MAX_RETRIES": "1",
+            "CLAUDE_CODE_TMPDIR": os.path.join(scratch, "tmp"),
+        }
+        if request is not None and request.max_tokens:
+            env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(request.max_tokens)
+        return env
+
+    def make_parser(self, sink) -> ClaudeOutput:
+        return ClaudeOutput(self.name, sink)
+
+    def has_credentials(self, env: Mapping[str, str]) -> bool:
+        if any_set(env, "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):
+            return True
+        config_dir = env.get("CLAUDE_CONFIG_DIR") or os.path.join(home_of(env), ".claude")
+        return os.path.isfile(os.path.join(config_dir, ".credentials.json"))

@@ -1,0 +1,249 @@
+"""
+What the three CLI providers share: a private scratch directory per run, an
+explicit environment, the prompt on stdin, and outcome classification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Mapping, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from shellm.completion import CompletionRequest, EventSink, ProviderResult, TextDelta
+from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
+from shellm.process import CliCommand, CliExit, CliRunner
+from shellm.providers.base import Capabilities, ProviderHealth, ProviderRun
+
+#: How long C{--version} may take in a health check.
+VERSION_TIMEOUT = 10.0
+
+
+class NotLoggedIn(ProviderUnavailable):
+    """
+    The CLI runs but has no usable credentials.
+    """
+
+
+def with_system_prompt(system: Optional[str], prompt: str) -> str:
+    """
+    For CLIs without a system-prompt option: the instructions first, clearly
+    set apart from the request that follows.
+    """
+    if not system:
+        return prompt
+    return (
+        "<system_instructions>\n" + system + "\n</system_instructions>\n\n"
+        "<user_request>\n" + prompt + "\n</user_request>"
+    )
+
+
+def parse_json_line(line: str) -> Optional[dict]:
+    """
+    A CLI's JSON event, or L{None} for anything else on stdout (banners,
+    warnings, ANSI noise): those are skipped, not fatal.
+    """
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def token_count(value) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class OutputParser:
+    """
+    Turns one run's stdout lines into events, and its end into a
+    L{ProviderResult} or a classified error.  One per run.
+    """
+
+    def __init__(self, provider: str, sink: EventSink):
+        self.provider = provider
+        self._sink = sink
+        self.emitted = 0
+        self.model: Optional[str] = None
+
+    def emit(self, text: str) -> None:
+        if text:
+            self.emitted += len(text)
+            self._sink(TextDelta(text))
+
+    def feed(self, line: str) -> None:
+        event = parse_json_line(line)
+        if event is not None:
+            self.on_event(event)
+
+    def on_event(self, event: dict) -> None:
+        raise NotImplementedError
+
+    def finish(self, exit: CliExit) -> ProviderResult:
+        if exit.timed_out:
+            raise Timeout(f"{self.provider} did not finish in time and was stopped")
+        if exit.output_overflow:
+            raise CliFailed(f"{self.provider} printed more output than allowed")
+        return self.outcome(exit)
+
+    def outcome(self, exit: CliExit) -> ProviderResult:
+        raise NotImplementedError
+
+    def failed(self, exit: CliExit, what: str = "") -> ShellmError:
+        """
+        The error for a run that did not succeed, from what the CLI said
+        (C{what}) and its stderr: never returned to the client, only matched.
+        """
+        said = (what + "\n" + exit.stderr_tail).lower()
+        if any(s in said for s in ("not logged in", "please run /login", "/login",
+                                   "invalid api key", "401", "unauthorized",
+                                   "auth method", "missing environment variable",
+                                   "authentication", "403 forbidden")):
+            return NotLoggedIn(
+                f"{self.provider} is not logged in or its credentials were refused"
+            )
+        if any(s in said for s in ("429", "rate limit", "rate_limit", "too many requests",
+                                   "resource_exhausted", "quota", "usage limit")):
+            return RateLimited(f"{self.provider}: the upstream rate limit was reached",
+                               retry_after=60)
+        if exit.signal is not None:
+            return CliFailed(f"{self.provider} was ended by signal {exit.signal}")
+        if exit.exit_code:
+            return CliFailed(f"{self.provider} failed (exit code {exit.exit_code})")
+        return CliFailed(f"{self.provider} ended without an answer")
+
+
+class CliProvider:
+    """
+    A provider backed by a command-line tool.  Subclasses say how to invoke
+    it, how to read its output, and where it keeps its login.
+    """
+
+    kind = "cli"
+    name: str
+    capabilities: Capabilities
+    login_hint: str
+    log = Logger()
+
+    def __init__(self, reactor, runner: CliRunner, executable: str,
+                 base_env: Mapping[str, str], extra_env: Mapping[str, str]):
+        self._reactor = reactor
+        self._runner = runner
+        self._executable = executable
+        self._base_env = dict(base_env)
+        self._extra_env = dict(extra_env)
+
+    # -- what subclasses provide
+
+    def arguments(self, request: CompletionRequest, upstream_model: Optional[str],
+                  scratch: str) -> list[str]:
+        raise NotImplementedError
+
+    def stdin_text(self, request: CompletionRequest) -> str:
+        return with_system_prompt(request.system, request.prompt)
+
+    def vendor_env(self, request: CompletionRequest, scratch: str) -> dict[str, str]:
+        return {}
+
+    def make_parser(self, sink: EventSink) -> OutputParser:
+        raise NotImplementedError
+
+    def has_credentials(self, env: Mapping[str, str]) -> bool:
+        raise NotImplementedError
+
+    # -- shared
+
+    def resolve_executable(self) -> Optional[str]:
+        found = shutil.which(self._executable, path=self._base_env.get("PATH"))
+        return os.path.abspath(found) if found else None
+
+    def environment(self, scratch: Optional[str], request=None) -> dict[str, str]:
+        env = dict(self._base_env)
+        env.update(NO_COLOR="1", TERM="dumb")
+        if scratch is not None:
+            env["TMPDIR"] = os.path.join(scratch, "tmp")
+            env.update(self.vendor_env(request, scratch))
+        env.update(self._extra_env)
+        return env
+
+    def start(self, request: CompletionRequest, upstream_model: Optional[str],
+              sink: EventSink) -> ProviderRun:
+        executable = self.resolve_executable()
+        if executable is None:
+            raise ProviderUnavailable(f"{self.name} is not installed")
+        scratch = tempfile.mkdtemp(prefix=f"shellm-{self.name}-")
+        try:
+            os.mkdir(os.path.join(scratch, "work"), 0o700)
+            os.mkdir(os.path.join(scratch, "tmp"), 0o700)
+            argv = [self.name] + self.arguments(request, upstream_model, scratch)
+            command = CliCommand(
+                executable=executable,
+                args=tuple(argv),
+                env=self.environment(scratch, request),
+                cwd=os.path.join(scratch, "work"),
+                stdin=self.stdin_text(request).encode("utf-8"),
+            )
+            parser = self.make_parser(sink)
+            run = self._runner.run(command, parser.feed)
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            self.log.failure("could not start {provider}", provider=self.name)
+            raise CliFailed(f"{self.name} could not be started")
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        run.result.addCallback(parser.finish)
+        run.finished.addBoth(lambda _: shutil.rmtree(scratch, ignore_errors=True))
+        return ProviderRun(result=run.result, finished=run.finished)
+
+    def check_health(self) -> Deferred:
+        """
+        Installed: the executable is found and C{--version} exits 0.
+        Logged in: the credentials the CLI reads exist (a file or a key),
+        checked without running a model.
+        """
+        executable = self.resolve_executable()
+        if executable is None:
+            return succeed(ProviderHealth(False, False, f"{self.name} executable not found on PATH (set SHELLM_{self.name.upper()}_BIN)"))
+        lines: list[str] = []
+        env = self.environment(None)
+        scratch = tempfile.mkdtemp(prefix=f"shellm-{self.name}-check-")
+        env["TMPDIR"] = scratch
+        try:
+            run = self._runner.run(
+                CliCommand(executable, (self.name, "--version"), env, scratch),
+                lambda line: len(lines) < 5 and lines.append(line),
+                timeout=VERSION_TIMEOUT,
+            )
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            return succeed(ProviderHealth(False, False, f"{self.name} could not be started"))
+        run.finished.addBoth(lambda _: shutil.rmtree(scratch, ignore_errors=True))
+
+        def judged(exit: CliExit) -> ProviderHealth:
+            if exit.exit_code != 0:
+                why = "timed out" if exit.timed_out else f"exit code {exit.exit_code}"
+                return ProviderHealth(True, False, f"{self.name} --version failed ({why})")
+            version = next((l.strip() for l in lines if l.strip()), None)
+            version = version[:80] if version and version.isprintable() else None
+            if not self.has_credentials(env):
+                return ProviderHealth(True, False, f"not logged in: {self.login_hint}", version)
+            return ProviderHealth(True, True, None, version)
+
+        return run.result.addCallback(judged)
+
+
+def home_of(env: Mapping[str, str]) -> str:
+    return env.get("HOME") or os.path.expanduser("~")
+
+
+def any_set(env: Mapping[str, str], *names: str) -> bool:
+    return any(env.get(n) for n in names)
+

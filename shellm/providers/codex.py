@@ -1,0 +1,101 @@
+"""
+Codex CLI (C{codex exec}): prompt on stdin (C{-}), C{--json} events, a
+read-only sandbox and the command tools switched off.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Mapping, Optional
+
+from shellm.completion import CompletionRequest, ProviderResult, Usage
+from shellm.process import CliExit
+from shellm.providers.base import Capabilities
+from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
+
+
+class CodexOutput(OutputParser):
+    """
+    C{--json} has no token deltas: each finished agent message is one delta.
+    """
+
+    def __init__(self, provider, sink):
+        super().__init__(provider, sink)
+        self.usage: Optional[Usage] = None
+        self.completed = False
+        self.failure: Optional[str] = None
+        self._messages = 0
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "item.completed":
+            item = event.get("item") or {}
+            if item.get("type") == "agent_message" and isinstance(item.get("text"), str):
+                if self._messages:
+                    self.emit("\n\n")
+                self._messages += 1
+                self.emit(item["text"])
+        elif kind == "turn.completed":
+            self.completed = True
+            usage = event.get("usage") or {}
+            tokens_in, tokens_out = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+            if tokens_in is not None and tokens_out is not None:
+                self.usage = Usage(tokens_in, tokens_out)
+        elif kind == "turn.failed":
+            error = event.get("error") or {}
+            self.failure = str(error.get("message", ""))
+        elif kind == "error" and self.failure is None:
+            # Often not fatal ("Reconnecting..."); kept only to classify a failure.
+            self.failure = str(event.get("message", ""))
+
+    def outcome(self, exit: CliExit) -> ProviderResult:
+        if exit.exit_code != 0 or not self.completed:
+            raise self.failed(exit, self.failure or "")
+        return ProviderResult(usage=self.usage, model=self.model)
+
+
+class CodexProvider(CliProvider):
+    name = "codex"
+    capabilities = Capabilities(system_prompt=True, max_tokens=False, streaming="message")
+    login_hint = "run `codex login` as the service user, or set OPENAI_API_KEY in SHELLM_CODEX_ENV"
+
+    def arguments(self, request: CompletionRequest, upstream_model, scratch) -> list[str]:
+        args = [
+            "exec", "--json", "--color", "never",
+            "--skip-git-repo-check", "--ephemeral",
+            # Read-only sandbox, and no tool that runs commands, spawns agents
+            # or searches the web: the model can only answer in text.
+            "--sandbox", "read-only",
+            "--disable", "shell_tool", "--disable", "unified_exec",
+            "--disable", "multi_agent", "--disable", "goals",
+            "--disable", "view_image", "--disable", "image_generation",
+            "--disable", "plugins", "--disable", "remote_plugin", "--disable", "apps",
+            "-c", "web_search=disabled",
+            "-c", "analytics.enabled=false",
+        ]
+        if upstream_model:
+            args += ["-m", upstream_model]
+        return args + ["-"]  # the prompt comes on stdin
+
+    def make_parser(self, sink) -> CodexOutput:
+        return CodexOutput(self.name, sink)
+
+    def has_credentials(self, env: Mapping[str, str]) -> bool:
+        if any_set(env, "OPENAI_API_KEY", "CODEX_API_KEY"):
+            return True
+        codex_home = env.get("CODEX_HOME") or os.path.join(home_of(env), ".codex")
+        if os.path.isfile(os.path.join(codex_home, "auth.json")):
+            return True
+        # A custom provider in config.toml names the variable holding its key.
+        try:
+            with open(os.path.join(codex_home, "config.toml"), "rb") as f:
+                config = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            return False
+        name = config.get("model_provider")
+        provider = (config.get("model_providers") or {}).get(name)
+        if not isinstance(provider, dict):
+            return False
+        key_variable = provider.get("env_key")
+        return not key_variable or bool(env.get(key_variable))

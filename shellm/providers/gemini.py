@@ -1,0 +1,102 @@
+"""
+Gemini CLI (C{gemini}): headless on stdin with C{-o stream-json}, and a
+private system-settings file that declares no tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Optional
+
+from shellm.completion import CompletionRequest, ProviderResult, Usage
+from shellm.errors import RateLimited
+from shellm.process import CliExit
+from shellm.providers.base import Capabilities
+from shellm.providers.cli import CliProvider, NotLoggedIn, OutputParser, any_set, home_of, token_count
+
+#: System settings outrank the user's own: no tools (so no shell, file or web
+#: access whatever the prompt says), one attempt (fail fast, let fallback
+#: act), no usage statistics.
+SYSTEM_SETTINGS = {
+    "tools": {"core": []},
+    "general": {"maxAttempts": 1},
+    "privacy": {"usageStatisticsEnabled": False},
+}
+
+# In its JSON modes gemini exits with the upstream HTTP status modulo 256.
+_EXIT_NOT_LOGGED_IN = {41, 401 % 256, 403 % 256}
+_EXIT_RATE_LIMITED = 429 % 256
+
+
+class GeminiOutput(OutputParser):
+    def __init__(self, provider, sink):
+        super().__init__(provider, sink)
+        self.result: Optional[dict] = None
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "init" and isinstance(event.get("model"), str):
+            self.model = event["model"]
+        elif kind == "message" and event.get("role") == "assistant":
+            if isinstance(event.get("content"), str):
+                self.emit(event["content"])
+        elif kind == "result":
+            self.result = event
+
+    def outcome(self, exit: CliExit) -> ProviderResult:
+        result = self.result
+        if exit.exit_code in _EXIT_NOT_LOGGED_IN:
+            raise NotLoggedIn("gemini is not logged in or its credentials were refused")
+        if exit.exit_code == _EXIT_RATE_LIMITED:
+            raise RateLimited("gemini: the upstream rate limit was reached", retry_after=60)
+        if result is None or exit.exit_code != 0 or result.get("status") != "success":
+            error = (result or {}).get("error")
+            raise self.failed(exit, json.dumps(error) if error else "")
+        stats = result.get("stats") or {}
+        tokens_in = token_count(stats.get("input_tokens", stats.get("input")))
+        tokens_out = token_count(stats.get("output_tokens"))
+        models = stats.get("models")
+        if isinstance(models, dict) and models:
+            self.model = list(models)[-1]
+        return ProviderResult(
+            usage=Usage(tokens_in, tokens_out) if tokens_in is not None and tokens_out is not None else None,
+            model=self.model if self.model != "auto" else None,
+        )
+
+
+class GeminiProvider(CliProvider):
+    name = "gemini"
+    capabilities = Capabilities(system_prompt=True, max_tokens=False, streaming="token")
+    login_hint = "run `gemini` once as the service user and log in, or set GEMINI_API_KEY in SHELLM_GEMINI_ENV"
+
+    def arguments(self, request: CompletionRequest, upstream_model, scratch) -> list[str]:
+        # No -p: with stdin not a terminal, gemini reads the prompt from it.
+        args = ["-o", "stream-json"]
+        if upstream_model:
+            args += ["-m", upstream_model]
+        return args
+
+    def vendor_env(self, request, scratch: str) -> dict[str, str]:
+        # The scratch directory is private (0700): gemini ignores a settings
+        # file whose directory others may write.
+        path = os.path.join(scratch, "system-settings.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(SYSTEM_SETTINGS, f)
+        return {
+            "GEMINI_CLI_SYSTEM_SETTINGS_PATH": path,
+            # The run's own empty directory is the only workspace it sees.
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+            "GEMINI_CLI_NO_RELAUNCH": "true",
+        }
+
+    def make_parser(self, sink) -> GeminiOutput:
+        return GeminiOutput(self.name, sink)
+
+    def has_credentials(self, env: Mapping[str, str]) -> bool:
+        if any_set(env, "GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI",
+                   "GOOGLE_GENAI_USE_GCA", "GOOGLE_APPLICATION_CREDENTIALS"):
+            return True
+        home = env.get("GEMINI_CLI_HOME") or home_of(env)
+        return os.path.isfile(os.path.join(home, ".gemini", "oauth_creds.json"))
+

@@ -1,0 +1,158 @@
+"""
+C{twistd shellm}: the options, and L{makeService}, the one place where the
+daemon's parts are built and wired together.
+"""
+
+from __future__ import annotations
+
+import os
+import treq.client
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from shellm import __version__
+from shellm.api import ShellmAPI
+from shellm.circuit import Circuit
+from shellm.config import SETTINGS, ConfigError, load_config
+from shellm.health import HealthMonitor
+from shellm import logs
+from shellm.models import ModelTable
+from shellm.process import CliRunner, SessionSpawner
+from shellm.providers.cerebras import CerebrasProvider
+from shellm.providers.claude import ClaudeProvider
+from shellm.providers.codex import CodexProvider
+from shellm.providers.gemini import GeminiProvider
+from shellm.queue import RequestQueue
+from shellm.router import Router
+from shellm.web import ShellmSite
+
+
+def _option(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the SheLLM HTTP API.  Every option can also be set in the "
+        "environment or in a .env file (options win, then the environment, "
+        "then the file)."
+    )
+    optParameters = [
+        [_option(s.name), None, None, f"{s.help} [{s.env}, default: {s.default or 'none'}]"]
+        for s in SETTINGS if s.option
+    ] + [["env-file", None, ".env", "file of KEY=value settings read at start-up"]]
+
+    def opt_version(self):
+        """
+        Print the SheLLM version and exit.
+        """
+        print(f"shellm {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self):
+        given = {s.name: self[_option(s.name)] for s in SETTINGS if s.option}
+        try:
+            config = load_config(given, os.environ, self["env-file"] or None)
+            # Parsed now so a typo stops start-up with a message, not a traceback.
+            endpoints.serverFromString(None, config.listen)
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"SHELLM_LISTEN: not a valid endpoint ({e})")
+        self["config"] = config
+        parent = getattr(self, "parent", None)
+        if parent is not None and not parent.get("logger") and not parent.get("logfile"):
+            # JSON lines on stdout, for journald, unless told otherwise.
+            logs.daemon_level = config.log_level
+            parent["logger"] = "shellm.logs.daemon_observer"
+
+
+class ShellmService(MultiService):
+    """
+    Starts the health checks; on stop, after the listener has closed, lets
+    in-flight work finish for up to the drain limit, then kills what is left
+    and waits until every child is reaped.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, runner: CliRunner, router: Router, pool, drain_timeout: float):
+        super().__init__()
+        self._clock = clock
+        self._runner = runner
+        self._router = router
+        self._pool = pool
+        self._drain_timeout = drain_timeout
+
+    def startService(self):
+        super().startService()
+        self._router.health.refresh()
+
+    def _busy(self) -> int:
+        return len(self._runner.live) + sum(q.active for q in self._router.queues.values())
+
+    @inlineCallbacks
+    def stopService(self):
+        yield super().stopService()  # the listener, added last, stops first
+        deadline = self._clock.seconds() + self._drain_timeout
+        if self._busy():
+            self.log.info("draining {busy} requests", busy=self._busy())
+        while self._busy() and self._clock.seconds() < deadline:
+            yield deferLater(self._clock, 0.05, lambda: None)
+        if self._runner.live:
+            self.log.warn("stopping {count} CLI runs still going", count=len(self._runner.live))
+            yield self._runner.terminate_all()
+        yield self._pool.closeCachedConnections()
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options["config"]
+
+    runner = CliRunner(reactor, SessionSpawner(reactor), config.timeout, config.kill_grace)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = config.http_max_concurrent
+    http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+    def cli(cls, executable, extra_env):
+        return cls(reactor, runner, executable, config.base_env, extra_env)
+
+    providers = {
+        "claude": cli(ClaudeProvider, config.claude_bin, config.claude_env),
+        "gemini": cli(GeminiProvider, config.gemini_bin, config.gemini_env),
+        "codex": cli(CodexProvider, config.codex_bin, config.codex_env),
+        "cerebras": CerebrasProvider(
+            reactor, http, config.cerebras_api_key, config.cerebras_base_url, config.timeout
+        ),
+    }
+    router = Router(
+        reactor,
+        providers,
+        ModelTable(config.models),
+        queues={
+            "cli": RequestQueue("cli", config.max_concurrent, config.max_queue_depth),
+            "http": RequestQueue("http", config.http_max_concurrent, config.http_max_queue_depth),
+        },
+        health=HealthMonitor(reactor, providers, config.health_ttl),
+        circuits={
+            name: Circuit(reactor, config.circuit_threshold, config.circuit_cooldown)
+            for name in providers
+        },
+        fallback_chain=config.fallback_chain,
+    )
+    api = ShellmAPI(reactor, router, config.max_prompt_chars, config.heartbeat)
+    site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
+
+    service = ShellmService(reactor, runner, router, pool, config.drain_timeout)
+    # Added last so it starts last and stops first; strports makes a failed
+    # bind fail start-up.
+    strports.service(config.listen, site, reactor=reactor).setServiceParent(service)
+    return service

@@ -1,0 +1,101 @@
+"""
+HTTP plumbing under the Klein app: a capped request body, request ids, and
+one access-log line per request.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
+
+access_log = Logger(namespace="shellm.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def valid_request_id(value: str) -> bool:
+    return bool(_REQUEST_ID.match(value))
+
+
+class CappedBody(io.BytesIO):
+    """
+    A request body that stops storing past its cap, and remembers that it
+    overflowed, so an oversized upload costs no memory and gets a 413.
+    """
+
+    def __init__(self, cap: int):
+        super().__init__()
+        self.cap = cap
+        self.overflowed = False
+
+    def write(self, data: bytes) -> int:
+        if self.overflowed or self.tell() + len(data) > self.cap:
+            self.overflowed = True
+            return len(data)
+        return super().write(data)
+
+
+class ShellmRequest(Request):
+    """
+    Knows its request id and when it arrived; the handlers note the provider,
+    model and queue time on it for the access log.
+    """
+
+    def __init__(self, channel, *args, **kwargs):
+        super().__init__(channel, *args, **kwargs)
+        self.received_at = channel.site.clock.seconds()
+        self.log_fields: dict = {}
+        self._request_id = None
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            given = (self.getHeader("x-request-id") or "").strip()
+            self._request_id = given if valid_request_id(given) else uuid.uuid4().hex
+        return self._request_id
+
+    @request_id.setter
+    def request_id(self, value: str) -> None:
+        self._request_id = value
+
+    def connectionLost(self, reason):
+        if not self.finished:
+            self.channel.site.log_access(self, status=499)
+        super().connectionLost(reason)
+
+
+class ShellmSite(Site):
+    requestFactory = ShellmRequest
+    noisy = False
+
+    def __init__(self, resource, clock, max_body_bytes: int):
+        super().__init__(resource)
+        self.clock = clock
+        self.max_body_bytes = max_body_bytes
+        self.displayTracebacks = False
+
+    def getContentFile(self, length):
+        return CappedBody(self.max_body_bytes)
+
+    def log(self, request) -> None:
+        self.log_access(request, status=request.code)
+
+    def log_access(self, request, status: int) -> None:
+        fields = getattr(request, "log_fields", {})
+        duration_ms = round((self.clock.seconds() - getattr(request, "received_at", 0)) * 1000)
+        path = request.path.decode("ascii", "replace")[:200]
+        emit = access_log.debug if path == "/health" else access_log.info
+        emit(
+            "{method} {path} {status} in {duration_ms} ms",
+            method=request.method.decode("ascii", "replace"),
+            path=path,
+            status=status,
+            duration_ms=duration_ms,
+            request_id=getattr(request, "request_id", None),
+            provider=fields.get("provider"),
+            model=fields.get("model"),
+            queued_ms=fields.get("queued_ms"),
+        )
