@@ -1,0 +1,87 @@
+"""
+Shared test helpers: where the fake CLIs are, and how to prove that no
+process a test started is still running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+
+import pytest
+
+FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes")
+
+
+def fake_cli(name: str) -> str:
+    """
+    The absolute path of C{tests/fakes/fake_<name>.py}.
+    """
+    return os.path.join(FAKES, f"fake_{name}.py")
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    """
+    Pids of live processes whose environment holds C{marker}.  Every process
+    a test starts, and everything those start, inherit it.
+    """
+    found = []
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read():
+                    with open(f"/proc/{entry}/stat", "rb") as s:
+                        state = s.read().rsplit(b")", 1)[1].split()[0]
+                    if state != b"Z":
+                        found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+async def wait_for_no_processes(marker: str, timeout: float = 5.0) -> list[int]:
+    """
+    Poll (on the real reactor) until no process carries C{marker}; return
+    what is still there after C{timeout}.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    left = processes_with_marker(marker)
+    waited = 0.0
+    while left and waited < timeout:
+        await deferLater(reactor, 0.05, lambda: None)
+        waited += 0.05
+        left = processes_with_marker(marker)
+    return left
+
+
+@pytest.fixture
+def marker():
+    """
+    A unique environment value for the processes of one test; after the
+    test, none of them may still be running.
+    """
+    value = f"shellm-test-{uuid.uuid4().hex}"
+    yield value
+    left = processes_with_marker(value)
+    for pid in left:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    assert not left, f"processes left running after the test: {left}"
+
+
+@pytest.fixture
+def python_path_env():
+    """
+    An environment for spawned fakes: this interpreter first on PATH, so
+    C{#!/usr/bin/env python3} finds the same Python the tests run on.
+    """
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    return {"PATH": path, "HOME": os.environ.get("HOME", "/root")}
