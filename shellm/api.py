@@ -180,7 +180,7 @@ class ShellmAPI:
         healths = await self._router.health.current()
         providers = {}
         for name, health in healths.items():
-            providers[name] = {**health.to_json(), "circuit": self._router.circuits[name].state}
+            providers[name] = {**health.to_json(), "circuit": self._router.circuits[name].to_json()}
         return self._respond(request, 200, {
             "status": overall_status(healths),
             "providers": providers,

@@ -5,6 +5,7 @@ try it again, once, after a cool-down.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Optional
 
 
@@ -86,5 +87,6 @@ class Circuit:
         return {
             "state": self.state,
             "consecutive_failures": self.failures,
-            "changed_at": self.changed_at,
+            "changed_at": None if self.changed_at is None else
+            datetime.fromtimestamp(self.changed_at, timezone.utc).isoformat(timespec="seconds"),
         }

@@ -29,6 +29,11 @@ class CompletionRequest:
     max_tokens: Optional[int] = None
     request_id: str = ""
     fallback: bool = True
+    # Sampling controls: passed on where a backend takes them (see each
+    # provider's capabilities), otherwise not applied.
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    stop: tuple[str, ...] = ()
 
 
 @frozen
@@ -59,6 +64,8 @@ class ProviderResult:
     usage: Optional[Usage] = None
     cost_usd: Optional[float] = None
     model: Optional[str] = None
+    #: C{"stop"} (a natural end) or C{"length"} (the token limit was hit).
+    finish_reason: str = "stop"
 
 
 #: Providers hand each event to one of these, in order.
@@ -86,3 +93,4 @@ class Completion:
     usage: Optional[Usage]
     cost_usd: Optional[float]
     fallback: Optional[FallbackInfo] = None
+    finish_reason: str = "stop"

@@ -108,6 +108,7 @@ class Router:
             usage=result.usage,
             cost_usd=result.cost_usd,
             fallback=fallback,
+            finish_reason=result.finish_reason,
         )
 
     def _alternate(self, failed: str) -> Optional[ModelEntry]:

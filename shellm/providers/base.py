@@ -48,11 +48,14 @@ class Capabilities:
     system_prompt: bool
     max_tokens: bool
     streaming: str
+    #: temperature, top_p and stop sequences reach the model.
+    sampling: bool = False
 
     def to_json(self) -> dict:
         return {
             "system_prompt": self.system_prompt,
             "max_tokens": self.max_tokens,
+            "sampling": self.sampling,
             "streaming": self.streaming,
         }
 

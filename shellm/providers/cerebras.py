@@ -129,7 +129,7 @@ class ChatStreamParser:
 class CerebrasProvider:
     name = "cerebras"
     kind = "http"
-    capabilities = Capabilities(system_prompt=True, max_tokens=True, streaming="token")
+    capabilities = Capabilities(system_prompt=True, max_tokens=True, streaming="token", sampling=True)
     log = Logger()
 
     def __init__(self, reactor, http, api_key: Optional[str], base_url: str, timeout: float):
@@ -162,6 +162,12 @@ class CerebrasProvider:
         }
         if request.max_tokens:
             body["max_completion_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = list(request.stop)
         finished = Deferred()
         running: list[Deferred] = []
         timed_out: list[bool] = []
@@ -210,7 +216,10 @@ class CerebrasProvider:
             raise CliFailed("cerebras: the response was cut off")
         if not parser.done and parser.finish_reason is None:
             raise CliFailed("cerebras: the response was cut off")
-        return ProviderResult(usage=parser.usage, model=parser.model)
+        return ProviderResult(
+            usage=parser.usage, model=parser.model,
+            finish_reason="length" if parser.finish_reason == "length" else "stop",
+        )
 
     async def _upstream_error(self, response) -> Exception:
         status = response.code

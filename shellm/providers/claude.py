@@ -70,6 +70,7 @@ class ClaudeOutput(OutputParser):
             usage=Usage(tokens_in, tokens_out) if tokens_in is not None and tokens_out is not None else None,
             cost_usd=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
             model=self.model,
+            finish_reason="length" if result.get("stop_reason") == "max_tokens" else "stop",
         )
 
 
