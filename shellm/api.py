@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from typing import Optional
+
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -15,10 +17,12 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from shellm import __version__
-from shellm.completion import TextDelta
+from shellm.auth import Authenticator, Client, ModelNotAllowed, token_from_headers
+from shellm.completion import Completion, CompletionRequest, TextDelta
 from shellm.dialects import seed
 from shellm.errors import (
     InternalError,
+    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     RequestTooLarge,
@@ -26,6 +30,9 @@ from shellm.errors import (
     UnsupportedMediaType,
 )
 from shellm.health import overall_status
+from shellm.ledger import PERIODS, Ledger, UsageRecord
+from shellm.limits import RateLimiter
+from shellm.metrics import Metrics
 from shellm.router import Router
 from shellm.sse import EventStream
 
@@ -38,11 +45,30 @@ class ShellmAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, clock, router: Router, max_prompt_chars: int, heartbeat: float):
+    def __init__(
+        self,
+        clock,
+        router: Router,
+        max_prompt_chars: int,
+        heartbeat: float,
+        authenticator: Optional[Authenticator] = None,
+        limiter: Optional[RateLimiter] = None,
+        ledger: Optional[Ledger] = None,
+        metrics: Optional[Metrics] = None,
+    ):
+        """
+        @param authenticator: the client keys; none means auth is off.
+        @param limiter: the request-rate limits; none means unlimited.
+        @param ledger: where usage is recorded; none means nowhere.
+        """
         self._clock = clock
         self._router = router
         self._max_prompt_chars = max_prompt_chars
         self._heartbeat = heartbeat
+        self.authenticator = authenticator or Authenticator(())
+        self._limiter = limiter
+        self._ledger = ledger
+        self.metrics = metrics or Metrics(router.queues, router.circuits)
         self._started = clock.seconds()
 
     def resource(self):
@@ -77,6 +103,77 @@ class ShellmAPI:
                                   model=completion_request.model)
         return completion_request
 
+    def _authenticate(self, request) -> Client:
+        client = self.authenticator.authenticate(token_from_headers(
+            request.getHeader("authorization"), request.getHeader("x-api-key")
+        ))
+        request.log_fields["client"] = client.name
+        return client
+
+    def _admit(self, client: Client, completion_request: CompletionRequest) -> None:
+        """
+        Model allow-list, then rate limits: all before any queueing.
+        """
+        entry = completion_request.entry
+        if not client.may_use(completion_request.model, entry.provider):
+            raise ModelNotAllowed(f"client {client.name} may not use {completion_request.model}")
+        if self._limiter is not None:
+            self._limiter.admit(client)
+
+    async def _serve(self, client: Client, completion_request: CompletionRequest, sink) -> Completion:
+        """
+        Run a completion and account for it, however it ends.
+        """
+        started = self._clock.seconds()
+        provider = completion_request.entry.provider
+        first = []
+
+        def timed(event: TextDelta) -> None:
+            if not first:
+                first.append(True)
+                self.metrics.first_token.labels(provider).observe(self._clock.seconds() - started)
+            sink(event)
+
+        status, completion = 500, None
+        try:
+            completion = await self._router.complete(completion_request, timed)
+            status = 200
+            return completion
+        except ShellmError as error:
+            status = error.status
+            raise
+        except CancelledError:
+            status = 499
+            raise
+        finally:
+            self._account(client, completion_request, status, completion, started)
+
+    def _account(self, client, completion_request, status, completion, started) -> None:
+        provider = completion.provider if completion else completion_request.entry.provider
+        elapsed = self._clock.seconds() - started
+        self.metrics.requests.labels(provider, completion_request.model, str(status), client.name).inc()
+        self.metrics.duration.labels(provider).observe(elapsed)
+        usage = completion.usage if completion else None
+        if completion is not None:
+            self.metrics.queue_wait.labels(provider).observe(completion.queued_ms / 1000)
+        if usage is not None:
+            self.metrics.tokens.labels(provider, client.name, "input").inc(usage.input_tokens)
+            self.metrics.tokens.labels(provider, client.name, "output").inc(usage.output_tokens)
+        if self._ledger is not None:
+            self._ledger.record(UsageRecord(
+                time=self._clock.seconds(),
+                client=client.name,
+                provider=provider,
+                model=completion.model if completion else completion_request.model,
+                status=status,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                cost_usd=completion.cost_usd if completion else None,
+                duration_ms=completion.duration_ms if completion else round(elapsed * 1000),
+                queued_ms=completion.queued_ms if completion else None,
+                request_id=completion_request.request_id,
+            ))
+
     def _queue_headers(self, request, provider: str) -> None:
         queue = self._router.queue_for(provider)
         request.setHeader(b"x-queue-depth", str(queue.pending).encode())
@@ -87,6 +184,8 @@ class ShellmAPI:
     @app.handle_errors(ShellmError)
     def shellm_error(self, request, failure):
         error = failure.value
+        if error.code == "auth_required":
+            request.setHeader(b"www-authenticate", b'Bearer realm="shellm"')
         if error.retry_after is not None:
             request.setHeader(b"retry-after", str(error.retry_after).encode())
         if "provider" in request.log_fields:
@@ -119,17 +218,21 @@ class ShellmAPI:
 
     @app.route("/completions", methods=["POST"])
     async def completions(self, request):
+        client = self._authenticate(request)
         completion_request = self._parse_completion(request)
+        self._admit(client, completion_request)
         # The router gathers the text itself: non-streaming is the same run
         # with nobody listening to the deltas.
-        completion = await self._router.complete(completion_request, lambda event: None)
+        completion = await self._serve(client, completion_request, lambda event: None)
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
         return self._respond(request, 200, seed.completion_json(completion))
 
     @app.route("/completions/stream", methods=["POST"])
     async def completions_stream(self, request):
+        client = self._authenticate(request)
         completion_request = self._parse_completion(request)
+        self._admit(client, completion_request)
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
         self._queue_headers(request, completion_request.entry.provider)
         stream = EventStream(request, self._clock, self._heartbeat)
@@ -138,7 +241,7 @@ class ShellmAPI:
             stream.send(seed.delta_event(event.text))
 
         try:
-            completion = await self._router.complete(completion_request, relay)
+            completion = await self._serve(client, completion_request, relay)
         except ShellmError as error:
             stream.send(seed.error_event(error, request.request_id))
         except CancelledError:
@@ -154,6 +257,7 @@ class ShellmAPI:
 
     @app.route("/providers", methods=["GET"])
     async def providers(self, request):
+        self._authenticate(request)
         healths = await self._router.health.current()
         listing = []
         for name, provider in self._router.providers.items():
@@ -189,3 +293,25 @@ class ShellmAPI:
             "uptime_seconds": round(self._clock.seconds() - self._started),
             "version": __version__,
         })
+
+    @app.route("/usage", methods=["GET"])
+    async def usage(self, request):
+        client = self._authenticate(request)
+        period = (request.args.get(b"period") or [b"24h"])[0].decode("ascii", "replace")
+        if period not in PERIODS:
+            raise InvalidRequest(f"period must be one of {', '.join(PERIODS)}")
+        if self._ledger is None:
+            raise InternalError("no usage ledger is configured")
+        scope = client.name if self.authenticator.enabled else None
+        totals = await self._ledger.totals(self._clock.seconds() - PERIODS[period], scope)
+        return self._respond(request, 200, {
+            "period": period,
+            "client": scope,
+            **totals,
+        })
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_text(self, request):
+        request.setHeader(b"content-type", self.metrics.content_type.encode())
+        request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
+        return self.metrics.render()

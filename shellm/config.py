@@ -9,12 +9,14 @@ the validation all come from that list.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from typing import Any, Callable, Mapping, Optional
 
 from attrs import field, frozen
 
+from shellm.auth import Client, parse_clients
 from shellm.models import DEFAULT_MODELS, ModelEntry, merge_models
 
 
@@ -87,6 +89,15 @@ def _provider_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0")
+
+
 def _url(text: str) -> str:
     url = text.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
@@ -157,6 +168,14 @@ SETTINGS: tuple[Setting, ...] = (
             "consecutive provider failures that open its circuit"),
     Setting("circuit_cooldown", "SHELLM_CIRCUIT_COOLDOWN", "60", _seconds(0),
             "seconds an open circuit waits before one probe"),
+    Setting("clients", "SHELLM_CLIENTS", "", parse_clients,
+            "clients and their keys, JSON (environment or .env only)", option=False),
+    Setting("allow_open", "SHELLM_ALLOW_OPEN", "0", _flag,
+            "1 allows a non-loopback listener without client keys"),
+    Setting("global_rpm", "SHELLM_GLOBAL_RPM", "30", _int(1),
+            "completion requests per minute for the whole gateway"),
+    Setting("db", "SHELLM_DB", "~/.shellm/shellm.db", _text,
+            "SQLite usage ledger file"),
     Setting("log_level", "LOG_LEVEL", "info", _log_level,
             "debug, info, warn, error or critical"),
 )
@@ -188,6 +207,10 @@ class Config:
     fallback_chain: tuple[str, ...]
     circuit_threshold: int
     circuit_cooldown: float
+    clients: tuple[Client, ...] = field(repr=False)
+    allow_open: bool
+    global_rpm: int
+    db: str
     log_level: str
     # What the CLIs inherit from the daemon: where to find programs and
     # the service user's home, which holds their logins.
@@ -258,4 +281,49 @@ def load_config(
             raise ConfigError(f"{source}: {e}") from None
     base_env = {k: environ[k] for k in INHERITED_ENV if k in environ}
     base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return Config(**values, base_env=base_env)
+    config = Config(**values, base_env=base_env)
+    if not config.clients and not config.allow_open and not listens_on_loopback(config.listen):
+        raise ConfigError(
+            f"SHELLM_LISTEN: {config.listen} can be reached from other machines, but "
+            "SHELLM_CLIENTS is not set, so anyone could use it; set client keys, or "
+            "SHELLM_ALLOW_OPEN=1 to serve without auth anyway"
+        )
+    return config
+
+
+def load_clients(environ: Mapping[str, str], env_file: Optional[str]) -> tuple[Client, ...]:
+    """
+    C{SHELLM_CLIENTS} again, with the same precedence, for a reload.
+
+    @raise ConfigError: if it is no longer valid (the old clients stay).
+    """
+    from_file = read_env_file(env_file) if env_file else {}
+    raw = environ.get("SHELLM_CLIENTS", from_file.get("SHELLM_CLIENTS", ""))
+    try:
+        return parse_clients(raw)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"SHELLM_CLIENTS: {e}") from None
+
+
+def listens_on_loopback(description: str) -> bool:
+    """
+    Whether a strports description only accepts local connections: a
+    loopback TCP interface or a UNIX socket.
+    """
+    from twisted.internet import endpoints
+
+    try:
+        endpoint = endpoints.serverFromString(None, description)
+    except (ValueError, KeyError, TypeError):
+        return True  # not an endpoint at all; reported as such elsewhere
+    if isinstance(endpoint, endpoints.UNIXServerEndpoint):
+        return True
+    interface = getattr(endpoint, "_interface", None)
+    if interface is None:
+        return False
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False

@@ -6,7 +6,7 @@ back once to another provider when it fails on its side.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -39,10 +39,14 @@ class Router:
         health: HealthMonitor,
         circuits: Mapping[str, Circuit],
         fallback_chain: tuple[str, ...],
+        on_call: Optional[Callable[[str, str], None]] = None,
     ):
         """
         @param queues: by provider kind, C{"cli"} and C{"http"}.
+        @param on_call: told C{(provider, outcome)} after every provider run,
+            the outcome being C{"ok"} or an error code.
         """
+        self._on_call = on_call or (lambda provider, outcome: None)
         self._clock = clock
         self.providers = providers
         self.models = models
@@ -147,9 +151,12 @@ class Router:
             self._judge(circuit, name, e)
             raise
         circuit.succeeded()
+        self._on_call(name, "ok")
         return result, queued_ms
 
     def _judge(self, circuit: Circuit, name: str, error: BaseException) -> None:
+        self._on_call(name, error.code if isinstance(error, ShellmError) else
+                      "cancelled" if isinstance(error, CancelledError) else "internal_error")
         if isinstance(error, NotLoggedIn):
             self.health.mark_not_logged_in(name, error.message)
         if isinstance(error, ShellmError) and error.provider_side:

@@ -6,22 +6,27 @@ daemon's parts are built and wired together.
 from __future__ import annotations
 
 import os
+import signal
+
 import treq.client
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from shellm import __version__
+from shellm import __version__, logs
 from shellm.api import ShellmAPI
+from shellm.auth import Authenticator
 from shellm.circuit import Circuit
-from shellm.config import SETTINGS, ConfigError, load_config
+from shellm.config import SETTINGS, ConfigError, load_clients, load_config
 from shellm.health import HealthMonitor
-from shellm import logs
+from shellm.ledger import Ledger
+from shellm.limits import RateLimiter
+from shellm.metrics import Metrics
 from shellm.models import ModelTable
 from shellm.process import CliRunner, SessionSpawner
 from shellm.providers.cerebras import CerebrasProvider
@@ -67,6 +72,7 @@ class Options(usage.Options):
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"SHELLM_LISTEN: not a valid endpoint ({e})")
         self["config"] = config
+        self["env-file-path"] = os.path.abspath(self["env-file"]) if self["env-file"] else None
         parent = getattr(self, "parent", None)
         if parent is not None and not parent.get("logger") and not parent.get("logfile"):
             # JSON lines on stdout, for journald, unless told otherwise.
@@ -83,17 +89,42 @@ class ShellmService(MultiService):
 
     log = Logger()
 
-    def __init__(self, clock, runner: CliRunner, router: Router, pool, drain_timeout: float):
+    def __init__(self, clock, runner: CliRunner, router: Router, pool, drain_timeout: float,
+                 authenticator: Authenticator, ledger: Ledger, env_file):
         super().__init__()
         self._clock = clock
         self._runner = runner
         self._router = router
         self._pool = pool
         self._drain_timeout = drain_timeout
+        self._authenticator = authenticator
+        self._ledger = ledger
+        self._env_file = env_file
 
     def startService(self):
+        self._ledger.open().addErrback(
+            lambda f: self.log.failure("the usage ledger could not be opened", f)
+        )
         super().startService()
         self._router.health.refresh()
+        if not self._authenticator.enabled:
+            self.log.warn("SHELLM_CLIENTS is not set: auth is off, anyone who can connect may use the API")
+        signal.signal(signal.SIGHUP, self._hangup)
+
+    def _hangup(self, signum, frame):
+        self._clock.callFromThread(self.reload_clients)
+
+    def reload_clients(self) -> None:
+        """
+        Re-read SHELLM_CLIENTS (SIGHUP); requests in flight are unaffected.
+        """
+        try:
+            clients = load_clients(os.environ, self._env_file)
+        except ConfigError as e:
+            self.log.error("clients not reloaded: {why}", why=str(e))
+            return
+        self._authenticator.replace(clients)
+        self.log.info("clients reloaded: {count} clients", count=len(clients))
 
     def _busy(self) -> int:
         return len(self._runner.live) + sum(q.active for q in self._router.queues.values())
@@ -110,6 +141,7 @@ class ShellmService(MultiService):
             self.log.warn("stopping {count} CLI runs still going", count=len(self._runner.live))
             yield self._runner.terminate_all()
         yield self._pool.closeCachedConnections()
+        self._ledger.close()
 
 
 def makeService(options, reactor=None):
@@ -133,25 +165,38 @@ def makeService(options, reactor=None):
             reactor, http, config.cerebras_api_key, config.cerebras_base_url, config.timeout
         ),
     }
+    queues = {
+        "cli": RequestQueue("cli", config.max_concurrent, config.max_queue_depth),
+        "http": RequestQueue("http", config.http_max_concurrent, config.http_max_queue_depth),
+    }
+    circuits = {
+        name: Circuit(reactor, config.circuit_threshold, config.circuit_cooldown)
+        for name in providers
+    }
+    metrics = Metrics(queues, circuits)
     router = Router(
         reactor,
         providers,
         ModelTable(config.models),
-        queues={
-            "cli": RequestQueue("cli", config.max_concurrent, config.max_queue_depth),
-            "http": RequestQueue("http", config.http_max_concurrent, config.http_max_queue_depth),
-        },
+        queues=queues,
         health=HealthMonitor(reactor, providers, config.health_ttl),
-        circuits={
-            name: Circuit(reactor, config.circuit_threshold, config.circuit_cooldown)
-            for name in providers
-        },
+        circuits=circuits,
         fallback_chain=config.fallback_chain,
+        on_call=metrics.count_call,
     )
-    api = ShellmAPI(reactor, router, config.max_prompt_chars, config.heartbeat)
+    authenticator = Authenticator(config.clients)
+    ledger = Ledger(config.db)
+    api = ShellmAPI(
+        reactor, router, config.max_prompt_chars, config.heartbeat,
+        authenticator=authenticator,
+        limiter=RateLimiter(reactor, config.global_rpm),
+        ledger=ledger,
+        metrics=metrics,
+    )
     site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
 
-    service = ShellmService(reactor, runner, router, pool, config.drain_timeout)
+    service = ShellmService(reactor, runner, router, pool, config.drain_timeout,
+                            authenticator, ledger, options.get("env-file-path"))
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)

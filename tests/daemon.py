@@ -65,6 +65,8 @@ class Daemon:
             "SHELLM_GEMINI_BIN": "/nonexistent/gemini",
             "SHELLM_CODEX_BIN": "/nonexistent/codex",
             "SHELLM_DRAIN_TIMEOUT": "3",
+            "SHELLM_DB": os.path.join(cwd, "shellm.db"),
+            "SHELLM_GLOBAL_RPM": "1000",
             **env,
         }
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",

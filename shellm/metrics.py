@@ -1,0 +1,81 @@
+"""
+Prometheus metrics, in a registry of the daemon's own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class _LiveState:
+    """
+    Gauges read at scrape time from the queues and circuits themselves, so
+    they can never drift from the truth.
+    """
+
+    def __init__(self, queues, circuits):
+        self._queues = queues
+        self._circuits = circuits
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        active = GaugeMetricFamily("shellm_in_flight", "Calls holding a slot", labels=["queue"])
+        waiting = GaugeMetricFamily("shellm_queued", "Requests waiting for a slot", labels=["queue"])
+        for name, queue in self._queues.items():
+            active.add_metric([name], queue.active)
+            waiting.add_metric([name], queue.pending)
+        circuits = GaugeMetricFamily(
+            "shellm_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            labels=["provider"],
+        )
+        for name, circuit in self._circuits.items():
+            circuits.add_metric([name], _CIRCUIT_STATES[circuit.state])
+        return [active, waiting, circuits]
+
+
+class Metrics:
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
+
+    def __init__(self, queues, circuits):
+        """
+        @param queues: the queues by name; @param circuits: the circuit
+        breakers by provider.  Both are read live at each scrape.
+        """
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "shellm_requests", "Completion requests by outcome",
+            ["provider", "model", "status", "client"], registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "shellm_queue_wait_seconds", "Time waiting for a slot", ["provider"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.first_token = Histogram(
+            "shellm_time_to_first_token_seconds", "Time from request to the first delta",
+            ["provider"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.duration = Histogram(
+            "shellm_request_duration_seconds", "Time from request to the end of the answer",
+            ["provider"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.tokens = Counter(
+            "shellm_tokens", "Tokens reported by providers",
+            ["provider", "client", "direction"], registry=self.registry,
+        )
+        self.provider_calls = Counter(
+            "shellm_provider_calls", "Provider runs (CLI exits, API calls) by outcome",
+            ["provider", "outcome"], registry=self.registry,
+        )
+        self.registry.register(_LiveState(queues, circuits))
+
+    def count_call(self, provider: str, outcome: str) -> None:
+        self.provider_calls.labels(provider, outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
