@@ -136,7 +136,10 @@ class ShellmAPI:
 
         status, completion = 500, None
         try:
-            completion = await self._router.complete(completion_request, timed)
+            completion = await self._router.complete(
+                completion_request, timed,
+                permits=lambda entry: client.may_use(entry.alias, entry.provider),
+            )
             status = 200
             return completion
         except ShellmError as error:

@@ -69,9 +69,17 @@ class Router:
             return f"{name} is failing; its circuit is open"
         return None
 
-    async def complete(self, request: CompletionRequest, sink: EventSink) -> Completion:
+    async def complete(
+        self,
+        request: CompletionRequest,
+        sink: EventSink,
+        permits: Callable[[ModelEntry], bool] = lambda entry: True,
+    ) -> Completion:
         """
         Run C{request}, handing each delta to C{sink} as it arrives.
+
+        @param permits: whether the caller may use a model table entry; a
+            fallback never goes where the caller may not.
 
         Falls back once, to the next usable provider of the chain, when the
         first fails on its side (502/503/504), the request allows it, and no
@@ -89,7 +97,7 @@ class Router:
             result, queued = await self._attempt(request, entry, forward)
             fallback = None
         except ShellmError as error:
-            alternate = self._alternate(entry.provider) if (
+            alternate = self._alternate(entry.provider, permits) if (
                 error.provider_side and request.fallback and not sent
             ) else None
             if alternate is None:
@@ -115,10 +123,13 @@ class Router:
             finish_reason=result.finish_reason,
         )
 
-    def _alternate(self, failed: str) -> Optional[ModelEntry]:
+    def _alternate(self, failed: str, permits) -> Optional[ModelEntry]:
         for name in self.fallback_chain:
-            if name != failed and name in self.providers and self.unusable_reason(name) is None:
-                return self.models.default_for(name)
+            if name == failed or name not in self.providers or self.unusable_reason(name):
+                continue
+            entry = self.models.default_for(name)
+            if permits(entry):
+                return entry
         return None
 
     async def _attempt(

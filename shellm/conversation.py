@@ -1,0 +1,153 @@
+"""
+A chat conversation, as the OpenAI and Anthropic dialects receive it, turned
+into the one system prompt and one prompt a CLI takes.
+
+A CLI answers the whole of its stdin.  Replaying earlier turns as one flat
+block makes models answer those turns again, so everything before the
+unanswered user message(s) goes into a labelled history block that the
+model is told is context only, and the message to answer is set apart
+after it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from attrs import frozen
+
+from shellm.completion import CompletionRequest
+from shellm.errors import InvalidRequest, NotFound
+from shellm.models import ModelEntry
+
+SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
+
+HISTORY_NOTE = (
+    "The conversation so far is in <conversation_history>, for context only: "
+    "do not answer or repeat its turns. Reply only to the latest user message, "
+    "in <latest_user_message>."
+)
+
+
+class InvalidField(InvalidRequest):
+    """
+    A 400 that knows which request field is wrong (OpenAI's C{param}).
+    """
+
+    def __init__(self, message: str, param: Optional[str] = None):
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(NotFound):
+    """
+    A model name the table does not know: 404, as both vendors answer it.
+    """
+
+    code = "model_not_found"
+    param = "model"
+
+
+@frozen
+class Turn:
+    """
+    One message of a conversation, reduced to its text.
+
+    @ivar role: L{SYSTEM}, L{USER} or L{ASSISTANT}.
+    """
+
+    role: str
+    text: str
+
+
+def clean_text(text: str) -> str:
+    """
+    Text a process can be given: NUL cannot be passed on, lone surrogates
+    cannot be encoded.
+    """
+    return text.replace("\0", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def render(turns: Sequence[Turn]) -> tuple[Optional[str], str]:
+    """
+    The system prompt and the prompt for C{turns}.
+
+    Every system turn, wherever it is, goes into the system prompt (joined
+    by blank lines; L{None} when there is none).  The user turns after the
+    last assistant turn are the message to answer: with no earlier turns it
+    is the prompt verbatim, otherwise it follows a history block of the
+    earlier turns, each labelled with its role.
+
+    @raise ValueError: when the conversation does not end with a user turn;
+        the dialect parsers check that first, naming the field.
+    """
+    system = [t.text for t in turns if t.role == SYSTEM]
+    dialogue = [t for t in turns if t.role != SYSTEM]
+    split = len(dialogue)
+    while split > 0 and dialogue[split - 1].role == USER:
+        split -= 1
+    history, latest = dialogue[:split], dialogue[split:]
+    if not latest:
+        raise ValueError("a conversation must end with a user turn")
+    question = "\n\n".join(t.text for t in latest)
+    if history:
+        lines = ["<conversation_history>"]
+        for turn in history:
+            lines += [f'<turn role="{turn.role}">', turn.text, "</turn>"]
+        lines.append("</conversation_history>")
+        prompt = (
+            "\n".join(lines) + "\n\n" + HISTORY_NOTE + "\n\n"
+            "<latest_user_message>\n" + question + "\n</latest_user_message>"
+        )
+    else:
+        prompt = question
+    return ("\n\n".join(system) if system else None), prompt
+
+
+def completion_request(
+    turns: Sequence[Turn],
+    *,
+    model: str,
+    entry: ModelEntry,
+    request_id: str,
+    max_prompt_chars: int,
+    max_tokens: Optional[int] = None,
+    temperature: Optional[float] = None,
+    top_p: Optional[float] = None,
+    stop: tuple[str, ...] = (),
+    extra_system: Optional[str] = None,
+) -> CompletionRequest:
+    """
+    Render C{turns} and check the result against the prompt limit, which
+    applies to the prompt and to the system prompt, each on its own (as for
+    the seed dialect).
+
+    @param extra_system: appended to the system prompt (instructions the
+        dialect adds, such as JSON mode).
+    @raise InvalidField: naming C{messages} or C{system}.
+    """
+    system, prompt = render(turns)
+    if extra_system:
+        system = f"{system}\n\n{extra_system}" if system else extra_system
+    if not prompt.strip():
+        raise InvalidField("the last user message must not be empty", "messages")
+    if len(prompt) > max_prompt_chars:
+        raise InvalidField(
+            f"the conversation exceeds the maximum length of {max_prompt_chars} characters "
+            f"(got {len(prompt)})", "messages",
+        )
+    if system is not None and len(system) > max_prompt_chars:
+        raise InvalidField(
+            f"the system prompt exceeds the maximum length of {max_prompt_chars} characters "
+            f"(got {len(system)})", "system",
+        )
+    return CompletionRequest(
+        model=model,
+        entry=entry,
+        prompt=clean_text(prompt),
+        system=clean_text(system) if system else None,
+        max_tokens=max_tokens,
+        request_id=request_id,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stop,
+    )
