@@ -120,7 +120,8 @@ class ShellmAPI:
         if self._limiter is not None:
             self._limiter.admit(client)
 
-    async def _serve(self, client: Client, completion_request: CompletionRequest, sink) -> Completion:
+    async def _serve(self, client: Client, completion_request: CompletionRequest, sink,
+                     streaming: bool = False) -> Completion:
         """
         Run a completion and account for it, however it ends.
         """
@@ -139,6 +140,7 @@ class ShellmAPI:
             completion = await self._router.complete(
                 completion_request, timed,
                 permits=lambda entry: client.may_use(entry.alias, entry.provider),
+                streaming=streaming,
             )
             status = 200
             return completion
@@ -244,7 +246,7 @@ class ShellmAPI:
             stream.send(seed.delta_event(event.text))
 
         try:
-            completion = await self._serve(client, completion_request, relay)
+            completion = await self._serve(client, completion_request, relay, streaming=True)
         except ShellmError as error:
             stream.send(seed.error_event(error, request.request_id))
         except CancelledError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from shellm.providers.base import ProviderHealth
@@ -76,7 +76,7 @@ class HealthMonitor:
         names = list(self._providers)
 
         def safe(name):
-            d = self._providers[name].check_health()
+            d = maybeDeferred(self._providers[name].check_health)
             d.addErrback(self._check_failed, name)
             return d
 

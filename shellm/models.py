@@ -66,6 +66,8 @@ def merge_models(
             raise ValueError(
                 f"entry {alias!r} needs a provider, one of {', '.join(PROVIDERS)}"
             )
+        if alias in PROVIDERS and spec["provider"] != alias:
+            raise ValueError(f"entry {alias!r} must stay with provider {alias!r} (fallback runs it)")
         model = spec.get("model")
         if model is not None and (not isinstance(model, str) or not model
                                   or model.startswith("-") or not model.isprintable()):

@@ -74,6 +74,7 @@ class Router:
         request: CompletionRequest,
         sink: EventSink,
         permits: Callable[[ModelEntry], bool] = lambda entry: True,
+        streaming: bool = False,
     ) -> Completion:
         """
         Run C{request}, handing each delta to C{sink} as it arrives.
@@ -82,11 +83,11 @@ class Router:
             fallback never goes where the caller may not.
 
         Falls back once, to the next usable provider of the chain, when the
-        first fails on its side (502/503/504), the request allows it, and no
-        text has reached the sink yet.
+        first fails on its side (502/503/504) and the request allows it; when
+        C{streaming}, only while no text has reached the client.
         """
         started = self._clock.seconds()
-        sent = []
+        sent: list[str] = []
 
         def forward(event: TextDelta) -> None:
             sent.append(event.text)
@@ -98,7 +99,7 @@ class Router:
             fallback = None
         except ShellmError as error:
             alternate = self._alternate(entry.provider, permits) if (
-                error.provider_side and request.fallback and not sent
+                error.provider_side and request.fallback and not (streaming and sent)
             ) else None
             if alternate is None:
                 raise
@@ -108,6 +109,7 @@ class Router:
                 request_id=request.request_id,
             )
             fallback = FallbackInfo(entry.provider, error.to_json())
+            sent.clear()  # only the answer that completes is the content
             result, queued = await self._attempt(request, alternate, forward)
             entry = alternate
         return Completion(

@@ -72,7 +72,7 @@ class ShellmSite(Site):
     noisy = False
 
     def __init__(self, resource, clock, max_body_bytes: int):
-        super().__init__(resource)
+        super().__init__(resource, reactor=clock)
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.displayTracebacks = False

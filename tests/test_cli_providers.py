@@ -12,15 +12,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import stat
 import sys
-import time
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
 from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
@@ -174,6 +173,22 @@ async def run_to_end(provider, req, upstream=None, sink=None):
         result = e
     await run.finished
     return result, sink
+
+
+@pytest.fixture
+def logged():
+    """
+    Everything logged during the test, formatted as an operator would read it.
+    """
+    events: list[dict] = []
+    observer = events.append
+    globalLogPublisher.addObserver(observer)
+    yield lambda: "\n".join(
+        (formatEvent(e) or "") + " " + repr(sorted((k, v) for k, v in e.items()
+                                                   if not k.startswith("log_")))
+        for e in events
+    )
+    globalLogPublisher.removeObserver(observer)
 
 
 def read_records(path) -> list[dict]:
@@ -417,7 +432,8 @@ async def test_isolation_session_cwd_env(cli, make_provider, marker, tmp_path,
     ],
 )
 @real_reactor_test
-async def test_failures_are_classified(cli, mode, error, status, make_provider, marker):
+async def test_failures_are_classified(cli, mode, error, status, make_provider, marker,
+                                       logged):
     """
     What went wrong reaches the client as the right error and status:
     missing login and refused credentials are 503 (so another provider may
@@ -436,6 +452,7 @@ async def test_failures_are_classified(cli, mode, error, status, make_provider, 
     assert SECRET not in result.message
     assert SECRET not in json.dumps(result.to_json())
     assert SECRET not in str(result)
+    assert SECRET not in logged()
     assert sink.events == []
     assert await wait_for_no_processes(marker) == []
 
@@ -715,11 +732,12 @@ async def test_health_not_installed(cli, make_provider, marker, tmp_path):
 # -- cerebras, over HTTP
 
 
-@pytest.fixture
-def cerebras():
+@pytest_twisted.async_yield_fixture
+async def cerebras():
     """
     A fake OpenAI-compatible server and a factory for providers talking to
-    it through their own connection pool; both are shut down afterwards.
+    it through their own connection pool.  Tests call C{close()} before the
+    reactor-clean check; teardown closes again in case a test failed first.
     """
     from twisted.internet import reactor
     from treq.client import HTTPClient
@@ -735,15 +753,29 @@ def cerebras():
         return CerebrasProvider(reactor, http, api_key, fake.base_url, timeout)
 
     async def close():
-        for pool in pools:
-            await pool.closeCachedConnections()
-        await fake.stop()
+        while pools:
+            await pools.pop().closeCachedConnections()
+        if fake.port is not None:
+            port, fake.port = fake.port, None
+            fake.abort_all()
+            await port.stopListening()
 
     fake.make = make
     fake.close = close
     yield fake
-    # close() is awaited by each test; a test that failed first leaves the
-    # server to the end of the session rather than blocking here.
+    await close()
+
+
+async def upstream_connection_closed(fake, within: float = 2.0) -> bool:
+    """
+    Whether the server saw every streaming request's connection go away
+    (before the test shuts the server down, which would close them anyway).
+    """
+    waited = 0.0
+    while fake._open and waited < within:
+        await sleep(0.05)
+        waited += 0.05
+    return not fake._open
 
 
 async def cerebras_run(provider, req, upstream="gpt-oss-120b"):
@@ -793,11 +825,11 @@ async def test_cerebras_success(cerebras):
     ],
 )
 @real_reactor_test
-async def test_cerebras_upstream_errors(cerebras, status, error, client_status):
+async def test_cerebras_upstream_errors(cerebras, status, error, client_status, logged):
     """
     Upstream errors map to what the client should see: a refused key is 503,
     a rate limit 429 with a retry_after, a server error 502; the upstream's
-    body (which echoes the key) never reaches the message.
+    body (which echoes the key) never reaches the message, nor the logs.
     """
     cerebras.fail_status = status
     provider = cerebras.make()
@@ -809,6 +841,7 @@ async def test_cerebras_upstream_errors(cerebras, status, error, client_status):
         assert isinstance(result.retry_after, int) and result.retry_after > 0
     assert SECRET not in result.message
     assert SECRET not in json.dumps(result.to_json())
+    assert SECRET not in logged()
     assert sink.events == []
 
 
@@ -838,10 +871,34 @@ async def test_cerebras_stall_times_out(cerebras):
     started = reactor.seconds()
     result, _ = await cerebras_run(provider, request("cerebras"))
     elapsed = reactor.seconds() - started
+    closed = await upstream_connection_closed(cerebras)
     await cerebras.close()
     assert isinstance(result, Timeout), result
+    assert closed
     assert result.status == 504
     assert 0.4 <= elapsed < 5.0
+
+
+@real_reactor_test
+async def test_cerebras_cancel_mid_stream(cerebras):
+    """
+    Cancelling a cerebras call mid-stream (a client that went away) fails
+    it with CancelledError, fires C{finished}, and closes the connection.
+    """
+    cerebras.stall = True
+    cerebras.text, cerebras.chunks = "one two", 2
+    provider = cerebras.make(timeout=15.0)
+    first = Deferred()
+    sink = Events(on_first=lambda: first.callback(None))
+    run = provider.start(request("cerebras"), "gpt-oss-120b", sink)
+    await first
+    run.result.cancel()
+    with pytest.raises(CancelledError):
+        await run.result
+    await run.finished
+    assert await upstream_connection_closed(cerebras)
+    await cerebras.close()
+    assert sink.deltas == ["one"]
 
 
 @real_reactor_test

@@ -57,7 +57,9 @@ class ClaudeOutput(OutputParser):
             raise self.failed(exit)
         if result.get("is_error") or exit.exit_code != 0:
             status = result.get("api_error_status")
-            said = f"{result.get('result', '')} {status or ''}"
+            said = str(result.get("result", ""))
+            if isinstance(status, int):
+                said += f" (status {status})"
             if isinstance(status, int) and status >= 500:
                 raise CliFailed(f"claude: the upstream API failed (HTTP {status})")
             raise self.failed(exit, said)

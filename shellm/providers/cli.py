@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Mapping, Optional
@@ -27,6 +28,22 @@ class NotLoggedIn(ProviderUnavailable):
     """
     The CLI runs but has no usable credentials.
     """
+
+
+# What the CLIs say when their login is missing or refused, or when the
+# upstream rate-limits them.  Status codes only count next to a word that
+# makes them one: a bare "401" may be part of an id or a port.
+_LOGIN_REFUSED = re.compile(
+    r"not logged in|/login\b|invalid api key|unauthori[sz]ed|please set an auth method"
+    r"|missing environment variable|\b(?:status|code|http)\W{0,3}40[13]\b"
+    r"|\b40[13] (?:unauthorized|forbidden)",
+    re.IGNORECASE,
+)
+_RATE_LIMITED = re.compile(
+    r"rate.?limit|too many requests|resource_exhausted|usage limit|quota exceeded"
+    r"|\b(?:status|code|http)\W{0,3}429\b|\b429 too many|\(429\)",
+    re.IGNORECASE,
+)
 
 
 def with_system_prompt(system: Optional[str], prompt: str) -> str:
@@ -101,16 +118,12 @@ class OutputParser:
         The error for a run that did not succeed, from what the CLI said
         (C{what}) and its stderr: never returned to the client, only matched.
         """
-        said = (what + "\n" + exit.stderr_tail).lower()
-        if any(s in said for s in ("not logged in", "please run /login", "/login",
-                                   "invalid api key", "401", "unauthorized",
-                                   "auth method", "missing environment variable",
-                                   "authentication", "403 forbidden")):
+        said = what + "\n" + exit.stderr_tail
+        if _LOGIN_REFUSED.search(said):
             return NotLoggedIn(
                 f"{self.provider} is not logged in or its credentials were refused"
             )
-        if any(s in said for s in ("429", "rate limit", "rate_limit", "too many requests",
-                                   "resource_exhausted", "quota", "usage limit")):
+        if _RATE_LIMITED.search(said):
             return RateLimited(f"{self.provider}: the upstream rate limit was reached",
                                retry_after=60)
         if exit.signal is not None:
