@@ -175,7 +175,12 @@ async def test_disconnect_mid_stream_kills_the_process_group(tmp_path, marker):
                 break
             await sleep(0.05)
         assert processes_with_marker(marker) == [daemon.pid]
-        health = json.loads(await (await treq.get(daemon.url + "/health")).content())
+        # The slot is freed once the daemon has reaped the child.
+        for _ in range(100):
+            health = json.loads(await (await treq.get(daemon.url + "/health")).content())
+            if health["queue"]["active"] == 0:
+                break
+            await sleep(0.05)
         assert health["queue"]["active"] == 0
     finally:
         await daemon.stop()
