@@ -28,6 +28,25 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
+async def eventually(check, timeout: float = 10.0, interval: float = 0.05):
+    """
+    Await C{check()} (a coroutine function) until it returns something true;
+    return its last result.
+    """
+    waited = 0.0
+    while True:
+        result = await check()
+        if result or waited >= timeout:
+            return result
+        await sleep(interval)
+        waited += interval
+
+
+async def health_of(url: str) -> dict:
+    response = await treq.get(url + "/health")
+    return json.loads(await response.content())
+
+
 class DaemonProtocol(ProcessProtocol):
     def __init__(self):
         self.output = bytearray()

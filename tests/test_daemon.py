@@ -14,7 +14,7 @@ import pytest_twisted
 import treq
 
 from tests.conftest import fake_cli, processes_with_marker, wait_for_no_processes
-from tests.daemon import Daemon, open_stream, sleep
+from tests.daemon import Daemon, eventually, health_of, open_stream, sleep
 
 
 
@@ -208,9 +208,11 @@ async def test_disconnect_while_queued_never_starts_a_process(tmp_path, marker):
         health = json.loads(await (await treq.get(daemon.url + "/health")).content())
         assert health["queue"]["pending"] == 1 and health["queue"]["active"] == 1
         second.abort()
-        await sleep(0.3)
-        health = json.loads(await (await treq.get(daemon.url + "/health")).content())
-        assert health["queue"]["pending"] == 0
+
+        async def left_the_queue():
+            return (await health_of(daemon.url))["queue"]["pending"] == 0
+
+        assert await eventually(left_the_queue)
         first.abort()
         await sleep(1.5)
         assert len(record.read_text().splitlines()) == 1
