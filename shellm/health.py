@@ -28,6 +28,8 @@ class HealthMonitor:
         self._ttl = ttl
         self._cache: dict[str, ProviderHealth] = {}
         self._checked_at: Optional[float] = None
+        # When each entry was last learnt, by a check or by a failed run.
+        self._entry_time: dict[str, float] = {}
         self._waiters: list[Deferred] = []
         self._refreshing = False
 
@@ -38,6 +40,15 @@ class HealthMonitor:
         return self._cache.get(name)
 
     def known_unusable(self, name: str) -> Optional[ProviderHealth]:
+        """
+        The health of C{name} if a fresh check found it unusable.  A stale
+        verdict refuses nothing (the user may have logged in since); it only
+        starts a new check.
+        """
+        checked = self._entry_time.get(name)
+        if checked is None or self._clock.seconds() - checked >= self._ttl:
+            self.refresh()
+            return None
         health = self._cache.get(name)
         return health if health is not None and not health.usable else None
 
@@ -49,6 +60,7 @@ class HealthMonitor:
         if old is None or old.authenticated:
             self.log.warn("{provider} is not logged in", provider=name)
         self._cache[name] = ProviderHealth(True, False, message, old.version if old else None)
+        self._entry_time[name] = self._clock.seconds()
 
     def _fresh(self) -> bool:
         return self._checked_at is not None and self._clock.seconds() - self._checked_at < self._ttl
@@ -97,6 +109,7 @@ class HealthMonitor:
                 )
         self._cache = results
         self._checked_at = self._clock.seconds()
+        self._entry_time = dict.fromkeys(results, self._checked_at)
         self._refreshing = False
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

@@ -729,6 +729,34 @@ async def test_health_not_installed(cli, make_provider, marker, tmp_path):
     assert await wait_for_no_processes(marker) == []
 
 
+@real_reactor_test
+async def test_health_runs_version_again_only_when_the_cli_changes(make_provider, marker, tmp_path, python_path_env):
+    """
+    Repeated health checks re-read the credentials every time but run
+    C{--version} only when the executable was replaced or updated.
+    """
+    script = tmp_path / "claude"
+    counter = tmp_path / "runs"
+    body = (
+        "#!/usr/bin/env python3\n"
+        "import sys\n"
+        f"open({str(counter)!r}, 'a').write('x')\n"
+        "print('{version}')\n"
+    )
+    script.write_text(body.format(version="1.0"))
+    script.chmod(0o755)
+    provider = make_provider("claude", executable=str(script), env={"ANTHROPIC_API_KEY": "k"})
+    first = await provider.check_health()
+    second = await provider.check_health()
+    assert first.version == second.version == "1.0"
+    assert counter.read_text() == "x"
+    script.write_text(body.format(version="2.0 (updated)"))
+    third = await provider.check_health()
+    assert third.version == "2.0 (updated)"
+    assert counter.read_text() == "xx"
+    assert await wait_for_no_processes(marker) == []
+
+
 # -- cerebras, over HTTP
 
 

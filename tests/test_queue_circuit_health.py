@@ -493,3 +493,19 @@ def test_overall_status(healths, status):
     (or none are known).
     """
     assert overall_status(healths) == status
+
+
+def test_stale_unusable_verdict_refuses_nothing_and_rechecks(clock):
+    """
+    Once a check is older than the TTL, a provider it found unusable is
+    tried again (the user may have logged in since), and a new check starts.
+    """
+    health, providers = monitor(clock, gemini=NOT_LOGGED_IN)
+    outcome(health.current())
+    assert health.known_unusable("gemini") == NOT_LOGGED_IN
+    calls = providers["gemini"].health_checks
+    providers["gemini"].health = OK
+    clock.advance(31)
+    assert health.known_unusable("gemini") is None
+    assert providers["gemini"].health_checks == calls + 1
+    assert health.cached("gemini") == OK

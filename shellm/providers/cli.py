@@ -152,6 +152,9 @@ class CliProvider:
         self._executable = executable
         self._base_env = dict(base_env)
         self._extra_env = dict(extra_env)
+        # (path, mtime, size) of the executable -> its --version line: the
+        # check runs again only when the CLI is replaced or updated.
+        self._version_of: Optional[tuple] = None
 
     # -- what subclasses provide
 
@@ -225,8 +228,15 @@ class CliProvider:
         executable = self.resolve_executable()
         if executable is None:
             return succeed(ProviderHealth(False, False, f"{self.name} executable not found on PATH (set SHELLM_{self.name.upper()}_BIN)"))
-        lines: list[str] = []
         env = self.environment(None)
+        try:
+            info = os.stat(executable)
+        except OSError:
+            return succeed(ProviderHealth(False, False, f"{self.name} executable not found"))
+        identity = (executable, info.st_mtime_ns, info.st_size)
+        if self._version_of is not None and self._version_of[0] == identity:
+            return succeed(self._judge_login(env, self._version_of[1]))
+        lines: list[str] = []
         scratch = tempfile.mkdtemp(prefix=f"shellm-{self.name}-check-")
         env["TMPDIR"] = scratch
         try:
@@ -246,11 +256,15 @@ class CliProvider:
                 return ProviderHealth(True, False, f"{self.name} --version failed ({why})")
             version = next((l.strip() for l in lines if l.strip()), None)
             version = version[:80] if version and version.isprintable() else None
-            if not self.has_credentials(env):
-                return ProviderHealth(True, False, f"not logged in: {self.login_hint}", version)
-            return ProviderHealth(True, True, None, version)
+            self._version_of = (identity, version)
+            return self._judge_login(env, version)
 
         return run.result.addCallback(judged)
+
+    def _judge_login(self, env: Mapping[str, str], version: Optional[str]) -> ProviderHealth:
+        if not self.has_credentials(env):
+            return ProviderHealth(True, False, f"not logged in: {self.login_hint}", version)
+        return ProviderHealth(True, True, None, version)
 
 
 def home_of(env: Mapping[str, str]) -> str:
