@@ -69,6 +69,8 @@ class ShellmAPI:
         self._limiter = limiter
         self._ledger = ledger
         self.metrics = metrics or Metrics(router.queues, router.circuits)
+        #: Completion requests being answered (queued, running or writing).
+        self.in_flight = 0
         self._started = clock.seconds()
 
     def resource(self):
@@ -228,7 +230,11 @@ class ShellmAPI:
         self._admit(client, completion_request)
         # The router gathers the text itself: non-streaming is the same run
         # with nobody listening to the deltas.
-        completion = await self._serve(client, completion_request, lambda event: None)
+        self.in_flight += 1
+        try:
+            completion = await self._serve(client, completion_request, lambda event: None)
+        finally:
+            self.in_flight -= 1
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
         return self._respond(request, 200, seed.completion_json(completion))
@@ -238,6 +244,7 @@ class ShellmAPI:
         client = self._authenticate(request)
         completion_request = self._parse_completion(request)
         self._admit(client, completion_request)
+        self.in_flight += 1
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
         self._queue_headers(request, completion_request.entry.provider)
         stream = EventStream(request, self._clock, self._heartbeat)
@@ -259,6 +266,7 @@ class ShellmAPI:
             stream.send(seed.final_event(completion))
         finally:
             stream.close()
+            self.in_flight -= 1
 
     @app.route("/providers", methods=["GET"])
     async def providers(self, request):

@@ -47,6 +47,8 @@ class Router:
             the outcome being C{"ok"} or an error code.
         """
         self._on_call = on_call or (lambda provider, outcome: None)
+        #: Cleared when shutdown stops waiting: queued work then starts nothing.
+        self.accepting = True
         self._clock = clock
         self.providers = providers
         self.models = models
@@ -148,6 +150,9 @@ class Router:
         await queue.acquire()
         granted = self._clock.seconds()
         queued_ms = round((granted - asked) * 1000)
+        if not self.accepting:
+            queue.release(0)
+            raise ProviderUnavailable("SheLLM is shutting down")
         if not circuit.begin():
             queue.release(0)
             raise ProviderUnavailable(f"{name} is failing; its circuit is open")

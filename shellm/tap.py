@@ -89,9 +89,10 @@ class ShellmService(MultiService):
 
     log = Logger()
 
-    def __init__(self, clock, runner: CliRunner, router: Router, pool, drain_timeout: float,
-                 authenticator: Authenticator, ledger: Ledger, env_file):
+    def __init__(self, clock, runner: CliRunner, router: Router, api: ShellmAPI, pool,
+                 drain_timeout: float, authenticator: Authenticator, ledger: Ledger, env_file):
         super().__init__()
+        self._api = api
         self._clock = clock
         self._runner = runner
         self._router = router
@@ -127,7 +128,7 @@ class ShellmService(MultiService):
         self.log.info("clients reloaded: {count} clients", count=len(clients))
 
     def _busy(self) -> int:
-        return len(self._runner.live) + sum(q.active for q in self._router.queues.values())
+        return len(self._runner.live) + self._api.in_flight
 
     @inlineCallbacks
     def stopService(self):
@@ -137,9 +138,15 @@ class ShellmService(MultiService):
             self.log.info("draining {busy} requests", busy=self._busy())
         while self._busy() and self._clock.seconds() < deadline:
             yield deferLater(self._clock, 0.05, lambda: None)
+        self._router.accepting = False
         if self._runner.live:
             self.log.warn("stopping {count} CLI runs still going", count=len(self._runner.live))
             yield self._runner.terminate_all()
+        # Let the answers of what was stopped (error events, 503s) reach
+        # their clients before the connections close.
+        deadline = self._clock.seconds() + 2
+        while self._api.in_flight and self._clock.seconds() < deadline:
+            yield deferLater(self._clock, 0.05, lambda: None)
         yield self._pool.closeCachedConnections()
         self._ledger.close()
 
@@ -195,7 +202,7 @@ def makeService(options, reactor=None):
     )
     site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
 
-    service = ShellmService(reactor, runner, router, pool, config.drain_timeout,
+    service = ShellmService(reactor, runner, router, api, pool, config.drain_timeout,
                             authenticator, ledger, options.get("env-file-path"))
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.

@@ -213,6 +213,11 @@ async def test_disconnect_while_queued_never_starts_a_process(tmp_path, marker):
             return (await health_of(daemon.url))["queue"]["pending"] == 0
 
         assert await eventually(left_the_queue)
+
+        async def first_cli_started():
+            return record.exists()
+
+        assert await eventually(first_cli_started)
         first.abort()
         await sleep(1.5)
         assert len(record.read_text().splitlines()) == 1

@@ -11,7 +11,8 @@ The prompt is read from stdin. Behaviour is driven by environment variables:
 FAKE_MODE           ok (default), echo, not_logged_in, upstream_401,
                     upstream_429, upstream_500, exit_nonzero, hang,
                     ignore_term, grandchild, byte_by_byte, huge_line,
-                    invalid_utf8, garbage, slow_exit
+                    invalid_utf8, garbage, slow_exit,
+                    from_prompt (the prompt's first word, mode:<name>, picks one)
 FAKE_TEXT           answer text (default "Hi! I am a fake model.")
 FAKE_CHUNKS         number of text deltas (default 3)
 FAKE_INPUT_TOKENS   default 10
@@ -448,6 +449,10 @@ def main():
     mode = os.environ.get("FAKE_MODE", "ok") or "ok"
     prompt = read_prompt()
     record(prompt)
+    if mode == "from_prompt":
+        # "mode:<name> ..." in the prompt picks the behaviour per request.
+        words = prompt.split()
+        mode = words[0][len("mode:"):] if words and words[0].startswith("mode:") else "ok"
     if mode not in MODES:
         stderr("fake_claude: unknown FAKE_MODE %r" % mode)
         return 2

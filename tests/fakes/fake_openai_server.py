@@ -39,6 +39,7 @@ requests       list of dicts {method, path, uri, headers, body, raw_body},
 
 import argparse
 import itertools
+import copy
 import json
 import sys
 import time
@@ -207,17 +208,41 @@ class FakeOpenAI:
             return self._send_json(request, 400, {"error": {
                 "message": "Request body is not a JSON object",
                 "type": "invalid_request_error", "param": None, "code": None}})
-        if self.fail_status is not None:
-            return self._send_json(request, int(self.fail_status),
-                                   _error_body(int(self.fail_status)))
+        fake = self._for_request(body)
+        if fake.fail_status is not None:
+            return self._send_json(request, int(fake.fail_status),
+                                   _error_body(int(fake.fail_status)))
 
         self._open[request] = None
         request.notifyFinish().addBoth(self._finished, request)
         if body.get("stream"):
-            self._start_stream(request, body)
+            fake._start_stream(request, body)
         else:
-            self._start_plain(request, body)
+            fake._start_plain(request, body)
         return server.NOT_DONE_YET
+
+    def _for_request(self, body):
+        """
+        Behaviour for one request: a last message starting with
+        C{mode:<name>} overrides the server's settings for it alone
+        (C{stall}, C{cut}, C{slow}, C{status<N>}); otherwise the settings.
+        """
+        messages = body.get("messages") or []
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        text = last.get("content")
+        if not isinstance(text, str) or not text.startswith("mode:"):
+            return self
+        view = copy.copy(self)  # shares the request records and open calls
+        mode = text.split()[0][len("mode:"):]
+        if mode == "stall":
+            view.stall = True
+        elif mode == "cut":
+            view.cut_after = 2
+        elif mode == "slow":
+            view.delay = 0.05
+        elif mode.startswith("status") and mode[6:].isdigit():
+            view.fail_status = int(mode[6:])
+        return view
 
     def _finished(self, _result, request):
         call = self._open.pop(request, None)
