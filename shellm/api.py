@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from shellm import __version__
+from shellm import __version__, openapi
 from shellm.auth import Authenticator, Client, ModelNotAllowed, token_from_headers
 from shellm.completion import Completion, CompletionRequest, TextDelta
 from shellm.dialects import seed
@@ -71,6 +71,8 @@ class ShellmAPI:
         self.metrics = metrics or Metrics(router.queues, router.circuits)
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
+        self._openapi = json_bytes(openapi.document(
+            [entry.alias for entry in router.models], max_prompt_chars))
         self._started = clock.seconds()
 
     def resource(self):
@@ -328,3 +330,9 @@ class ShellmAPI:
         request.setHeader(b"content-type", self.metrics.content_type.encode())
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
         return self.metrics.render()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi_document(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
+        return self._openapi

@@ -68,6 +68,8 @@ def parse_completion_request(
             f"system exceeds the maximum length of {max_prompt_chars} characters (got {len(system)})"
         )
     max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, float) and max_tokens.is_integer():
+        max_tokens = int(max_tokens)  # JSON does not tell 1 from 1.0
     if max_tokens is not None and (
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
         or not 1 <= max_tokens <= MAX_TOKENS_LIMIT

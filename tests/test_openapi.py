@@ -1,0 +1,84 @@
+"""
+The OpenAPI document describes the API, and a property-based run against a
+live daemon finds nothing the document does not allow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.conftest import fake_cli, wait_for_no_processes
+from tests.daemon import Daemon
+from tests.fakes.fake_openai_server import start_fake_openai
+
+
+def _all_providers_env(marker, cerebras_url="http://127.0.0.1:9/v1"):
+    """
+    Every provider present and working (fakes), so that any 5xx is a bug.
+    """
+    keys = {"claude": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY", "codex": "OPENAI_API_KEY"}
+    env = {"SHELLM_MAX_QUEUE_DEPTH": "1000", "SHELLM_GLOBAL_RPM": "1000000",
+           "SHELLM_MAX_CONCURRENT": "4", "CEREBRAS_API_KEY": "fake",
+           "SHELLM_CEREBRAS_BASE_URL": cerebras_url}
+    for name, key in keys.items():
+        env[f"SHELLM_{name.upper()}_BIN"] = fake_cli(name)
+        env[f"SHELLM_{name.upper()}_ENV"] = json.dumps({key: "fake", "SHELLM_TEST_MARKER": marker})
+    return env
+
+
+@pytest_twisted.ensureDeferred
+async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker):
+    """
+    /openapi.json is a valid OpenAPI 3.1 document naming every route the
+    daemon serves.
+    """
+    validator = pytest.importorskip("openapi_spec_validator")
+    daemon = Daemon(_all_providers_env(marker), marker, str(tmp_path))
+    try:
+        await daemon.started()
+        response = await treq.get(daemon.url + "/openapi.json")
+        document = json.loads(await response.content())
+    finally:
+        await daemon.stop()
+    validator.validate(document)
+    from shellm.api import ShellmAPI
+
+    served = {rule.rule for rule in ShellmAPI.app.url_map.iter_rules()}
+    served = {path.replace("<", "{").replace(">", "}") for path in served}
+    assert served <= set(document["paths"])
+    assert "claude-sonnet" in document["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_schemathesis_finds_no_undocumented_answer(tmp_path, marker):
+    """
+    A bounded schemathesis run (every check) against a live daemon with a
+    fake provider finds no server error, undocumented status or response
+    that breaks the schema.
+    """
+    pytest.importorskip("schemathesis")
+    fake, port = start_fake_openai(reactor)
+    daemon = Daemon(_all_providers_env(marker, fake.base_url), marker, str(tmp_path))
+    try:
+        await daemon.started()
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "schemathesis.cli", "run", daemon.url + "/openapi.json",
+             "--checks", "all", "--max-examples", "30", "--request-timeout", "20",
+             "--suppress-health-check", "all", "--seed", "1"],
+            env={**os.environ, "SCHEMATHESIS_HOOKS": ""}, path=str(tmp_path), reactor=reactor,
+        )
+    finally:
+        await daemon.stop()
+        await fake.stop()
+    report = out.decode("utf-8", "replace") + err.decode("utf-8", "replace")
+    assert code == 0, report[-6000:]
+    assert await wait_for_no_processes(marker) == []
