@@ -11,7 +11,8 @@ import json
 from typing import Optional
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
@@ -19,7 +20,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from shellm import __version__, openapi
 from shellm.auth import Authenticator, Client, ModelNotAllowed, token_from_headers
 from shellm.completion import Completion, CompletionRequest, TextDelta
-from shellm.dialects import seed
+from shellm.dialects import anthropic, openai, seed
 from shellm.errors import (
     InternalError,
     InvalidRequest,
@@ -106,6 +107,25 @@ class ShellmAPI:
         request.log_fields.update(provider=completion_request.entry.provider,
                                   model=completion_request.model)
         return completion_request
+
+    def _dialect(self, request):
+        """
+        The compatible dialect a request speaks, by path (and, for the
+        model list, the Anthropic SDK's version header); L{None} for seed.
+        """
+        path = request.path
+        if path.startswith(b"/v1/messages") or (
+                path.startswith(b"/v1/models") and request.getHeader("anthropic-version")):
+            return anthropic
+        if path.startswith(b"/v1/"):
+            return openai
+        return None
+
+    def _error(self, request, error: ShellmError) -> bytes:
+        dialect = self._dialect(request)
+        body = (dialect.error_json(error, request.request_id) if dialect
+                else {**error.to_json(), "request_id": request.request_id})
+        return self._respond(request, error.status, body)
 
     def _authenticate(self, request) -> Client:
         client = self.authenticator.authenticate(token_from_headers(
@@ -199,12 +219,12 @@ class ShellmAPI:
             request.setHeader(b"retry-after", str(error.retry_after).encode())
         if "provider" in request.log_fields:
             self._queue_headers(request, request.log_fields["provider"])
-        return self._respond(request, error.status, {**error.to_json(), "request_id": request.request_id})
+        return self._error(request, error)
 
     @app.handle_errors(WerkzeugNotFound)
     def not_found(self, request, failure):
         error = NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}")
-        return self._respond(request, error.status, {**error.to_json(), "request_id": request.request_id})
+        return self._error(request, error)
 
     @app.handle_errors(WerkzeugMethodNotAllowed)
     def method_not_allowed(self, request, failure):
@@ -213,23 +233,18 @@ class ShellmAPI:
         error = MethodNotAllowed(
             f"{request.method.decode('ascii', 'replace')} is not allowed here; use {' or '.join(allowed)}"
         )
-        return self._respond(request, error.status, {**error.to_json(), "request_id": request.request_id})
+        return self._error(request, error)
 
     @app.handle_errors(Exception)
     def unexpected(self, request, failure):
         if failure.check(CancelledError):
             return None  # the client left; nothing to answer
         self.log.failure("unhandled error", failure, request_id=request.request_id)
-        error = InternalError("internal error")
-        return self._respond(request, error.status, {**error.to_json(), "request_id": request.request_id})
+        return self._error(request, InternalError("internal error"))
 
     # -- routes
 
-    @app.route("/completions", methods=["POST"])
-    async def completions(self, request):
-        client = self._authenticate(request)
-        completion_request = self._parse_completion(request)
-        self._admit(client, completion_request)
+    async def _complete(self, request, client, completion_request) -> Completion:
         # The router gathers the text itself: non-streaming is the same run
         # with nobody listening to the deltas.
         self.in_flight += 1
@@ -239,6 +254,73 @@ class ShellmAPI:
             self.in_flight -= 1
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
+        return completion
+
+    async def _stream(self, request, client, completion_request, writer) -> None:
+        """
+        Answer as server-sent events written by a dialect's C{writer}.  A
+        refusal that comes at once (queue full, provider unusable) is still
+        an ordinary HTTP error; once the stream is open, failures become the
+        dialect's error event, never a clean end.
+        """
+        stream = None
+        early: list[bytes] = []  # deltas that came before the stream opened
+
+        def write(frames):
+            if stream is None:
+                early.extend(frames)
+            else:
+                for data in frames:
+                    stream.write(data)
+
+        self.in_flight += 1
+        try:
+            running = ensureDeferred(self._serve(
+                client, completion_request, lambda event: write(writer.delta(event.text)),
+                streaming=True,
+            ))
+            if running.called and isinstance(running.result, Failure):
+                await running  # raises: an ordinary error response
+            request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
+            self._queue_headers(request, completion_request.entry.provider)
+            stream = EventStream(request, self._clock, self._heartbeat)
+            write(early)  # frames made before the stream opened, starting frames included
+            write(writer.start())
+            try:
+                completion = await running
+            except ShellmError as error:
+                write(writer.fail(error))
+            except CancelledError:
+                raise
+            except Exception:
+                self.log.failure("stream failed", request_id=request.request_id)
+                write(writer.fail(InternalError("internal error")))
+            else:
+                request.log_fields.update(provider=completion.provider,
+                                          queued_ms=completion.queued_ms)
+                write(writer.finish(completion))
+            finally:
+                stream.close()
+        finally:
+            self.in_flight -= 1
+
+    def _parse_dialect(self, request, dialect):
+        client = self._authenticate(request)
+        completion_request, options = dialect.parse_request(
+            self._read_json(request), self._router.models, self._max_prompt_chars,
+            request.request_id,
+        )
+        request.log_fields.update(provider=completion_request.entry.provider,
+                                  model=completion_request.model)
+        self._admit(client, completion_request)
+        return client, completion_request, options
+
+    @app.route("/completions", methods=["POST"])
+    async def completions(self, request):
+        client = self._authenticate(request)
+        completion_request = self._parse_completion(request)
+        self._admit(client, completion_request)
+        completion = await self._complete(request, client, completion_request)
         return self._respond(request, 200, seed.completion_json(completion))
 
     @app.route("/completions/stream", methods=["POST"])
@@ -246,29 +328,42 @@ class ShellmAPI:
         client = self._authenticate(request)
         completion_request = self._parse_completion(request)
         self._admit(client, completion_request)
-        self.in_flight += 1
-        request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
-        self._queue_headers(request, completion_request.entry.provider)
-        stream = EventStream(request, self._clock, self._heartbeat)
+        await self._stream(request, client, completion_request,
+                           seed.SeedStream(completion_request.request_id))
 
-        def relay(event: TextDelta) -> None:
-            stream.send(seed.delta_event(event.text))
+    @app.route("/v1/chat/completions", methods=["POST"])
+    async def chat_completions(self, request):
+        client, completion_request, options = self._parse_dialect(request, openai)
+        if options.stream:
+            return await self._stream(request, client, completion_request,
+                                      openai.ChatStream(options, self._clock.seconds()))
+        completion = await self._complete(request, client, completion_request)
+        return self._respond(request, 200,
+                             openai.completion_json(completion, options, self._clock.seconds()))
 
-        try:
-            completion = await self._serve(client, completion_request, relay, streaming=True)
-        except ShellmError as error:
-            stream.send(seed.error_event(error, request.request_id))
-        except CancelledError:
-            raise
-        except Exception:
-            self.log.failure("stream failed", request_id=request.request_id)
-            stream.send(seed.error_event(InternalError("internal error"), request.request_id))
-        else:
-            request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
-            stream.send(seed.final_event(completion))
-        finally:
-            stream.close()
-            self.in_flight -= 1
+    @app.route("/v1/messages", methods=["POST"])
+    async def messages(self, request):
+        client, completion_request, options = self._parse_dialect(request, anthropic)
+        if options.stream:
+            return await self._stream(request, client, completion_request,
+                                      anthropic.MessageStream(options))
+        completion = await self._complete(request, client, completion_request)
+        return self._respond(request, 200, anthropic.completion_json(completion, options))
+
+    @app.route("/v1/models", methods=["GET"])
+    def list_models(self, request):
+        self._authenticate(request)
+        return self._respond(request, 200,
+                             self._dialect(request).models_json(self._router.models, self._started))
+
+    @app.route("/v1/models/<path:model_id>", methods=["GET"])
+    def get_model(self, request, model_id):
+        self._authenticate(request)
+        dialect = self._dialect(request)
+        entry = self._router.models.resolve(model_id)
+        if entry is None:
+            raise dialect.unknown_model(model_id)
+        return self._respond(request, 200, dialect.model_json(entry, self._started))
 
     @app.route("/providers", methods=["GET"])
     async def providers(self, request):

@@ -3,12 +3,18 @@ Logging: one JSON object per line on stdout (journald reads it), filtered by
 level.  Messages are built from explicit fields; prompts, completions and
 secrets are never passed to a log call, and L{redact} cleans the few
 third-party texts that are logged (upstream error bodies).
+
+In daemon mode (C{shellm start -d}) the same lines go to a file instead:
+L{daemon_file_observer}, which appends and reopens the file on SIGUSR1 so
+logrotate can rename it and signal, rather than copy and truncate it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
 from datetime import datetime, timezone
 from typing import IO
@@ -96,3 +102,66 @@ daemon_level = "info"
 
 def daemon_observer() -> ILogObserver:
     return json_observer(daemon_level)
+
+
+class ReopeningFile:
+    """
+    A text file opened for appending, that can be told to reopen its path:
+    after logrotate has renamed it, the next line goes to a new file.
+
+    The reopen is only requested by L{request_reopen} (safe in a signal
+    handler, which may interrupt a write) and done before the next write.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._reopen = False
+        self._file = self._open()
+
+    def _open(self) -> IO[str]:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        # O_APPEND: every line lands at the end, whoever else writes the file.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return open(fd, "a", encoding="utf-8")
+
+    def request_reopen(self) -> None:
+        self._reopen = True
+
+    def write(self, text: str) -> None:
+        if self._reopen:
+            self._reopen = False
+            try:
+                new = self._open()
+            except OSError:
+                pass  # keep writing where we were rather than lose lines
+            else:
+                old, self._file = self._file, new
+                old.close()
+        self._file.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+#: Names the daemon-mode log file for L{daemon_file_observer}; set by
+#: C{shellm start -d} in the daemon's environment.
+LOG_FILE_ENV = "SHELLM_LOG_FILE"
+
+
+def daemon_file_observer() -> ILogObserver:
+    """
+    The daemon-mode observer (C{twistd --logger shellm.logs.daemon_file_observer}):
+    JSON lines at L{daemon_level} and above, appended to the file named by
+    C{$SHELLM_LOG_FILE}, reopened on SIGUSR1.
+    """
+    path = os.environ.get(LOG_FILE_ENV)
+    if not path:
+        raise RuntimeError(f"{LOG_FILE_ENV} must name the log file")
+    stream = ReopeningFile(os.path.abspath(path))
+    signal.signal(signal.SIGUSR1, lambda signum, frame: stream.request_reopen())
+    return json_observer(daemon_level, stream)

@@ -119,6 +119,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                                   "content": {"application/json": {"schema": {"type": "object"}}}}},
         }},
     }
+    paths.update(_compatible_paths(models))
     paths.update(extra_paths or {})
     return {
         "openapi": "3.1.0",
@@ -194,4 +195,72 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                 },
             },
         },
+    }
+
+
+def _vendor_error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}}}}
+
+
+def _compatible_paths(models: list[str]) -> dict:
+    """
+    The OpenAI- and Anthropic-compatible routes.  Their bodies follow the
+    vendors' own APIs (see the README for what is supported); errors use
+    the vendors' envelopes.
+    """
+    text = {"type": "string", "minLength": 1, "pattern": "\\S"}
+    message = {"type": "object", "required": ["role", "content"],
+               "properties": {"role": {"type": "string"}, "content": {}}}
+    errors = {code: _vendor_error(d) for code, d in (
+        ("400", "Invalid request"), ("401", "A valid API key is required"),
+        ("403", "This client may not use the model"), ("404", "Unknown model"),
+        ("413", "Body too large"), ("415", "Not JSON"), ("429", "Rate limited or queue full"),
+        ("500", "Internal error"), ("502", "The provider failed"),
+        ("503", "The provider is unavailable"), ("504", "The provider did not answer in time"),
+    )}
+    answer = {"description": "The answer, or server-sent events when stream is true",
+              "content": {"application/json": {"schema": {"type": "object"}},
+                          "text/event-stream": {"schema": SSE_EVENT}}}
+    model_list = {"description": "Models", "content": {"application/json": {"schema": {
+        "type": "object", "required": ["data"], "properties": {"data": {"type": "array"}}}}}}
+    return {
+        "/v1/chat/completions": {"post": {
+            "summary": "OpenAI-compatible chat completions",
+            "security": _SECURITY,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["model", "messages"],
+                "properties": {"model": {"type": "string", "enum": models},
+                               "messages": {"type": "array", "minItems": 1, "items": message},
+                               "stream": {"type": "boolean"},
+                               "max_tokens": {"type": "integer", "minimum": 1, "maximum": 128000},
+                               "temperature": {"type": "number", "minimum": 0, "maximum": 2}}}}}},
+            "responses": {"200": answer, **errors},
+        }},
+        "/v1/messages": {"post": {
+            "summary": "Anthropic-compatible messages",
+            "security": _SECURITY,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["model", "max_tokens", "messages"],
+                "properties": {"model": {"type": "string", "enum": models},
+                               "max_tokens": {"type": "integer", "minimum": 1, "maximum": 128000},
+                               "messages": {"type": "array", "minItems": 1, "items": message},
+                               "system": {"type": "string"},
+                               "stream": {"type": "boolean"}}}}}},
+            "responses": {"200": answer, **errors},
+        }},
+        "/v1/models": {"get": {
+            "summary": "Every model alias, owned_by its provider",
+            "security": _SECURITY,
+            "responses": {"200": model_list, "401": errors["401"]},
+        }},
+        "/v1/models/{model_id}": {"get": {
+            "summary": "One model alias",
+            "security": _SECURITY,
+            "parameters": [{"name": "model_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The model", "content": {"application/json": {
+                "schema": {"type": "object", "required": ["id"]}}}},
+                "401": errors["401"], "404": errors["404"]},
+        }},
     }

@@ -59,6 +59,12 @@ class EventStream:
     def send(self, data, event: Optional[str] = None) -> None:
         self._write(frame(data, event))
 
+    def write(self, data: bytes) -> None:
+        """
+        Write frames already framed by a dialect's stream writer.
+        """
+        self._write(data)
+
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

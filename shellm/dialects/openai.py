@@ -230,6 +230,8 @@ def _turns(body: dict) -> list[Turn]:
         if not isinstance(message, dict):
             raise InvalidField(f"{where} must be an object", where)
         role = message.get("role")
+        if not isinstance(role, str):
+            raise InvalidField(f"{where}.role must be a string", f"{where}.role")
         if role in ("tool", "function"):
             raise InvalidField(
                 f'{where}: role "{role}" is not supported: SheLLM serves text completions only, '

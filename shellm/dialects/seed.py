@@ -10,6 +10,7 @@ from typing import Optional
 from shellm.completion import Completion, CompletionRequest
 from shellm.errors import InvalidRequest, ShellmError
 from shellm.models import ModelTable
+from shellm.sse import frame
 from shellm.web import valid_request_id
 
 MAX_TOKENS_LIMIT = 128000
@@ -129,3 +130,25 @@ def final_event(completion: Completion) -> dict:
 
 def error_event(error: ShellmError, request_id: Optional[str]) -> dict:
     return {**error.to_json(), "done": True, "request_id": request_id}
+
+
+class SeedStream:
+    """
+    The seed dialect's stream: one C{data:} frame per delta, then the final
+    event or an error event.
+    """
+
+    def __init__(self, request_id: str):
+        self._request_id = request_id
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def delta(self, text: str) -> list[bytes]:
+        return [frame(delta_event(text))]
+
+    def finish(self, completion: Completion) -> list[bytes]:
+        return [frame(final_event(completion))]
+
+    def fail(self, error: ShellmError) -> list[bytes]:
+        return [frame(error_event(error, self._request_id))]
