@@ -478,3 +478,16 @@ def test_every_option_is_documented(clean_environ):
         if setting.option:
             assert "--" + setting.name.replace("_", "-") in text
             assert setting.env in text
+
+
+def test_readme_documents_every_setting():
+    """
+    Every setting the daemon reads is in the README's configuration table.
+    """
+    import os
+
+    from shellm.config import SETTINGS
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme]
+    assert missing == []
