@@ -7,13 +7,12 @@ the result in the endpoint's dialect.  Every error, including 404, 405 and
 from __future__ import annotations
 
 import json
-
 from typing import Optional
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, ensureDeferred
-from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
@@ -97,16 +96,6 @@ class ShellmAPI:
             raise UnsupportedMediaType("Content-Type must be application/json")
         request.content.seek(0)
         return seed.parse_json_body(request.content.read())
-
-    def _parse_completion(self, request):
-        body = self._read_json(request)
-        completion_request = seed.parse_completion_request(
-            body, self._router.models, self._max_prompt_chars, request.request_id
-        )
-        request.request_id = completion_request.request_id
-        request.log_fields.update(provider=completion_request.entry.provider,
-                                  model=completion_request.model)
-        return completion_request
 
     def _dialect(self, request):
         """
@@ -242,8 +231,6 @@ class ShellmAPI:
         self.log.failure("unhandled error", failure, request_id=request.request_id)
         return self._error(request, InternalError("internal error"))
 
-    # -- routes
-
     async def _complete(self, request, client, completion_request) -> Completion:
         # The router gathers the text itself: non-streaming is the same run
         # with nobody listening to the deltas.
@@ -304,36 +291,39 @@ class ShellmAPI:
         finally:
             self.in_flight -= 1
 
-    def _parse_dialect(self, request, dialect):
+    def _parse(self, request, dialect):
+        """
+        Who is asking and for what: the key first (an unknown caller learns
+        nothing about validation), then the body, then the client's limits.
+        """
         client = self._authenticate(request)
         completion_request, options = dialect.parse_request(
             self._read_json(request), self._router.models, self._max_prompt_chars,
             request.request_id,
         )
+        request.request_id = completion_request.request_id  # the body may name one
         request.log_fields.update(provider=completion_request.entry.provider,
                                   model=completion_request.model)
         self._admit(client, completion_request)
         return client, completion_request, options
 
+    # -- routes
+
     @app.route("/completions", methods=["POST"])
     async def completions(self, request):
-        client = self._authenticate(request)
-        completion_request = self._parse_completion(request)
-        self._admit(client, completion_request)
+        client, completion_request, _ = self._parse(request, seed)
         completion = await self._complete(request, client, completion_request)
         return self._respond(request, 200, seed.completion_json(completion))
 
     @app.route("/completions/stream", methods=["POST"])
     async def completions_stream(self, request):
-        client = self._authenticate(request)
-        completion_request = self._parse_completion(request)
-        self._admit(client, completion_request)
+        client, completion_request, _ = self._parse(request, seed)
         await self._stream(request, client, completion_request,
                            seed.SeedStream(completion_request.request_id))
 
     @app.route("/v1/chat/completions", methods=["POST"])
     async def chat_completions(self, request):
-        client, completion_request, options = self._parse_dialect(request, openai)
+        client, completion_request, options = self._parse(request, openai)
         if options.stream:
             return await self._stream(request, client, completion_request,
                                       openai.ChatStream(options, self._clock.seconds()))
@@ -343,7 +333,7 @@ class ShellmAPI:
 
     @app.route("/v1/messages", methods=["POST"])
     async def messages(self, request):
-        client, completion_request, options = self._parse_dialect(request, anthropic)
+        client, completion_request, options = self._parse(request, anthropic)
         if options.stream:
             return await self._stream(request, client, completion_request,
                                       anthropic.MessageStream(options))

@@ -92,11 +92,13 @@ class Paths:
 @frozen
 class Listener:
     """
-    Where the daemon listens (C{listen}, a strports description) and where
-    this command reaches it (C{host}, C{port}; no port for a UNIX socket).
+    Where the daemon listens (C{listen}, a strports description, and its
+    C{interface}) and where this command reaches it (C{host}, C{port}; no
+    port for a UNIX socket).
     """
 
     listen: str
+    interface: str
     host: str
     port: Optional[int]
 
@@ -113,26 +115,28 @@ class Listener:
             endpoint = endpoints.serverFromString(None, listen)
         except (ValueError, KeyError, TypeError) as e:
             raise CommandError(f"SHELLM_LISTEN: not a valid endpoint: {listen} ({e})")
-        port = getattr(endpoint, "_port", None)
         if not isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint)):
-            return cls(listen, "", None)
+            return cls(listen, "", "", None)
         interface = getattr(endpoint, "_interface", "") or ""
-        if interface in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif interface == "::":
-            host = "::1"
-        else:
-            host = interface
-        return cls(listen, host, port)
+        # A wildcard listener is reached on loopback.
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(interface, interface)
+        return cls(listen, interface, host, endpoint._port)
 
     def on_port(self, port: int) -> "Listener":
         """
         The same interface, another port (C{--port}).
         """
-        interface = self.host if self.port is not None else "127.0.0.1"
+        interface = self.interface if self.port is not None else "127.0.0.1"
         kind = "tcp6" if ":" in interface else "tcp"
         escaped = interface.replace(":", "\\:")
-        return Listener.parse(f"{kind}:{port}:interface={escaped}")
+        return Listener.parse(f"{kind}:{port}:interface={escaped}" if interface else f"{kind}:{port}")
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text}")
+    return port
 
 
 def env_file_for(given: Optional[str]) -> Optional[str]:
@@ -456,10 +460,11 @@ def bind_error(listener: Listener) -> Optional[str]:
     if listener.port is None:
         return None
     family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    interface = listener.interface or ("::" if family == socket.AF_INET6 else "0.0.0.0")
     with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((listener.host, listener.port))
+            probe.bind((interface, listener.port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 return (f"port {listener.port} is already in use; "
@@ -971,7 +976,7 @@ def parser() -> argparse.ArgumentParser:
                         help="settings file (default: the first of "
                              f"{', '.join(ENV_FILES)} that exists)")
     port = argparse.ArgumentParser(add_help=False)
-    port.add_argument("-p", "--port", type=int, metavar="PORT",
+    port.add_argument("-p", "--port", type=port_number, metavar="PORT",
                       help="the daemon's TCP port (default: from SHELLM_LISTEN, 6100)")
 
     top = argparse.ArgumentParser(

@@ -100,6 +100,13 @@ def parse_completion_request(
     )
 
 
+def parse_request(body: dict, models: ModelTable, max_prompt_chars: int, request_id: str):
+    """
+    The same signature as the compatible dialects' parsers.
+    """
+    return parse_completion_request(body, models, max_prompt_chars, request_id), None
+
+
 def completion_json(completion: Completion) -> dict:
     body = {
         "content": completion.content,
