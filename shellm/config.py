@@ -293,12 +293,17 @@ def load_config(
 
 def load_clients(environ: Mapping[str, str], env_file: Optional[str]) -> tuple[Client, ...]:
     """
-    C{SHELLM_CLIENTS} again, with the same precedence, for a reload.
+    C{SHELLM_CLIENTS} again, for a reload: from the settings file when it
+    sets it (that file is what an operator edits before SIGHUP, even when
+    systemd also loaded it into the environment), else the environment.
 
     @raise ConfigError: if it is no longer valid (the old clients stay).
     """
-    from_file = read_env_file(env_file) if env_file else {}
-    raw = environ.get("SHELLM_CLIENTS", from_file.get("SHELLM_CLIENTS", ""))
+    try:
+        from_file = read_env_file(env_file) if env_file else {}
+    except (OSError, ConfigError) as e:
+        raise ConfigError(f"{env_file}: {e}") from None
+    raw = from_file.get("SHELLM_CLIENTS", environ.get("SHELLM_CLIENTS", ""))
     try:
         return parse_clients(raw)
     except (ValueError, TypeError) as e:

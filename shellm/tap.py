@@ -74,9 +74,11 @@ class Options(usage.Options):
         self["config"] = config
         self["env-file-path"] = os.path.abspath(self["env-file"]) if self["env-file"] else None
         parent = getattr(self, "parent", None)
+        if parent is not None:
+            # Read by both JSON observers: stdout, and the file of `shellm start -d`.
+            logs.daemon_level = config.log_level
         if parent is not None and not parent.get("logger") and not parent.get("logfile"):
             # JSON lines on stdout, for journald, unless told otherwise.
-            logs.daemon_level = config.log_level
             parent["logger"] = "shellm.logs.daemon_observer"
 
 

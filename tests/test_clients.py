@@ -337,3 +337,21 @@ async def test_sighup_reloads_clients_from_the_env_file(tmp_path, marker):
     finally:
         await daemon.stop()
     assert await wait_for_no_processes(marker) == []
+
+
+def test_reload_prefers_the_settings_file(tmp_path):
+    """
+    A reload reads SHELLM_CLIENTS from the settings file even when the
+    environment holds the old value (as under systemd's EnvironmentFile),
+    and keeps the old clients when the new value is invalid.
+    """
+    from shellm.config import load_clients
+
+    path = tmp_path / "shellm.env"
+    path.write_text(f"SHELLM_CLIENTS='{json.dumps({'new': {'key': KEY_B}})}'\n")
+    old = json.dumps({"old": {"key": KEY_A}})
+    assert [c.name for c in load_clients({"SHELLM_CLIENTS": old}, str(path))] == ["new"]
+    assert [c.name for c in load_clients({"SHELLM_CLIENTS": old}, str(tmp_path / "none"))] == ["old"]
+    path.write_text("SHELLM_CLIENTS={broken\n")
+    with pytest.raises(ConfigError, match="SHELLM_CLIENTS"):
+        load_clients({}, str(path))
