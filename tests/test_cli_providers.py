@@ -551,7 +551,7 @@ async def test_grandchild_does_not_hold_the_run(cli, make_provider, marker, tmp_
     elapsed = reactor.seconds() - started
     assert isinstance(result, ProviderResult), result
     assert sink.text == text
-    assert elapsed < 3.0
+    assert elapsed < 6.0  # well under the 8 s the pipe timer would take
     grandchild = int(pid_file.read_text())
     assert await wait_for_no_processes(marker) == []
     assert not alive(grandchild)
