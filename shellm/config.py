@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from typing import Any, Callable, Mapping, Optional
 
 from attrs import field, frozen

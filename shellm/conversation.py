@@ -59,6 +59,18 @@ class Turn:
     text: str
 
 
+def number_field(body: dict, name: str, low: float, high: float) -> Optional[float]:
+    """
+    An optional number within bounds (a JSON boolean is not a number).
+    """
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InvalidField(f'"{name}" must be a number between {low:g} and {high:g}', name)
+    return float(value)
+
+
 def clean_text(text: str) -> str:
     """
     Text a process can be given: NUL cannot be passed on, lone surrogates

@@ -209,7 +209,6 @@ def _compatible_paths(models: list[str]) -> dict:
     vendors' own APIs (see the README for what is supported); errors use
     the vendors' envelopes.
     """
-    text = {"type": "string", "minLength": 1, "pattern": "\\S"}
     message = {"type": "object", "required": ["role", "content"],
                "properties": {"role": {"type": "string"}, "content": {}}}
     errors = {code: _vendor_error(d) for code, d in (

@@ -42,6 +42,7 @@ from shellm.conversation import (
     ModelNotFound,
     Turn,
     completion_request,
+    number_field,
 )
 from shellm.errors import ShellmError
 from shellm.models import ModelEntry, ModelTable
@@ -69,17 +70,6 @@ class MessageOptions:
 # -- parsing
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _number(body: dict, name: str, low: float, high: float) -> Optional[float]:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not _is_number(value) or not low <= value <= high:
-        raise InvalidField(f"{name}: must be a number between {low:g} and {high:g}", name)
-    return float(value)
 
 
 def _text_blocks(value, where: str) -> str:
@@ -177,8 +167,8 @@ def parse_request(
                            "max_tokens")
     turns = _turns(body)
     _refuse_unsupported(body)
-    temperature = _number(body, "temperature", 0, 1)
-    top_p = _number(body, "top_p", 0, 1)
+    temperature = number_field(body, "temperature", 0, 1)
+    top_p = number_field(body, "top_p", 0, 1)
     top_k = body.get("top_k")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
         raise InvalidField("top_k: must be a non-negative integer", "top_k")

@@ -45,6 +45,7 @@ from shellm.conversation import (
     ModelNotFound,
     Turn,
     completion_request,
+    number_field,
 )
 from shellm.errors import ShellmError
 from shellm.models import ModelEntry, ModelTable
@@ -78,21 +79,10 @@ class ChatOptions:
 # -- parsing
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(body: dict, name: str, low: float, high: float) -> Optional[float]:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not _is_number(value) or not low <= value <= high:
-        raise InvalidField(f'"{name}" must be a number between {low:g} and {high:g}', name)
-    return float(value)
 
 
 def _max_tokens(body: dict) -> Optional[int]:
@@ -279,8 +269,8 @@ def parse_request(
     _refuse_unsupported(body)
     extra_system = _response_format(body)
     max_tokens = _max_tokens(body)
-    temperature = _number(body, "temperature", 0, 2)
-    top_p = _number(body, "top_p", 0, 1)
+    temperature = number_field(body, "temperature", 0, 2)
+    top_p = number_field(body, "top_p", 0, 1)
     stop = _stop(body)
     stream = _bool(body, "stream")
     stream_options = body.get("stream_options")

@@ -8,6 +8,7 @@ import json
 from typing import Optional
 
 from shellm.completion import Completion, CompletionRequest
+from shellm.conversation import clean_text
 from shellm.errors import InvalidRequest, ShellmError
 from shellm.models import ModelTable
 from shellm.sse import frame
@@ -27,11 +28,6 @@ def parse_json_body(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
-
-
-def _clean(text: str) -> str:
-    # NUL cannot be passed to a process; lone surrogates cannot be encoded.
-    return text.replace("\0", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def parse_completion_request(
@@ -92,8 +88,8 @@ def parse_completion_request(
     return CompletionRequest(
         model=model,
         entry=entry,
-        prompt=_clean(prompt),
-        system=_clean(system) if system else None,
+        prompt=clean_text(prompt),
+        system=clean_text(system) if system else None,
         max_tokens=max_tokens,
         request_id=request_id,
         fallback=fallback,
