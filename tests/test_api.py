@@ -19,11 +19,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from tests.fake_providers import FakeProvider, fake_providers, make_router
+from tests.fake_providers import fake_providers, make_router
 from shellm import __version__
 from shellm.api import ShellmAPI
 from shellm.completion import ProviderResult, Usage
-from shellm.errors import CliFailed, InvalidRequest, ProviderUnavailable, RateLimited, Timeout
+from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, Timeout
 from shellm.providers.base import ProviderHealth
 from shellm.router import Router
 from shellm.web import ShellmSite

@@ -6,10 +6,8 @@ real fake CLIs behind it, requests over TCP.
 from __future__ import annotations
 
 import json
-import os
 import socket
 
-import pytest
 import pytest_twisted
 import treq
 

@@ -1,0 +1,3 @@
+"""
+End-to-end tests against the real vendor CLIs.
+"""

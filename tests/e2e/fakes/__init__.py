@@ -1,0 +1,3 @@
+"""
+Fake vendor model servers, on Twisted, for the end-to-end tests.
+"""

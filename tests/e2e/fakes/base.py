@@ -1,0 +1,320 @@
+"""
+What the three fake vendor servers share: a Twisted site on a free loopback
+port, a record of every request, and a script for the next answer (text in
+deltas with pauses, an error status, a hang, or a tool call followed by text
+once the tool's result comes back).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web import http, resource, server
+
+DEFAULT_TEXT = "Hi! I am a fake model."
+#: What the fakes answer once a tool's result has come back.
+AFTER_TOOL_TEXT = "I could not use that tool."
+
+_REASONS = {429: b"Too Many Requests", 529: b"Overloaded"}
+
+
+@frozen
+class RecordedRequest:
+    """
+    One request as the fake received it; header names are lower case and
+    C{body} is the parsed JSON (or L{None}).
+    """
+
+    method: str
+    path: str
+    uri: str
+    headers: dict
+    raw: bytes
+    body: Optional[dict]
+
+    def text(self) -> str:
+        return self.raw.decode("utf-8", "replace")
+
+
+@frozen
+class ToolTargets:
+    """
+    The paths a tool call aims at: the file a shell command would create, the
+    file a write would create, and the secret a read would leak.
+    """
+
+    pwned: str
+    written: str
+    secret: str
+
+
+@define
+class Script:
+    """
+    How the next requests are answered.  C{gate}, when set, is awaited after
+    the first text delta: the test decides when the rest follows.
+    """
+
+    text: str = DEFAULT_TEXT
+    chunks: int = 3
+    delay: float = 0.0
+    gate: Optional[Deferred] = None
+    input_tokens: int = 10
+    output_tokens: int = 5
+    fail_status: Optional[int] = None
+    hang: bool = False
+    #: "shell", "write" or "read": answer with that tool call first.
+    tool: Optional[str] = None
+    #: Send the tool call even if the request does not offer the tool.
+    force_tool: bool = False
+    targets: Optional[ToolTargets] = None
+    after_tool_text: str = AFTER_TOOL_TEXT
+
+
+def split_text(text: str, n: int) -> list[str]:
+    """
+    C{text} in C{n} pieces of about equal size.
+    """
+    n = max(1, min(n, len(text)))
+    size = len(text)
+    return [text[i * size // n:(i + 1) * size // n] for i in range(n)]
+
+
+def json_bytes(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+#: A marker in a frame list: wait C{Script.delay} seconds here.
+PAUSE = object()
+#: A marker in a frame list: wait for C{Script.gate} here.
+GATE = object()
+
+
+class _Root(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, fake):
+        super().__init__()
+        self._fake = fake
+
+    def render(self, request):
+        return self._fake.render(request)
+
+
+@define(eq=False)
+class _Open:
+    request: object
+    done: bool = False
+
+
+class FakeUpstream:
+    """
+    Base of the fakes.  Subclasses implement L{answer}: look at the recorded
+    request and either return bytes or call L{send_frames} and return
+    C{server.NOT_DONE_YET}.
+    """
+
+    log = Logger()
+    #: Which of a request's headers and query a subclass answers on.
+    vendor = "fake"
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.script = Script()
+        self.requests: list[RecordedRequest] = []
+        #: Tool calls sent, as (tool kind, vendor tool name).
+        self.tool_calls: list[tuple[str, str]] = []
+        self._open: list[_Open] = []
+        self._port = None
+        self._ids = 0
+
+    # -- lifecycle
+
+    def start(self) -> "FakeUpstream":
+        site = server.Site(_Root(self))
+        site.log = lambda request: None
+        site.displayTracebacks = False
+        self._port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._port.getHost().port
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> Deferred:
+        """
+        Abort every connection still open (hanging answers too), stop
+        listening.
+        """
+        for entry in self._open:
+            if not entry.done:
+                entry.done = True
+                entry.request.channel.transport.abortConnection()
+        self._open.clear()
+        if self._port is None:
+            return succeed(None)
+        port, self._port = self._port, None
+        return port.stopListening()
+
+    # -- what the tests look at
+
+    def api_requests(self) -> list[RecordedRequest]:
+        """
+        The model requests (subclasses say which paths those are).
+        """
+        return [r for r in self.requests if self.is_model_request(r)]
+
+    def is_model_request(self, recorded: RecordedRequest) -> bool:
+        raise NotImplementedError
+
+    def next_id(self, prefix: str) -> str:
+        self._ids += 1
+        return f"{prefix}_fake{self._ids:06d}"
+
+    # -- serving
+
+    def render(self, request):
+        raw = request.content.read() if request.content is not None else b""
+        headers = {
+            name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+            for name, values in request.requestHeaders.getAllRawHeaders()
+        }
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        recorded = RecordedRequest(
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+            uri=request.uri.decode("latin-1"),
+            headers=headers,
+            raw=raw,
+            body=body if isinstance(body, dict) else None,
+        )
+        self.requests.append(recorded)
+        if self.is_model_request(recorded):
+            if self.script.hang:
+                self._track(request)
+                return server.NOT_DONE_YET
+            if self.script.fail_status is not None:
+                return self.error(request, self.script.fail_status)
+        return self.answer(request, recorded)
+
+    def answer(self, request, recorded: RecordedRequest):
+        raise NotImplementedError
+
+    def error(self, request, status: int) -> bytes:
+        self.set_status(request, status)
+        request.setHeader(b"content-type", b"application/json")
+        return json_bytes(self.error_body(status))
+
+    def error_body(self, status: int) -> dict:
+        raise NotImplementedError
+
+    @staticmethod
+    def set_status(request, status: int) -> None:
+        request.setResponseCode(status, _REASONS.get(status) or http.RESPONSES.get(status, b"Error"))
+
+    def send_json(self, request, value, status: int = 200) -> bytes:
+        self.set_status(request, status)
+        request.setHeader(b"content-type", b"application/json")
+        return json_bytes(value)
+
+    def send_frames(self, request, frames: list, content_type=b"text/event-stream"):
+        """
+        Write C{frames} (bytes, or the L{PAUSE} and L{GATE} markers) one at a
+        time, then finish the response.
+        """
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"cache-control", b"no-cache")
+        entry = self._track(request)
+        script = self.script
+
+        async def write_all():
+            for frame in frames:
+                if entry.done:
+                    return
+                if frame is PAUSE:
+                    if script.delay:
+                        await deferLater(self.reactor, script.delay, lambda: None)
+                elif frame is GATE:
+                    if script.gate is not None:
+                        await script.gate
+                else:
+                    request.write(frame)
+            if not entry.done:
+                entry.done = True
+                request.finish()
+
+        Deferred.fromCoroutine(write_all()).addErrback(
+            lambda f: self.log.failure("fake {vendor} answer failed", f, vendor=self.vendor)
+        )
+        return server.NOT_DONE_YET
+
+    def _track(self, request) -> _Open:
+        entry = _Open(request)
+        self._open.append(entry)
+
+        def gone(_):
+            entry.done = True
+
+        request.notifyFinish().addBoth(gone)
+        return entry
+
+    def text_pieces(self) -> list:
+        """
+        The answer's deltas with the pauses between them: GATE after the
+        first delta, PAUSE after each of the others.
+        """
+        out: list = []
+        pieces = split_text(self.script.text, self.script.chunks)
+        for i, piece in enumerate(pieces):
+            out.append(piece)
+            if i == 0:
+                out.append(GATE)
+            if i < len(pieces) - 1:
+                out.append(PAUSE)
+        return out
+
+    def wants_tool(self, offered: set[str], tool_name: str, has_result: bool) -> bool:
+        """
+        Whether to answer this request with the scripted tool call: not once
+        a tool result came back, and only if offered unless forced.
+        """
+        script = self.script
+        if script.tool is None or has_result:
+            return False
+        return tool_name in offered or script.force_tool
+
+
+def fill_schema(schema) -> object:
+    """
+    A value satisfying a JSON schema well enough for the CLIs' own
+    structured calls (strings "fake", numbers 1, objects filled).
+    """
+    if not isinstance(schema, dict):
+        return "fake"
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    kind = str(kind or "").lower()
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    if kind == "object" or "properties" in schema:
+        return {k: fill_schema(v) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return max(1, schema.get("minimum", 1))
+    if kind == "boolean":
+        return False
+    return "fake"
