@@ -128,6 +128,8 @@ class Router:
         )
 
     def _alternate(self, failed: str, permits) -> Optional[ModelEntry]:
+        if not self.accepting:
+            return None  # shutting down: report the failure, start nothing new
         for name in self.fallback_chain:
             if name == failed or name not in self.providers or self.unusable_reason(name):
                 continue

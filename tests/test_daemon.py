@@ -26,6 +26,12 @@ def claude_env(marker, **fake):
     return {"SHELLM_CLAUDE_BIN": fake_cli("claude"), "SHELLM_CLAUDE_ENV": json.dumps(env)}
 
 
+def cli_running(marker):
+    async def check():
+        return len(processes_with_marker(marker)) > 1  # the daemon and its CLI
+    return check
+
+
 def assert_clean_signal_exit(reason):
     """
     twistd ends a signal-initiated shutdown by re-raising the signal, so the
@@ -261,7 +267,7 @@ async def test_sigterm_lets_in_flight_requests_finish(tmp_path, marker):
     daemon = Daemon(claude_env(marker, delay="0.3", chunks=4), marker, str(tmp_path))
     await daemon.started()
     pending = treq.post(daemon.url + "/completions", json={"model": "claude", "prompt": "x"})
-    await sleep(0.3)
+    assert await eventually(cli_running(marker))
     daemon.transport.signalProcess("TERM")
     response = await pending
     body = json.loads(await response.content())
@@ -283,9 +289,12 @@ async def test_sigterm_kills_what_outlives_the_drain_limit(tmp_path, marker):
     )
     await daemon.started()
     pending = treq.post(daemon.url + "/completions", json={"model": "claude", "prompt": "x"})
-    pending.addErrback(lambda f: None)
-    await sleep(0.5)
-    reason = await daemon.stop()
+    assert await eventually(cli_running(marker))
+    daemon.transport.signalProcess("TERM")
+    response = await pending
+    body = json.loads(await response.content())
+    assert response.code == 502 and body["error"] == "cli_failed"  # answered, not dropped
+    reason = await daemon.exited()
     assert_clean_signal_exit(reason)
     assert await wait_for_no_processes(marker) == []
 
