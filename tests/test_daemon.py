@@ -26,9 +26,13 @@ def claude_env(marker, **fake):
     return {"SHELLM_CLAUDE_BIN": fake_cli("claude"), "SHELLM_CLAUDE_ENV": json.dumps(env)}
 
 
-def cli_running(marker):
+def cli_running(record):
+    """
+    The fake CLI has started on a request (it records it; a health check's
+    C{--version} does not).
+    """
     async def check():
-        return len(processes_with_marker(marker)) > 1  # the daemon and its CLI
+        return record.exists() and record.stat().st_size > 0
     return check
 
 
@@ -158,8 +162,10 @@ async def test_disconnect_mid_stream_kills_the_process_group(tmp_path, marker):
     terminated (TERM, then KILL for one that ignores TERM) and the slot is
     free again.
     """
+    record = tmp_path / "record.jsonl"
     daemon = Daemon(
-        {**claude_env(marker, mode="ignore_term"), "SHELLM_KILL_GRACE": "0.5", "SHELLM_MAX_CONCURRENT": "1"},
+        {**claude_env(marker, mode="ignore_term", record=record), "SHELLM_KILL_GRACE": "0.5",
+         "SHELLM_MAX_CONCURRENT": "1"},
         marker, str(tmp_path),
     )
     try:
@@ -168,10 +174,7 @@ async def test_disconnect_mid_stream_kills_the_process_group(tmp_path, marker):
             daemon.url + "/completions/stream", {"model": "claude", "prompt": "hi"}
         )
         await reader.next_frame()  # the opening comment
-        for _ in range(100):
-            if len(processes_with_marker(marker)) > 1:
-                break
-            await sleep(0.05)
+        assert await eventually(cli_running(record))
         assert len(processes_with_marker(marker)) > 1  # the daemon and the CLI
         reader.abort()
         for _ in range(100):
@@ -264,10 +267,11 @@ async def test_sigterm_lets_in_flight_requests_finish(tmp_path, marker):
     SIGTERM stops accepting, lets a running request finish within the drain
     limit, and exits 0 with no child left.
     """
-    daemon = Daemon(claude_env(marker, delay="0.3", chunks=4), marker, str(tmp_path))
+    record = tmp_path / "record.jsonl"
+    daemon = Daemon(claude_env(marker, delay="0.3", chunks=4, record=record), marker, str(tmp_path))
     await daemon.started()
     pending = treq.post(daemon.url + "/completions", json={"model": "claude", "prompt": "x"})
-    assert await eventually(cli_running(marker))
+    assert await eventually(cli_running(record))
     daemon.transport.signalProcess("TERM")
     response = await pending
     body = json.loads(await response.content())
@@ -283,13 +287,15 @@ async def test_sigterm_kills_what_outlives_the_drain_limit(tmp_path, marker):
     A CLI still running when the drain limit passes is killed, group and
     all, and the daemon still exits cleanly.
     """
+    record = tmp_path / "record.jsonl"
     daemon = Daemon(
-        {**claude_env(marker, mode="ignore_term"), "SHELLM_DRAIN_TIMEOUT": "0.5", "SHELLM_KILL_GRACE": "0.5"},
+        {**claude_env(marker, mode="ignore_term", record=record), "SHELLM_DRAIN_TIMEOUT": "0.5",
+         "SHELLM_KILL_GRACE": "0.5"},
         marker, str(tmp_path),
     )
     await daemon.started()
     pending = treq.post(daemon.url + "/completions", json={"model": "claude", "prompt": "x"})
-    assert await eventually(cli_running(marker))
+    assert await eventually(cli_running(record))
     daemon.transport.signalProcess("TERM")
     response = await pending
     body = json.loads(await response.content())
