@@ -311,14 +311,17 @@ async def test_kill_9_of_the_daemon_takes_its_clis_along(tmp_path, marker):
     If the daemon is killed outright, the kernel's parent-death signal ends
     the CLIs it was running.
     """
-    daemon = Daemon({**claude_env(marker, mode="hang"), "SHELLM_MAX_CONCURRENT": "4"}, marker, str(tmp_path))
+    record = tmp_path / "record.jsonl"
+    daemon = Daemon({**claude_env(marker, mode="hang", record=record), "SHELLM_MAX_CONCURRENT": "4"},
+                    marker, str(tmp_path))
     await daemon.started()
     for prompt in "abcd":
         treq.post(daemon.url + "/completions", json={"model": "claude", "prompt": prompt}).addErrback(lambda f: None)
-    for _ in range(100):
-        if len(processes_with_marker(marker)) >= 5:
-            break
-        await sleep(0.05)
-    assert len(processes_with_marker(marker)) >= 5
+
+    async def four_running():
+        return record.exists() and len(record.read_text().splitlines()) == 4
+
+    assert await eventually(four_running, timeout=20)
+    assert len(processes_with_marker(marker)) >= 5  # the daemon and its four CLIs
     await daemon.stop("KILL")
     assert await wait_for_no_processes(marker, timeout=2.0) == []
