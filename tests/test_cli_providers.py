@@ -271,8 +271,8 @@ async def test_argv_disables_tools(cli, make_provider, marker, tmp_path):
     """
     The CLI is started with its tools switched off: claude with no tools
     and dontAsk (never skipping permissions), codex read-only without its
-    shell tool and reading stdin, gemini without yolo and with private
-    system settings declaring no core tools.
+    shell tool, code mode and reading stdin, gemini without yolo and with
+    workspace settings (in its private working folder) declaring no tools.
     """
     record = tmp_path / "record.jsonl"
     gate = tmp_path / "gate"
@@ -281,11 +281,10 @@ async def test_argv_disables_tools(cli, make_provider, marker, tmp_path):
     def during_run():
         # The scratch directory only exists while the run does.
         [rec] = read_records(record)
-        path = rec["env"].get("GEMINI_CLI_SYSTEM_SETTINGS_PATH")
-        if path:
+        path = os.path.join(rec["cwd"], ".gemini", "settings.json")
+        if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 seen["settings"] = json.load(f)
-            seen["settings_dir_mode"] = os.stat(os.path.dirname(path)).st_mode
         gate.touch()
 
     provider = make_provider(cli, env={"FAKE_RECORD": str(record), "FAKE_GATE": str(gate)})
@@ -296,12 +295,15 @@ async def test_argv_disables_tools(cli, make_provider, marker, tmp_path):
     if cli == "claude":
         assert argv[argv.index("--tools") + 1] == ""
         assert argv[argv.index("--permission-mode") + 1] == "dontAsk"
+        denied = json.loads(argv[argv.index("--settings") + 1])["permissions"]["deny"]
+        assert {"Read", "Bash", "Write", "Edit"} <= set(denied)
         assert "--dangerously-skip-permissions" not in argv
         assert "--allowedTools" not in argv and "--allowed-tools" not in argv
     elif cli == "codex":
         assert argv[argv.index("--sandbox") + 1] == "read-only"
         pairs = list(zip(argv, argv[1:]))
         assert ("--disable", "shell_tool") in pairs
+        assert ("--disable", "code_mode_host") in pairs
         assert argv[-1] == "-"
         assert "--dangerously-bypass-approvals-and-sandbox" not in argv
         assert "--full-auto" not in argv
@@ -309,8 +311,7 @@ async def test_argv_disables_tools(cli, make_provider, marker, tmp_path):
         assert "-y" not in argv and "--yolo" not in argv
         assert not any("yolo" in arg for arg in argv)
         assert seen["settings"]["tools"]["core"] == []
-        # gemini ignores a settings file in a group- or world-writable directory.
-        assert seen["settings_dir_mode"] & (stat.S_IWGRP | stat.S_IWOTH) == 0
+        assert seen["settings"]["privacy"]["usageStatisticsEnabled"] is False
     assert await wait_for_no_processes(marker) == []
 
 
@@ -391,7 +392,8 @@ async def test_isolation_session_cwd_env(cli, make_provider, marker, tmp_path,
     [rec] = read_records(record)
     assert rec["sid"] == rec["pid"]
     assert rec["pgid"] == rec["pid"]
-    assert seen["listing"] == []
+    # Empty but for gemini's own settings, which SheLLM puts there.
+    assert seen["listing"] == ([".gemini"] if cli == "gemini" else [])
     assert seen["mode"] & 0o077 == 0
     # The scratch directory (the parent of the working directory) is gone.
     assert not os.path.exists(rec["cwd"])

@@ -4,6 +4,7 @@ Claude Code (C{claude}): C{-p} with C{stream-json} partial messages, no tools.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Mapping, Optional
 
@@ -12,6 +13,13 @@ from shellm.errors import CliFailed
 from shellm.process import CliExit
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
+
+
+#: Denied outright, whatever else is configured: `-p` mode expands `@path`
+#: mentions in a prompt through the Read tool even when no tool is offered.
+NO_TOOL_SETTINGS = json.dumps({"permissions": {"deny": [
+    "Read", "Edit", "Write", "Bash", "WebFetch", "WebSearch", "Glob", "Grep", "NotebookEdit",
+]}})
 
 
 class ClaudeOutput(OutputParser):
@@ -79,6 +87,15 @@ class ClaudeOutput(OutputParser):
 class ClaudeProvider(CliProvider):
     name = "claude"
     capabilities = Capabilities(system_prompt=True, max_tokens=True, streaming="token")
+    quiet_env = {
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        # One quick retry; a provider that keeps failing is a fallback's job,
+        # not minutes of backoff inside one request.
+        "CLAUDE_CODE_MAX_RETRIES": "1",
+    }
     login_hint = "run `claude` once as the service user and log in, or set ANTHROPIC_API_KEY in SHELLM_CLAUDE_ENV"
 
     def arguments(self, request: CompletionRequest, upstream_model, scratch) -> list[str]:
@@ -93,6 +110,7 @@ class ClaudeProvider(CliProvider):
             "--setting-sources", "",
             "--disable-slash-commands",
             "--no-session-persistence",
+            "--settings", NO_TOOL_SETTINGS,
         ]
         if upstream_model:
             args += ["--model", upstream_model]
@@ -108,16 +126,7 @@ class ClaudeProvider(CliProvider):
         return request.prompt
 
     def vendor_env(self, request: CompletionRequest, scratch: str) -> dict[str, str]:
-        env = {
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_TELEMETRY": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "DISABLE_ERROR_REPORTING": "1",
-            # One quick retry; a provider that keeps failing is a fallback's job,
-            # not ten minutes of backoff inside one request.
-            "CLAUDE_CODE_MAX_RETRIES": "1",
-            "CLAUDE_CODE_TMPDIR": os.path.join(scratch, "tmp"),
-        }
+        env = {"CLAUDE_CODE_TMPDIR": os.path.join(scratch, "tmp")}
         if request is not None and request.max_tokens:
             env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(request.max_tokens)
         return env

@@ -143,6 +143,9 @@ class CliProvider:
     name: str
     capabilities: Capabilities
     login_hint: str
+    #: The CLI's switches for no telemetry, no self-update and no relaunch,
+    #: for every run and health check.
+    quiet_env: Mapping[str, str] = {}
     log = Logger()
 
     def __init__(self, reactor, runner: CliRunner, executable: str,
@@ -183,6 +186,7 @@ class CliProvider:
     def environment(self, scratch: Optional[str], request=None) -> dict[str, str]:
         env = dict(self._base_env)
         env.update(NO_COLOR="1", TERM="dumb")
+        env.update(self.quiet_env)
         if scratch is not None:
             env["TMPDIR"] = os.path.join(scratch, "tmp")
             env.update(self.vendor_env(request, scratch))

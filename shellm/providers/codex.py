@@ -71,6 +71,8 @@ class CodexProvider(CliProvider):
             "--disable", "multi_agent", "--disable", "goals",
             "--disable", "view_image", "--disable", "image_generation",
             "--disable", "plugins", "--disable", "remote_plugin", "--disable", "apps",
+            # "Code mode" runs model-written JavaScript that can call tools.
+            "--disable", "code_mode_host", "--disable", "sleep_tool",
             "-c", "web_search=disabled",
             "-c", "analytics.enabled=false",
         ]

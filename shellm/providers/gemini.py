@@ -1,6 +1,6 @@
 """
 Gemini CLI (C{gemini}): headless on stdin with C{-o stream-json}, and a
-private system-settings file that declares no tools.
+settings file in the run's private working folder that declares no tools.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from shellm.process import CliExit
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, NotLoggedIn, OutputParser, any_set, home_of, token_count
 
-#: System settings outrank the user's own: no tools (so no shell, file or web
-#: access whatever the prompt says), one attempt (fail fast, let fallback
-#: act), no usage statistics.
-SYSTEM_SETTINGS = {
+#: No tools (so no shell, file or web access whatever the prompt says), one
+#: attempt (fail fast, let fallback act), no usage statistics.
+RUN_SETTINGS = {
     "tools": {"core": []},
     "general": {"maxAttempts": 1},
     "privacy": {"usageStatisticsEnabled": False},
@@ -68,6 +67,11 @@ class GeminiOutput(OutputParser):
 class GeminiProvider(CliProvider):
     name = "gemini"
     capabilities = Capabilities(system_prompt=True, max_tokens=False, streaming="token")
+    quiet_env = {
+        # The run's own empty folder is the only workspace it sees.
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        "GEMINI_CLI_NO_RELAUNCH": "true",
+    }
     login_hint = "run `gemini` once as the service user and log in, or set GEMINI_API_KEY in SHELLM_GEMINI_ENV"
 
     def arguments(self, request: CompletionRequest, upstream_model, scratch) -> list[str]:
@@ -78,17 +82,15 @@ class GeminiProvider(CliProvider):
         return args
 
     def vendor_env(self, request, scratch: str) -> dict[str, str]:
-        # The scratch directory is private (0700): gemini ignores a settings
-        # file whose directory others may write.
-        path = os.path.join(scratch, "system-settings.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(SYSTEM_SETTINGS, f)
-        return {
-            "GEMINI_CLI_SYSTEM_SETTINGS_PATH": path,
-            # The run's own empty directory is the only workspace it sees.
-            "GEMINI_CLI_TRUST_WORKSPACE": "true",
-            "GEMINI_CLI_NO_RELAUNCH": "true",
-        }
+        if scratch is not None:
+            # Workspace settings in the run's own working folder outrank the
+            # user's.  (A system settings file would be ignored: gemini only
+            # trusts one whose every parent folder is root's.)
+            folder = os.path.join(scratch, "work", ".gemini")
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as f:
+                json.dump(RUN_SETTINGS, f)
+        return {}
 
     def make_parser(self, sink) -> GeminiOutput:
         return GeminiOutput(self.name, sink)

@@ -10,6 +10,7 @@ itself when a version differs) and fix what the new version broke.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import json
 import os
@@ -23,6 +24,7 @@ import pytest
 import pytest_twisted
 import treq
 from attrs import define, field
+from twisted.internet.defer import ensureDeferred
 
 from tests.conftest import processes_with_marker, wait_for_no_processes
 from tests.daemon import Daemon
@@ -79,34 +81,43 @@ def _unavailable(why: str):
     pytest.skip(f"e2e: {why}")
 
 
+def _install_missing() -> None:
+    missing = _missing()
+    if not missing:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        _unavailable("npm is not installed, so the real CLIs cannot be installed")
+    manifest = os.path.join(CACHE, "package.json")
+    if not os.path.exists(manifest):
+        with open(manifest, "w") as f:
+            json.dump({"name": "shellm-e2e-clis", "private": True}, f)
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--save-exact", "--prefix", CACHE, *missing],
+            cwd=CACHE, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=NPM_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        _unavailable(f"npm install did not finish in {NPM_TIMEOUT} s")
+    if done.returncode != 0 or _missing():
+        _unavailable(f"npm install {' '.join(missing)} failed (exit {done.returncode}):\n"
+                     + (done.stderr or done.stdout)[-3000:])
+    print(f"\ne2e: installed {' '.join(missing)} in {time.monotonic() - started:.0f} s")
+
+
 def install_clis() -> dict[str, str]:
     """
     Install the pinned CLIs into the cache unless they are already there;
-    return each CLI's executable.  Runs once, before any reactor work.
+    return each CLI's executable, once each has said its version.  Runs
+    once per session, before any reactor work, so blocking is harmless.
     """
-    missing = _missing()
-    if missing:
-        npm = shutil.which("npm")
-        if npm is None:
-            _unavailable("npm is not installed, so the real CLIs cannot be installed")
-        os.makedirs(CACHE, exist_ok=True)
-        manifest = os.path.join(CACHE, "package.json")
-        if not os.path.exists(manifest):
-            with open(manifest, "w") as f:
-                json.dump({"name": "shellm-e2e-clis", "private": True}, f)
-        started = time.monotonic()
-        try:
-            done = subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund", "--save-exact", "--prefix", CACHE, *missing],
-                cwd=CACHE, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                timeout=NPM_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:
-            _unavailable(f"npm install did not finish in {NPM_TIMEOUT} s")
-        if done.returncode != 0 or _missing():
-            _unavailable(f"npm install {' '.join(missing)} failed (exit {done.returncode}):\n"
-                         + (done.stderr or done.stdout)[-3000:])
-        print(f"\ne2e: installed {' '.join(missing)} in {time.monotonic() - started:.0f} s")
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, ".lock"), "w") as lock:
+        # One installer at a time: parallel test runs share the cache.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _install_missing()
     paths = {}
     for name, (package, version) in PINS.items():
         path = cli_path(name)
@@ -203,6 +214,7 @@ class Rig:
     targets: ToolTargets = field(init=False)
     env: dict = field(init=False)
     daemons: list = field(factory=list)
+    daemon_dirs: list = field(factory=list)
     tmp_before: set = field(factory=set)
     daemon_tmp: str = field(init=False)
 
@@ -245,8 +257,8 @@ class Rig:
         cwd = os.path.join(self.root, f"daemon-{len(self.daemons)}")
         os.makedirs(cwd)
         daemon = Daemon(self.daemon_env(**settings), self.marker, cwd)
-        daemon.cwd = cwd
         self.daemons.append(daemon)
+        self.daemon_dirs.append(cwd)
         await daemon.started(timeout=30)
         return daemon
 
@@ -274,8 +286,7 @@ class Rig:
         stray += [f"$TMPDIR/{e} (a run's scratch directory)" for e in sorted(os.listdir(self.daemon_tmp))]
         outside = os.path.dirname(self.targets.secret)
         stray += [os.path.join(outside, e) for e in sorted(os.listdir(outside)) if e != "secret.txt"]
-        for daemon in self.daemons:
-            cwd = daemon.cwd
+        for cwd in self.daemon_dirs:
             stray += [os.path.join(cwd, e) for e in sorted(os.listdir(cwd)) if not e.startswith("shellm.db")]
         new = set(os.listdir("/tmp")) - self.tmp_before - {os.path.basename(self.daemon_tmp)}
         if in_ci():
@@ -325,11 +336,11 @@ async def rigs(cli_bins, tmp_path, marker):
             for daemon in rig.daemons:
                 await daemon.stop()
             await rig.fake.stop()
-    left = await wait_for_no_processes(marker)
+        left = await wait_for_no_processes(marker)
+        stray = [f for rig in made for f in rig.stray_files()]
+        for rig in made:
+            rig.close()
     assert left == [], f"processes left behind: {left}"
-    stray = [f for rig in made for f in rig.stray_files()]
-    for rig in made:
-        rig.close()
     assert stray == [], f"files written outside the run's directory and the CLI's config: {stray}"
 
 
@@ -345,10 +356,23 @@ async def complete(daemon: Daemon, body: dict, path: str = "/completions", timeo
     return response.code, parsed, reactor.seconds() - started
 
 
-async def read_stream(reader) -> list[dict]:
+async def within(awaitable, seconds: float = 60):
+    """
+    Await C{awaitable}, but fail after C{seconds} instead of hanging the
+    run.
+    """
+    from twisted.internet import reactor
+
+    return await ensureDeferred(awaitable).addTimeout(seconds, reactor)
+
+
+async def read_stream(reader, seconds: float = 60) -> list[dict]:
+    """
+    The rest of an SSE stream's data events, up to its end.
+    """
     events = []
     while True:
-        event = await reader.next_data()
+        event = await within(reader.next_data(), seconds)
         if event is None:
             return events
         events.append(event)

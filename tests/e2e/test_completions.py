@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from tests.daemon import open_stream
-from tests.e2e.conftest import CLIS, complete, read_stream
+from tests.e2e.conftest import CLIS, complete, read_stream, within
 from tests.e2e.fakes.base import split_text
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +68,7 @@ async def test_stream_events_arrive_while_the_cli_runs(rigs, cli):
                                          {"model": cli, "prompt": "say hi"})
     assert response.code == 200
     try:
-        first = await reader.next_data()
+        first = await within(reader.next_data())
     finally:
         released = not gate.called
         if released:
@@ -88,3 +88,23 @@ async def test_stream_events_arrive_while_the_cli_runs(rigs, cli):
         assert len(deltas) >= len(pieces)
         assert "".join(deltas) == TEXT
     assert final["usage"] == expected_usage(rig)
+
+
+@pytest.mark.parametrize("cli", CLIS)
+@pytest_twisted.ensureDeferred
+async def test_only_model_calls_reach_the_upstream(rigs, cli):
+    """
+    The product's quiet switches work: the upstream sees model calls and
+    nothing else (no claude "hello" probe), and gemini sends no usage
+    statistics id.
+    """
+    rig = rigs(cli)
+    rig.script()
+    daemon = await rig.daemon()
+    status, body, _ = await complete(daemon, {"model": cli, "prompt": "say hi"})
+    assert status == 200, body
+    others = [f"{r.method} {r.uri}" for r in rig.fake.requests if not rig.fake.is_model_request(r)]
+    assert others == []
+    assert rig.fake.api_requests()
+    for recorded in rig.fake.api_requests():
+        assert "x-gemini-api-privileged-user-id" not in recorded.headers, "usage statistics are on"

@@ -43,7 +43,8 @@ def assert_nothing_happened(rig, body: dict) -> None:
     assert not os.path.exists(targets.written), "the file was written"
     leaked = [r.uri for r in rig.fake.requests if SECRET in r.text()]
     assert not leaked, f"the secret file's content went upstream in {leaked}"
-    assert not [r for r in rig.fake.requests if CODE_RAN in r.text()], "a code-mode script ran"
+    ran = [r.uri for r in rig.fake.requests if CODE_RAN in r.text()]
+    assert not ran, f"a code-mode script ran and reported back in {ran}"
     assert SECRET not in str(body)
 
 
@@ -62,10 +63,11 @@ def assert_clean_end(status: int, body: dict) -> None:
 @pytest_twisted.ensureDeferred
 async def test_tool_calls_do_nothing(rigs, cli, kind):
     """
-    The CLI is offered no tools (an empty tool list where the CLI sends
-    one); a tool call it was offered, and one forced on it although it was
-    not, neither runs a command, nor writes a file, nor reads the secret
-    file; each request still ends cleanly.
+    A tool call the CLI was offered (if any), and one forced on it although
+    it was not, neither runs a command, nor writes a file, nor reads the
+    secret file, nor runs a code-mode script; each request still ends
+    cleanly.  The CLI is offered no tools at all (claude, gemini), or none
+    that reaches the machine (codex, which always declares a few).
     """
     rig = rigs(cli)
     rig.script(tool=kind)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from attrs import define, field, frozen
+from attrs import define, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -120,7 +120,7 @@ class FakeUpstream:
     """
 
     log = Logger()
-    #: Which of a request's headers and query a subclass answers on.
+    #: The vendor's name, for log messages.
     vendor = "fake"
 
     def __init__(self, reactor):
