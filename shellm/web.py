@@ -76,6 +76,9 @@ class ShellmSite(Site):
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.displayTracebacks = False
+        # Bodies are JSON: never let twisted.web parse a form (a malformed
+        # multipart body would get its own HTML 400 before our handlers).
+        self._parsePOSTFormSubmission = False
 
     def getContentFile(self, length):
         return CappedBody(self.max_body_bytes)

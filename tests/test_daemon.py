@@ -325,3 +325,21 @@ async def test_kill_9_of_the_daemon_takes_its_clis_along(tmp_path, marker):
     assert len(processes_with_marker(marker)) >= 5  # the daemon and its four CLIs
     await daemon.stop("KILL")
     assert await wait_for_no_processes(marker, timeout=2.0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_form_body_gets_a_json_error(tmp_path, marker):
+    """
+    A body claiming to be multipart but malformed is answered by SheLLM as
+    JSON (415), not by twisted.web's own form parser.
+    """
+    daemon = Daemon({}, marker, str(tmp_path))
+    try:
+        await daemon.started()
+        response = await treq.post(
+            daemon.url + "/completions", data=b"--x\r\ngarbage",
+            headers={"content-type": "multipart/form-data; boundary=zzz"})
+        body = json.loads(await response.content())
+        assert response.code == 415 and body["error"] == "unsupported_media_type"
+    finally:
+        await daemon.stop()
