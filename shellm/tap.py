@@ -150,7 +150,7 @@ class ShellmService(MultiService):
         while self._api.in_flight and self._clock.seconds() < deadline:
             yield deferLater(self._clock, 0.05, lambda: None)
         yield self._pool.closeCachedConnections()
-        self._ledger.close()
+        yield self._ledger.close()
 
 
 def makeService(options, reactor=None):
@@ -194,7 +194,7 @@ def makeService(options, reactor=None):
         on_call=metrics.count_call,
     )
     authenticator = Authenticator(config.clients)
-    ledger = Ledger(config.db)
+    ledger = Ledger(config.db, reactor)
     api = ShellmAPI(
         reactor, router, config.max_prompt_chars, config.heartbeat,
         authenticator=authenticator,

@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
+from contextlib import closing
 
 import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
 from shellm import auth
 from shellm.auth import ANONYMOUS, Authenticator, AuthRequired, Client, parse_clients, token_from_headers
 from shellm.config import ConfigError, load_config
 from shellm.errors import RateLimited
+from shellm import ledger as ledger_module
 from shellm.ledger import Ledger, UsageRecord
 from shellm.limits import RateLimiter, SlidingWindow
 from tests.conftest import fake_cli, wait_for_no_processes
@@ -183,24 +188,30 @@ def _row(client="a", status=200, tokens=(10, 5), cost=0.5, when=1000.0, model="m
     return UsageRecord(when, client, "claude", model, status, tokens[0], tokens[1], cost, 100, 0, "r")
 
 
+def _rows_on_disk(path) -> int:
+    with closing(sqlite3.connect(path)) as connection:
+        return connection.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+
+
 @pytest_twisted.ensureDeferred
 async def test_ledger_aggregates_by_provider_and_model(tmp_path):
     """
     Totals add up requests, tokens, cost and errors per provider and model,
-    for one client or all, within the period; the file is private (0600).
+    for one client or all, within the period, including rows recorded just
+    before; the file is private (0600).
     """
     path = str(tmp_path / "sub" / "shellm.db")
-    ledger = Ledger(path)
+    ledger = Ledger(path, reactor)
     await ledger.open()
     try:
-        await ledger.record(_row())
-        await ledger.record(_row(status=502, tokens=(None, None), cost=None))
-        await ledger.record(_row(client="b", tokens=(1, 1), cost=None))
-        await ledger.record(_row(when=10.0))  # too old
+        ledger.record(_row())
+        ledger.record(_row(status=502, tokens=(None, None), cost=None))
+        ledger.record(_row(client="b", tokens=(1, 1), cost=None))
+        ledger.record(_row(when=10.0))  # too old
         mine = await ledger.totals(500.0, "a")
         everyone = await ledger.totals(500.0, None)
     finally:
-        ledger.close()
+        await ledger.close()
     assert mine["totals"] == {"requests": 2, "input_tokens": 10, "output_tokens": 5,
                               "cost_usd": 0.5, "errors": 1}
     assert everyone["totals"]["requests"] == 3 and everyone["totals"]["input_tokens"] == 11
@@ -210,19 +221,98 @@ async def test_ledger_aggregates_by_provider_and_model(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ledger_write_failure_is_logged_not_raised(tmp_path):
+async def test_ledger_writes_in_batches_on_a_timer(tmp_path):
     """
-    A database that cannot be written degrades to a logged error; the
-    record call still succeeds.
+    Rows wait in memory until the flush interval passes, then reach the file
+    together; closing writes what is still waiting and leaves no timer.
     """
     path = str(tmp_path / "shellm.db")
-    ledger = Ledger(path)
+    clock = Clock()
+    ledger = Ledger(path, clock)
+    await ledger.open()
+    for _ in range(3):
+        ledger.record(_row())
+    assert _rows_on_disk(path) == 0
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(ledger_module.FLUSH_INTERVAL)
+    for _ in range(100):
+        if _rows_on_disk(path) == 3:
+            break
+        await sleep(0.02)
+    assert _rows_on_disk(path) == 3
+    ledger.record(_row())
+    await ledger.close()
+    assert _rows_on_disk(path) == 4
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_writes_at_once_when_a_batch_is_full(tmp_path, monkeypatch):
+    """
+    A full batch does not wait for the interval.
+    """
+    monkeypatch.setattr(ledger_module, "FLUSH_ROWS", 4)
+    path = str(tmp_path / "shellm.db")
+    clock = Clock()
+    ledger = Ledger(path, clock)
     await ledger.open()
     try:
-        await ledger._pool.runOperation("DROP TABLE usage")
-        assert await ledger.record(_row()) is None
+        for _ in range(4):
+            ledger.record(_row())
+        clock.advance(0)
+        for _ in range(100):
+            if _rows_on_disk(path) == 4:
+                break
+            await sleep(0.02)
+        assert _rows_on_disk(path) == 4
     finally:
-        ledger.close()
+        await ledger.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_bounds_its_backlog_and_says_so(tmp_path, monkeypatch):
+    """
+    Past the backlog limit new rows are dropped rather than held without
+    bound, and the log says how many; what was held is still written.
+    """
+    monkeypatch.setattr(ledger_module, "MAX_PENDING_ROWS", 5)
+    path = str(tmp_path / "shellm.db")
+    ledger = Ledger(path, Clock())
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await ledger.open()
+        for _ in range(8):
+            ledger.record(_row())
+        await ledger.close()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert _rows_on_disk(path) == 5
+    assert "3 rows dropped" in " ".join(formatEvent(e) for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_write_failure_is_logged_not_raised(tmp_path):
+    """
+    A database that cannot be written degrades to a logged error; recording
+    and flushing still succeed, and later rows are written once it can be.
+    """
+    path = str(tmp_path / "shellm.db")
+    ledger = Ledger(path, Clock())
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await ledger.open()
+        await ledger._pool.runOperation("ALTER TABLE usage RENAME TO moved")
+        ledger.record(_row())
+        assert await ledger.flush() is None
+        await ledger._pool.runOperation("ALTER TABLE moved RENAME TO usage")
+        ledger.record(_row())
+        await ledger.close()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert "could not record usage of 1 requests" in " ".join(formatEvent(e) for e in events)
+    assert _rows_on_disk(path) == 1
 
 
 # -- through a real daemon
@@ -281,7 +371,6 @@ async def test_keys_limits_usage_and_metrics_end_to_end(tmp_path, marker):
         assert response.code == 503  # no fallback to a provider gamma may not use
         response, body = await _post(daemon, KEY_A, model="gemini")
         assert response.code == 403 and body["error"] == "model_not_allowed"
-        await sleep(0.3)  # the ledger writes in its own thread
         usage = json.loads(await (await treq.get(
             daemon.url + "/usage?period=24h", headers={"x-api-key": KEY_A})).content())
         assert usage["client"] == "alpha"
