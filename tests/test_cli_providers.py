@@ -876,6 +876,21 @@ async def test_cerebras_upstream_errors(cerebras, status, error, client_status, 
 
 
 @real_reactor_test
+async def test_cerebras_does_not_follow_redirects(cerebras):
+    """
+    A redirect is an upstream error (502), not followed: following it would
+    send the API key to whatever URL the redirect names.
+    """
+    cerebras.redirect_to = cerebras.base_url + "/elsewhere"
+    provider = cerebras.make()
+    result, _ = await cerebras_run(provider, request("cerebras"))
+    await cerebras.close()
+    assert isinstance(result, CliFailed), result
+    assert result.status == 502
+    assert [r["path"] for r in cerebras.requests] == ["/v1/chat/completions"]
+
+
+@real_reactor_test
 async def test_cerebras_cut_stream(cerebras):
     """
     A stream cut off before its end is a failure (502), not a short answer.

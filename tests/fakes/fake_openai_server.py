@@ -25,6 +25,7 @@ input_tokens   usage.prompt_tokens (default 10)
 output_tokens  usage.completion_tokens (default 5)
 fail_status    if set, every chat request gets this HTTP status and an
                OpenAI-style error body containing SECRET
+redirect_to    if set, every chat request gets a 307 to this URL
 cut_after      if set to N, a streaming answer writes its first N SSE events
                (deltas, then the finish chunk, the usage chunk, [DONE]) and
                then aborts the TCP connection; a non-streaming answer writes
@@ -125,6 +126,7 @@ class FakeOpenAI:
         self.input_tokens = 10
         self.output_tokens = 5
         self.fail_status = None
+        self.redirect_to = None
         self.cut_after = None
         self.stall = False
         del self.requests[:]
@@ -209,6 +211,9 @@ class FakeOpenAI:
                 "message": "Request body is not a JSON object",
                 "type": "invalid_request_error", "param": None, "code": None}})
         fake = self._for_request(body)
+        if fake.redirect_to is not None:
+            request.setHeader(b"location", fake.redirect_to.encode())
+            return self._send_json(request, 307, {})
         if fake.fail_status is not None:
             return self._send_json(request, int(fake.fail_status),
                                    _error_body(int(fake.fail_status)))
