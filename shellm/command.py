@@ -759,13 +759,14 @@ def build_providers(reactor, config) -> dict:
     import treq.client
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from shellm.process import CliRunner, SessionSpawner
+    from shellm.process import CliRunner, SessionSpawner, find_launcher
     from shellm.providers.cerebras import CerebrasProvider
     from shellm.providers.claude import ClaudeProvider
     from shellm.providers.codex import CodexProvider
     from shellm.providers.gemini import GeminiProvider
 
-    runner = CliRunner(reactor, SessionSpawner(reactor), config.timeout, config.kill_grace)
+    runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout,
+                       config.kill_grace)
     http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
     def cli(cls, executable, extra_env):

@@ -28,7 +28,7 @@ from shellm.ledger import Ledger
 from shellm.limits import RateLimiter
 from shellm.metrics import Metrics
 from shellm.models import ModelTable
-from shellm.process import CliRunner, SessionSpawner
+from shellm.process import CliRunner, SessionSpawner, find_launcher
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.claude import ClaudeProvider
 from shellm.providers.codex import CodexProvider
@@ -158,7 +158,8 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     config = options["config"]
 
-    runner = CliRunner(reactor, SessionSpawner(reactor), config.timeout, config.kill_grace)
+    runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout,
+                       config.kill_grace)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config.http_max_concurrent
     http = treq.client.HTTPClient(Agent(reactor, pool=pool))

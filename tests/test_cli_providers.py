@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import stat
 import sys
 
@@ -24,7 +25,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
 from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
 from shellm.models import ModelEntry
-from shellm.process import CliRunner, SessionSpawner
+from shellm.process import CliRunner, SessionSpawner, find_launcher
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.claude import ClaudeProvider
 from shellm.providers.cli import NotLoggedIn
@@ -137,8 +138,26 @@ class Events:
         return "".join(self.deltas)
 
 
+@pytest.fixture(params=["posix_spawn", "fork"])
+def spawner(request):
+    """
+    Both ways a CLI is started: posix_spawn through setpriv and env (the
+    daemon's way where they exist) and fork (elsewhere).
+    """
+    from twisted.internet import reactor
+
+    if request.param == "fork":
+        return SessionSpawner(reactor)
+    launcher = find_launcher()
+    if launcher is None:
+        pytest.skip("setpriv or env -C is missing here")
+    spawner = SessionSpawner(reactor, launcher)
+    assert spawner.spawns
+    return spawner
+
+
 @pytest.fixture
-def make_provider(marker, python_path_env):
+def make_provider(marker, python_path_env, spawner):
     """
     Build a CLI provider around its fake, with the test marker (and any
     FAKE_* settings) in its extra environment.
@@ -147,7 +166,7 @@ def make_provider(marker, python_path_env):
 
     def make(cli, *, timeout=15.0, kill_grace=2.0, env=None, executable=None,
              base_env=None):
-        runner = CliRunner(reactor, SessionSpawner(reactor), timeout, kill_grace)
+        runner = CliRunner(reactor, spawner, timeout, kill_grace)
         extra = {"SHELLM_TEST_MARKER": marker}
         extra.update(env or {})
         provider = CLI_PROVIDERS[cli](
@@ -230,6 +249,25 @@ async def test_success_deltas_and_usage(cli, make_provider, marker):
     assert result.usage == Usage(123, 45)
     if cli == "claude":
         assert result.cost_usd == pytest.approx(0.0123)
+    assert await wait_for_no_processes(marker) == []
+
+
+@real_reactor_test
+async def test_posix_spawn_never_forks(make_provider, spawner, marker, monkeypatch):
+    """
+    Where setpriv and env are found, a CLI is started without forking the
+    daemon (a fork costs more the bigger the daemon is).
+    """
+    if not spawner.spawns:
+        pytest.skip("this run forks")
+
+    def no_fork():
+        raise AssertionError("forked")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    result, sink = await run_to_end(make_provider("claude"), request("claude"))
+    assert isinstance(result, ProviderResult), result
+    assert sink.text
     assert await wait_for_no_processes(marker) == []
 
 
@@ -369,9 +407,10 @@ async def test_no_model_means_no_model_flag(cli, make_provider, marker, tmp_path
 async def test_isolation_session_cwd_env(cli, make_provider, marker, tmp_path,
                                          python_path_env, monkeypatch):
     """
-    The child leads its own session, runs in an empty private directory that
-    is removed once the run is finished, and sees only the configured
-    environment: nothing of the daemon's own environment leaks in.
+    The child leads its own session, dies with the daemon (SIGKILL as its
+    parent-death signal), runs in an empty private directory that is removed
+    once the run is finished, and sees only the configured environment:
+    nothing of the daemon's own environment leaks in.
     """
     monkeypatch.setenv("SHELLM_UNRELATED_LEAK", "should-not-leak")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-daemon-env")
@@ -392,6 +431,7 @@ async def test_isolation_session_cwd_env(cli, make_provider, marker, tmp_path,
     [rec] = read_records(record)
     assert rec["sid"] == rec["pid"]
     assert rec["pgid"] == rec["pid"]
+    assert rec["pdeathsig"] == signal.SIGKILL
     # Empty but for gemini's own settings, which SheLLM puts there.
     assert seen["listing"] == ([".gemini"] if cli == "gemini" else [])
     assert seen["mode"] & 0o077 == 0

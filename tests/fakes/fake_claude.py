@@ -110,6 +110,16 @@ def read_prompt():
     return data.decode("utf-8", errors="replace")
 
 
+def parent_death_signal():
+    # prctl(PR_GET_PDEATHSIG): the signal this process gets if its parent dies.
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    signum = ctypes.c_int(0)
+    libc.prctl(2, ctypes.byref(signum), 0, 0, 0)
+    return signum.value
+
+
 def record(prompt):
     path = os.environ.get("FAKE_RECORD")
     if not path:
@@ -122,6 +132,7 @@ def record(prompt):
         "pid": os.getpid(),
         "pgid": os.getpgid(0),
         "sid": os.getsid(0),
+        "pdeathsig": parent_death_signal(),
     }
     spf = arg_value(sys.argv[1:], "--system-prompt-file")
     if spf is not None:
