@@ -756,9 +756,7 @@ def build_providers(reactor, config) -> dict:
     """
     The providers as the daemon builds them, for their health checks.
     """
-    import treq.client
-    from twisted.web.client import Agent, HTTPConnectionPool
-
+    from shellm.http_client import upstream_client
     from shellm.process import CliRunner, SessionSpawner, find_launcher
     from shellm.providers.cerebras import CerebrasProvider
     from shellm.providers.claude import ClaudeProvider
@@ -767,7 +765,7 @@ def build_providers(reactor, config) -> dict:
 
     runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout,
                        config.kill_grace)
-    http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    http, _ = upstream_client(reactor, persistent=False)
 
     def cli(cls, executable, extra_env):
         return cls(reactor, runner, executable, config.base_env, extra_env)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 
-import treq.client
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
@@ -16,7 +15,6 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from shellm import __version__, logs
 from shellm.api import ShellmAPI
@@ -24,6 +22,7 @@ from shellm.auth import Authenticator
 from shellm.circuit import Circuit
 from shellm.config import SETTINGS, ConfigError, load_clients, load_config
 from shellm.health import HealthMonitor
+from shellm.http_client import upstream_client
 from shellm.ledger import Ledger
 from shellm.limits import RateLimiter
 from shellm.metrics import Metrics
@@ -160,9 +159,7 @@ def makeService(options, reactor=None):
 
     runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout,
                        config.kill_grace)
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = config.http_max_concurrent
-    http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+    http, pool = upstream_client(reactor, max_per_host=config.http_max_concurrent)
 
     def cli(cls, executable, extra_env):
         return cls(reactor, runner, executable, config.base_env, extra_env)

@@ -25,6 +25,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
 from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
 from shellm.models import ModelEntry
+from shellm.http_client import upstream_client
 from shellm.process import CliRunner, SessionSpawner, find_launcher
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.claude import ClaudeProvider
@@ -810,16 +811,13 @@ async def cerebras():
     reactor-clean check; teardown closes again in case a test failed first.
     """
     from twisted.internet import reactor
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
 
     fake, _port = start_fake_openai(reactor)
     pools = []
 
     def make(api_key="csk-test-key", timeout=10.0):
-        pool = HTTPConnectionPool(reactor)
+        http, pool = upstream_client(reactor)
         pools.append(pool)
-        http = HTTPClient(Agent(reactor, pool=pool))
         return CerebrasProvider(reactor, http, api_key, fake.base_url, timeout)
 
     async def close():
@@ -884,6 +882,21 @@ async def test_cerebras_success(cerebras):
     ]
     assert sent["body"]["stream"] is True
     assert sent["headers"]["authorization"] == "Bearer csk-test-key"
+    assert sent["headers"]["content-type"] == "application/json"
+
+
+@real_reactor_test
+async def test_cerebras_keeps_no_upstream_cookies(cerebras):
+    """
+    A cookie the upstream sets is not sent back: one client's upstream
+    session must not follow another client's requests.
+    """
+    provider = cerebras.make()
+    for _ in range(2):
+        result, _ = await cerebras_run(provider, request("cerebras"))
+        assert isinstance(result, ProviderResult), result
+    await cerebras.close()
+    assert [r["headers"].get("cookie") for r in cerebras.requests] == [None, None]
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from twisted.web.client import ResponseDone
 
 from shellm.completion import CompletionRequest, EventSink, ProviderResult, TextDelta, Usage
 from shellm.errors import CliFailed, InvalidRequest, ProviderUnavailable, RateLimited, Timeout
+from shellm.http_client import BytesBody
 from shellm.logs import redact
 from shellm.providers.base import Capabilities, ProviderHealth, ProviderRun
 from shellm.providers.cli import token_count
@@ -148,9 +149,12 @@ class CerebrasProvider:
         base_url = base_url.rstrip("/")
         self._completions_url = EncodedURL.from_text(base_url + "/chat/completions")
         self._models_url = EncodedURL.from_text(base_url + "/models")
-        self._headers = Headers({
-            b"Authorization": [f"Bearer {api_key}".encode("latin-1", "replace")],
+        authorization = [f"Bearer {api_key}".encode("latin-1", "replace")]
+        self._headers = Headers({b"Authorization": authorization})
+        self._post_headers = Headers({
+            b"Authorization": authorization,
             b"Accept": [b"text/event-stream"],
+            b"Content-Type": [b"application/json"],
         })
 
     def start(self, request: CompletionRequest, upstream_model: Optional[str],
@@ -205,8 +209,8 @@ class CerebrasProvider:
         try:
             # No redirects: following one would send the key to another URL.
             response = await self._http.post(
-                self._completions_url, json=body, headers=self._headers,
-                unbuffered=True, allow_redirects=False,
+                self._completions_url, data=BytesBody(json.dumps(body).encode("utf-8")),
+                headers=self._post_headers, unbuffered=True, allow_redirects=False,
             )
         except CancelledError:
             raise

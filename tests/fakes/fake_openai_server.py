@@ -33,6 +33,7 @@ cut_after      if set to N, a streaming answer writes its first N SSE events
 stall          if true, a streaming answer sends the headers and its first
                event and then nothing more; a non-streaming answer sends
                only the headers
+               (a streaming answer also sets a cookie, upstream_session=<n>)
 requests       list of dicts {method, path, uri, headers, body, raw_body},
                one per request received (header names lower-case, body is
                the parsed JSON or None)
@@ -372,6 +373,7 @@ class FakeOpenAI:
         _set_status(request, 200)
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"set-cookie", b"upstream_session=%d; Path=/" % len(self.requests))
         request.write(b"")  # headers go out now
         self._stream_step(request, events, 0)
 
