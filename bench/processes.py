@@ -227,3 +227,18 @@ class Daemon:
     def stop(self) -> None:
         if self.process is not None:
             stop_group(self.process, 10)
+
+
+class FloorServer(Daemon):
+    """
+    L{bench.floor}: Klein and treq relaying to the upstream with nothing
+    else, started and watched like the daemon.
+    """
+
+    def __init__(self, workdir: str, upstream_url: str):
+        # This checkout's bench, whichever SheLLM checkout is under test.
+        super().__init__(workdir, {"UPSTREAM": upstream_url, "PYTHONPATH": REPO})
+
+    @staticmethod
+    def command() -> list[str]:
+        return [sys.executable, "-m", "bench.floor"]

@@ -28,7 +28,8 @@ from bench.loadgen import (
     percentile,
     run_load,
 )
-from bench.processes import Daemon, Upstream, cpu_seconds
+from bench.processes import Daemon, FloorServer, Upstream, cpu_seconds
+from shellm.process import find_launcher
 
 
 @define
@@ -247,10 +248,10 @@ class Bench:
         for c in (1, 8):
             await self._relay(f"relay_c{c}", port, "/completions/stream", seed_body, c)
 
-    def _bare_spawn_once(self) -> float:
+    def _bare_spawn_once(self, launcher: tuple = ()) -> float:
         started = now_ns()
         process = subprocess.Popen(
-            [self.fake_cli, "-p", "--output-format", "stream-json"],
+            [*launcher, self.fake_cli, "-p", "--output-format", "stream-json"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin"}, cwd=self.workdir,
         )
@@ -293,12 +294,58 @@ class Bench:
         self.results["bare_c8"] = {"completed": done,
                                    "rate": done / (time.monotonic() - started)}
 
+    def launcher_spawn(self) -> None:
+        """
+        The fake CLI started through C{setpriv --pdeathsig KILL} and C{env
+        -C}, the two small programs SheLLM runs before each CLI (for the
+        parent-death signal and the working directory): the floor of
+        SheLLM's own way.
+        """
+        launcher = find_launcher()
+        if launcher is None:
+            return
+        setpriv, env = launcher
+        prefix = (setpriv, "--pdeathsig", "KILL", "--", env, "-C", self.workdir, "--")
+        self.say("spawn of the fake CLI through setpriv and env, c=1")
+        for _ in range(20):
+            self._bare_spawn_once(prefix)
+        times = []
+        deadline = time.monotonic() + self.plan.spawn_measure_s
+        while time.monotonic() < deadline and len(times) < 20_000:
+            times.append(self._bare_spawn_once(prefix))
+        self.results["launcher_c1"] = {"completed": len(times),
+                                       "rate": len(times) / self.plan.spawn_measure_s,
+                                       "p50_ms": percentile(times, 0.5),
+                                       "p99_ms": percentile(times, 0.99)}
+
+    async def floor(self) -> None:
+        """
+        The framework floor (L{bench.floor}) under the HTTP path's load.
+        """
+        server = FloorServer(os.path.join(self.workdir, "floor"), self.upstream.base_url)
+        self._daemons.append(server)
+        server.start()
+        try:
+            await server.ready()
+            await asyncio.sleep(0.5)
+            self.results["floor_memory"] = server.memory()["rss"]
+            raw = build_request(server.port, "POST", "/completions",
+                                seed_body("cerebras", "bench:fast"))
+            for c in (1, 8):
+                self.say(f"framework floor (Klein + treq), c={c}")
+                self._record(f"floor_c{c}", await run_load(
+                    server.port, raw, c, answered_by("cerebras"),
+                    cpu_probes=self._probes(server), **self._window()))
+        finally:
+            self._stop_daemon(server)
+
     def forked_spawn(self) -> None:
         """
-        For reference: the same CLI started the way SheLLM starts it today,
-        C{fork()} then C{exec()}, from a Python process as large as an idle
-        daemon; the copy of its page tables, and the copy-on-write faults
-        that follow, are what C{posix_spawn} and C{vfork} avoid.
+        For reference: the same CLI started by C{fork()} then C{exec()}
+        from a Python process as large as an idle daemon, the way SheLLM
+        starts CLIs where setpriv or C{env -C} is missing; the copy of its
+        page tables, and the copy-on-write faults that follow, are what
+        C{posix_spawn} and C{vfork} avoid.
         """
         self.say("fork+exec of the fake CLI from a 60 MiB Python process, c=1")
         script = (
@@ -450,7 +497,9 @@ class Bench:
             self.results["fake_cli"] = kind
             self.upstream.start()
             await self.direct()
+            await self.floor()
             self.bare_spawn()
+            self.launcher_spawn()
             self.forked_spawn()
 
             main = await self._start_daemon("main", max_concurrent=8)

@@ -1,0 +1,75 @@
+"""
+The framework floor: the least a Klein app on Twisted can do to relay one
+request to the fast fake upstream with treq, with none of SheLLM's work
+(no queue, router, accounting, logs or metrics)::
+
+    SHELLM_LISTEN=tcp:8001:interface=127.0.0.1 UPSTREAM=http://127.0.0.1:9000/v1 \\
+        python -m bench.floor
+
+``POST /completions`` sends the upstream the request SheLLM would send,
+reads its event stream to the end and answers a small JSON object;
+``GET /health`` answers 200.  The bench measures it like the daemon, so the
+difference between the two is what SheLLM itself costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from klein import Klein
+from twisted.internet import endpoints, reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.web.server import Site
+from twisted.web.http_headers import Headers
+
+from shellm.http_client import BytesBody, upstream_client
+
+app = Klein()
+http, _pool = upstream_client(reactor, max_per_host=256)
+URL = os.environ.get("UPSTREAM", "http://127.0.0.1:1/v1") + "/chat/completions"
+HEADERS = Headers({b"Authorization": [b"Bearer bench-key"], b"Accept": [b"text/event-stream"],
+                   b"Content-Type": [b"application/json"]})
+
+
+class _Body(Protocol):
+    def __init__(self):
+        self.chunks: list[bytes] = []
+        self.done = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(b"".join(self.chunks))
+
+
+@app.route("/health", methods=["GET"])
+def health(request):
+    return b'{"status":"ok"}'
+
+
+@app.route("/completions", methods=["POST"])
+async def completions(request):
+    prompt = json.loads(request.content.read())["prompt"]
+    body = {"model": "gpt-oss-120b", "messages": [{"role": "user", "content": prompt}],
+            "stream": True, "stream_options": {"include_usage": True}}
+    response = await http.post(URL, data=BytesBody(json.dumps(body).encode()), headers=HEADERS,
+                               unbuffered=True, allow_redirects=False)
+    reader = _Body()
+    response.deliverBody(reader)
+    events = (await reader.done).count(b"\ndata:") + 1
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"content": "relayed", "events": events, "provider": "cerebras"}).encode()
+
+
+def main() -> None:
+    site = Site(app.resource())
+    site.log = lambda request: None  # no access log: the floor does nothing it need not
+    endpoints.serverFromString(reactor, os.environ["SHELLM_LISTEN"]).listen(site)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
