@@ -8,8 +8,10 @@ from http.cookiejar import CookieJar
 
 import treq.client
 from twisted.internet.defer import succeed
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 
@@ -53,6 +55,34 @@ class BytesBody:
         pass
 
 
+@implementer(IAgentEndpointFactory)
+class ReusedEndpoints:
+    """
+    One endpoint per scheme, host and port, built once.  A plain L{Agent}
+    builds a new one (IDNA-encoding the host name again) for every request,
+    even when its pool already holds a connection to reuse.  The hosts are
+    the configured providers' only: redirects are never followed.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._tls_policy = BrowserLikePolicyForHTTPS()
+        self._endpoints: dict = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(
+                    self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
+            elif uri.scheme != b"http":
+                raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+            self._endpoints[key] = endpoint
+        return endpoint
+
+
 def upstream_client(reactor, persistent: bool = True,
                     max_per_host: int = 2) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
     """
@@ -60,4 +90,5 @@ def upstream_client(reactor, persistent: bool = True,
     """
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = max_per_host
-    return treq.client.HTTPClient(Agent(reactor, pool=pool), cookiejar=NoCookies()), pool
+    agent = Agent.usingEndpointFactory(reactor, ReusedEndpoints(reactor), pool=pool)
+    return treq.client.HTTPClient(agent, cookiejar=NoCookies()), pool

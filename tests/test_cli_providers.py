@@ -25,7 +25,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
 from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
 from shellm.models import ModelEntry
-from shellm.http_client import upstream_client
+from shellm.http_client import ReusedEndpoints, upstream_client
 from shellm.process import CliRunner, SessionSpawner, find_launcher
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.claude import ClaudeProvider
@@ -34,7 +34,7 @@ from shellm.providers.codex import CodexProvider
 from shellm.providers.gemini import GeminiProvider
 
 from .conftest import fake_cli, wait_for_no_processes
-from .fakes.fake_openai_server import start_fake_openai
+from .fakes.fake_openai_server import FakeOpenAI, start_fake_openai
 
 #: No single test may take longer than this on the real reactor.
 GUARD_SECONDS = 20.0
@@ -941,6 +941,54 @@ async def test_cerebras_does_not_follow_redirects(cerebras):
     assert isinstance(result, CliFailed), result
     assert result.status == 502
     assert [r["path"] for r in cerebras.requests] == ["/v1/chat/completions"]
+
+
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+@real_reactor_test
+async def test_cerebras_refuses_an_untrusted_certificate():
+    """
+    Over HTTPS the upstream's certificate is verified: a self-signed one
+    means the provider cannot be reached (503), and no request is sent.
+    """
+    from twisted.internet import reactor, ssl
+    import twisted.test
+
+    fake = FakeOpenAI(reactor)
+    with open(os.path.join(os.path.dirname(twisted.test.__file__), "server.pem"), "rb") as f:
+        certificate = ssl.PrivateCertificate.loadPEM(f.read())
+    port = reactor.listenSSL(0, fake.site(), certificate.options(), interface="127.0.0.1")
+    http, pool = upstream_client(reactor)
+    provider = CerebrasProvider(reactor, http, "csk-test-key",
+                                f"https://127.0.0.1:{port.getHost().port}/v1", 10.0)
+    try:
+        result, _ = await cerebras_run(provider, request("cerebras"))
+    finally:
+        await pool.closeCachedConnections()
+        await port.stopListening()
+    assert isinstance(result, ProviderUnavailable), result
+    assert result.status == 503
+    assert fake.requests == []
+
+
+def test_upstream_endpoints_are_built_once_per_host():
+    """
+    The endpoint for a scheme, host and port is built once and reused;
+    HTTPS endpoints wrap TLS; any other scheme is refused.
+    """
+    from twisted.internet import reactor
+    from twisted.web.client import URI
+    from twisted.web.error import SchemeNotSupported
+
+    endpoints = ReusedEndpoints(reactor)
+    first = endpoints.endpointForURI(URI.fromBytes(b"https://api.example.com/v1/chat/completions"))
+    again = endpoints.endpointForURI(URI.fromBytes(b"https://api.example.com/v1/models"))
+    other = endpoints.endpointForURI(URI.fromBytes(b"https://api.example.com:8443/v1/models"))
+    plain = endpoints.endpointForURI(URI.fromBytes(b"http://api.example.com/v1/models"))
+    assert first is again
+    assert other is not first and plain is not first
+    assert type(first) is not type(plain)  # TLS-wrapped
+    with pytest.raises(SchemeNotSupported):
+        endpoints.endpointForURI(URI.fromBytes(b"ftp://api.example.com/x"))
 
 
 @real_reactor_test
