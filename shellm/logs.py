@@ -50,6 +50,22 @@ def redact(text: str) -> str:
     return _SECRETS.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
 
 
+def _message(event: dict) -> str:
+    """
+    The event's text.  C{str.format_map} gives the same text as Twisted's
+    own formatter for every format SheLLM uses, in a tenth of the time (one
+    access-log line per request); the rest (call syntax, legacy events, bad
+    formats) goes to Twisted's.
+    """
+    text = event.get("log_format")
+    if isinstance(text, str) and "log_flattened" not in event:
+        try:
+            return text.format_map(event)
+        except Exception:
+            pass
+    return formatEvent(event)
+
+
 @implementer(ILogObserver)
 class JsonLineObserver:
     """
@@ -67,7 +83,7 @@ class JsonLineObserver:
             ).isoformat(timespec="milliseconds"),
             "level": level.name,
             "namespace": event.get("log_namespace", ""),
-            "message": formatEvent(event),
+            "message": _message(event),
         }
         for key, value in event.items():
             if key.startswith("log_") or key in ("format", "message", "time", "level") \
