@@ -63,6 +63,14 @@ def find_launcher() -> Optional[tuple[str, str]]:
     return (setpriv, env) if probe.returncode == 0 else None
 
 
+@functools.lru_cache(maxsize=None)
+def _ignored_signals() -> tuple[int, ...]:
+    # Which signals the daemon ignores (SIGPIPE, at least) is settled before
+    # it serves: looking them up once saves 64 lookups per spawn.
+    return tuple(signum for signum in signal.valid_signals()
+                 if signal.getsignal(signum) == signal.SIG_IGN)
+
+
 class _SessionProcess(Process):
     """
     A child that leads a new session (so signalling its process group reaches
@@ -100,8 +108,7 @@ class _SessionProcess(Process):
             setpriv, argv, environment,
             file_actions=_getFileActions(open_fds, kwargs["fdmap"], os.POSIX_SPAWN_CLOSE,
                                          os.POSIX_SPAWN_DUP2),
-            setsigdef=[signum for signum in range(1, signal.NSIG)
-                       if signal.getsignal(signum) == signal.SIG_IGN],
+            setsigdef=_ignored_signals(),
             setsid=True,
         )
         # If the daemon dies before setpriv runs, this child is orphaned
