@@ -11,7 +11,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 
@@ -39,7 +39,7 @@ class BytesBody:
 
     def __init__(self, data: bytes):
         self._data = data
-        self.length = len(data) if data is not None else UNKNOWN_LENGTH
+        self.length = len(data)
 
     def startProducing(self, consumer):
         consumer.write(self._data)

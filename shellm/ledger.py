@@ -151,10 +151,10 @@ class Ledger:
         if self._dropped:
             self.log.error("usage ledger behind the traffic: {count} rows dropped", count=self._dropped)
             self._dropped = 0
-        self._writing = self._pool.runInteraction(_insert, rows)
-        self._writing.addErrback(self._write_failed, len(rows))
-        self._writing.addCallback(self._written)
-        return self._writing
+        writing = self._writing = self._pool.runInteraction(_insert, rows)
+        writing.addErrback(self._write_failed, len(rows))
+        writing.addBoth(self._written)
+        return writing
 
     def _written(self, _) -> None:
         self._writing = None
@@ -162,9 +162,11 @@ class Ledger:
             self._write_soon(0 if len(self._pending) >= FLUSH_ROWS else FLUSH_INTERVAL)
 
     def _write_failed(self, failure, count: int) -> None:
-        failure.trap(sqlite3.Error, OSError)
-        self.log.error("could not record usage of {count} requests: {why}",
-                       count=count, why=str(failure.value))
+        if failure.check(sqlite3.Error, OSError):
+            self.log.error("could not record usage of {count} requests: {why}",
+                           count=count, why=str(failure.value))
+        else:
+            self.log.failure("could not record usage of {count} requests", failure, count=count)
 
     def flush(self) -> Deferred:
         """

@@ -19,6 +19,8 @@ from typing import Callable, Mapping, Optional
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.process import Process
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
 
 try:
     # Twisted's own helpers for posix_spawn's file actions; without them
@@ -26,8 +28,6 @@ try:
     from twisted.internet.process import _getFileActions, _listOpenFDs
 except ImportError:  # pragma: no cover
     _getFileActions = _listOpenFDs = None
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 
 #: The longest stdout line kept, in bytes.  Real CLIs print single JSON lines of
 #: a few hundred kilobytes (a whole answer); anything past this is skipped.
@@ -77,10 +77,10 @@ class _SessionProcess(Process):
     every grandchild too) and is killed by the kernel if the daemon dies.
 
     With a launcher, the child is started by C{posix_spawn}, whose cost does
-    not grow with the daemon's memory as C{fork} does (about 0.1 ms instead
-    of several): the kernel makes the session, and C{setpriv} and C{env}
-    set the parent-death signal and the directory before running the CLI.
-    Without one, it forks and does both itself.
+    not grow with the daemon's memory as C{fork}'s does: the kernel makes
+    the session, and C{setpriv} and C{env} set the parent-death signal and
+    the directory before running the CLI.  Without one, it forks and does
+    both itself.
     """
 
     def __init__(self, reactor, executable, args, environment, path, proto, launcher):

@@ -315,6 +315,35 @@ async def test_ledger_write_failure_is_logged_not_raised(tmp_path):
     assert _rows_on_disk(path) == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_ledger_survives_an_unexpected_write_error(tmp_path, monkeypatch):
+    """
+    Any other failure of a batch is logged with its traceback, and the
+    ledger goes on writing the next batches.
+    """
+    from twisted.internet.defer import fail
+
+    path = str(tmp_path / "shellm.db")
+    ledger = Ledger(path, Clock())
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await ledger.open()
+        real = ledger._pool.runInteraction
+        monkeypatch.setattr(ledger._pool, "runInteraction",
+                            lambda *args: fail(RuntimeError("driver bug")))
+        ledger.record(_row())
+        await ledger.flush()
+        monkeypatch.setattr(ledger._pool, "runInteraction", real)
+        ledger.record(_row())
+        await ledger.close()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [failure] = [e["log_failure"] for e in events if "log_failure" in e]
+    assert failure.check(RuntimeError)
+    assert _rows_on_disk(path) == 1
+
+
 # -- through a real daemon
 
 

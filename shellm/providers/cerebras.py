@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional
 
+from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.protocol import Protocol
-from hyperlink import EncodedURL
 from twisted.logger import Logger
-from twisted.web.http_headers import Headers
 from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
 
 from shellm.completion import CompletionRequest, EventSink, ProviderResult, TextDelta, Usage
 from shellm.errors import CliFailed, InvalidRequest, ProviderUnavailable, RateLimited, Timeout
