@@ -261,6 +261,20 @@ class Bench:
             raise RuntimeError(f"the fake CLI failed: {process.returncode} {out[-200:]!r}")
         return took
 
+    def _spawn_series(self, launcher: tuple) -> dict:
+        """
+        One spawn after another for the spawn window, after a warm-up.
+        """
+        for _ in range(20):
+            self._bare_spawn_once(launcher)  # warm the page cache and the allocator
+        measure = self.plan.spawn_measure_s
+        times = []
+        deadline = time.monotonic() + measure
+        while time.monotonic() < deadline and len(times) < 20_000:
+            times.append(self._bare_spawn_once(launcher))
+        return {"completed": len(times), "rate": len(times) / measure,
+                "p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99)}
+
     def bare_spawn(self) -> None:
         """
         The fake CLI started from this process with pipes for stdin, stdout
@@ -269,15 +283,7 @@ class Bench:
         """
         measure = self.plan.spawn_measure_s
         self.say("bare spawn of the fake CLI, c=1")
-        for _ in range(20):
-            self._bare_spawn_once()  # warm the page cache and the allocator
-        times = []
-        deadline = time.monotonic() + measure
-        while time.monotonic() < deadline and len(times) < 20_000:
-            times.append(self._bare_spawn_once())
-        self.results["bare_c1"] = {"completed": len(times), "rate": len(times) / measure,
-                                   "p50_ms": percentile(times, 0.5),
-                                   "p99_ms": percentile(times, 0.99)}
+        self.results["bare_c1"] = self._spawn_series(())
         self.say("bare spawn of the fake CLI, c=8")
 
         def loop() -> int:
@@ -307,16 +313,7 @@ class Bench:
         setpriv, env = launcher
         prefix = (setpriv, "--pdeathsig", "KILL", "--", env, "-C", self.workdir, "--")
         self.say("spawn of the fake CLI through setpriv and env, c=1")
-        for _ in range(20):
-            self._bare_spawn_once(prefix)
-        times = []
-        deadline = time.monotonic() + self.plan.spawn_measure_s
-        while time.monotonic() < deadline and len(times) < 20_000:
-            times.append(self._bare_spawn_once(prefix))
-        self.results["launcher_c1"] = {"completed": len(times),
-                                       "rate": len(times) / self.plan.spawn_measure_s,
-                                       "p50_ms": percentile(times, 0.5),
-                                       "p99_ms": percentile(times, 0.99)}
+        self.results["launcher_c1"] = self._spawn_series(prefix)
 
     async def floor(self) -> None:
         """
