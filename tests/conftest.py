@@ -1,15 +1,17 @@
 """
-Shared test helpers: where the fake CLIs are, and how to prove that no
-process a test started is still running.
+Shared test helpers: where the fake CLIs are, how to prove that no
+process a test started is still running, and the log events of a test.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import uuid
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes")
 
@@ -85,3 +87,15 @@ def python_path_env():
     """
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     return {"PATH": path, "HOME": os.environ.get("HOME", "/root")}
+
+
+@pytest.fixture
+def log_events():
+    """
+    Every log event emitted during the test.
+    """
+    gc.collect()  # earlier tests' unreferenced Deferreds report now, not during this test
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)

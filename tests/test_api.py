@@ -6,7 +6,6 @@ and time on a L{Clock}.
 
 from __future__ import annotations
 
-import gc
 import json
 from typing import Optional
 
@@ -17,7 +16,6 @@ import treq
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 
 from tests.fake_providers import fake_providers, make_router
 from shellm import __version__
@@ -108,18 +106,6 @@ def make_gateway(providers=None, **router_settings) -> Gateway:
 @pytest.fixture
 def gw() -> Gateway:
     return make_gateway()
-
-
-@pytest.fixture
-def logged():
-    """
-    Every log event emitted during the test.
-    """
-    gc.collect()  # earlier tests' unreferenced Deferreds report now, not during this test
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def failures(events: list[dict]) -> list[dict]:
@@ -468,7 +454,7 @@ async def test_wrong_method_is_405_json_with_allow(gw, method, path, allowed):
 
 @pytest.mark.parametrize("error, status, code", [
     (CliFailed("claude failed (exit code 1)"), 502, "cli_failed"),
-    (ProviderUnavailable("claude is not logged in"), 503, "provider_unavailable"),
+    (ProviderUnavailable("claude is not log_events in"), 503, "provider_unavailable"),
     (Timeout("claude did not finish in time"), 504, "timeout"),
 ])
 @pytest_twisted.ensureDeferred
@@ -511,7 +497,7 @@ async def test_provider_that_cannot_start_is_its_error(gw):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unexpected_exception_is_500_json(gw, logged):
+async def test_unexpected_exception_is_500_json(gw, log_events):
     """
     A bug (an exception that is not a classified error) is a 500
     internal_error JSON body that reveals nothing of the exception.
@@ -618,7 +604,7 @@ async def test_http_providers_have_their_own_queue():
 
 @pytest.mark.parametrize("path", ["/completions", "/completions/stream"])
 @pytest_twisted.ensureDeferred
-async def test_disconnect_while_queued_leaves_the_queue(path, logged):
+async def test_disconnect_while_queued_leaves_the_queue(path, log_events):
     """
     A client that goes away while waiting for a slot leaves the line at
     once, and its provider is never started when the slot frees up.
@@ -644,7 +630,7 @@ async def test_disconnect_while_queued_leaves_the_queue(path, logged):
     assert (await gw.answered(running)).code == 200
     assert len(claude.runs) == 1
     assert (queue.active, queue.pending) == (0, 0)
-    assert not failures(logged)
+    assert not failures(log_events)
 
 
 class _HangUp(Exception):
@@ -660,7 +646,7 @@ def _hang_up(data: bytes) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_disconnect_while_running_cancels_the_run(gw, logged):
+async def test_disconnect_while_running_cancels_the_run(gw, log_events):
     """
     A client that goes away while its provider runs cancels the run; the
     slot stays taken until the process is reaped, then is free.
@@ -676,7 +662,7 @@ async def test_disconnect_while_running_cancels_the_run(gw, logged):
     run.reap()
     assert queue.active == 0
     assert gw.router.circuits["claude"].failures == 0
-    assert not failures(logged)
+    assert not failures(log_events)
 
 
 # -- GET /providers
@@ -735,7 +721,7 @@ async def test_health_shape(gw):
     installed/authenticated (and error when there is one), the queue, the
     uptime on the clock, and the version.
     """
-    gw.providers["codex"].health = ProviderHealth(True, False, "not logged in: run codex login")
+    gw.providers["codex"].health = ProviderHealth(True, False, "not log_events in: run codex login")
     gw.clock.advance(42)
     response = await gw.answered(gw.get("/health"))
     assert response.code == 200
@@ -748,7 +734,7 @@ async def test_health_shape(gw):
     assert "error" not in claude
     codex = body["providers"]["codex"]
     assert codex["authenticated"] is False
-    assert codex["error"] == "not logged in: run codex login"
+    assert codex["error"] == "not log_events in: run codex login"
     queue = body["queue"]
     assert queue["pending"] == 0 and queue["active"] == 0
     assert queue["max_concurrent"] == 2
@@ -787,7 +773,7 @@ async def test_health_checks_are_cached_for_the_ttl(gw):
     await gw.answered(gw.get("/providers"))
     assert claude.health_checks == 1
 
-    claude.health = ProviderHealth(True, False, "not logged in")
+    claude.health = ProviderHealth(True, False, "not log_events in")
     gw.clock.advance(1)
     claude.hold_health = True
     body = await (await gw.answered(gw.get("/health"))).json()
@@ -856,10 +842,10 @@ async def test_health_shows_circuit_state(gw):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_access_line_per_request_without_the_prompt(gw, logged):
+async def test_one_access_line_per_request_without_the_prompt(gw, log_events):
     """
     Each request logs one access line with request id, provider, model,
-    status and timings, and nothing logged anywhere holds the prompt or the
+    status and timings, and nothing log_events anywhere holds the prompt or the
     completion.
     """
     prompt = "my very private prompt 7f3a"
@@ -868,7 +854,7 @@ async def test_one_access_line_per_request_without_the_prompt(gw, logged):
     gw.clock.advance(0.25)
     gw.providers["claude"].last.emit("secret completion 9c1d").succeed()
     await gw.answered(d)
-    lines = [e for e in logged if e.get("log_namespace") == "shellm.access"
+    lines = [e for e in log_events if e.get("log_namespace") == "shellm.access"
              and e.get("request_id") == "acc-1"]
     assert len(lines) == 1
     line = lines[0]
@@ -878,7 +864,7 @@ async def test_one_access_line_per_request_without_the_prompt(gw, logged):
     assert line["model"] == "claude-haiku"
     assert line["queued_ms"] == 0
     assert line["duration_ms"] == 250
-    everything = repr(logged)
+    everything = repr(log_events)
     assert prompt not in everything
     assert "secret completion" not in everything
 
@@ -999,7 +985,7 @@ async def test_stream_keepalive_after_silence(gw):
 @pytest.mark.parametrize("error, code", [
     (Timeout("claude did not finish in time"), "timeout"),
     (CliFailed("claude failed (exit code 1)"), "cli_failed"),
-    (ProviderUnavailable("claude is not logged in"), "provider_unavailable"),
+    (ProviderUnavailable("claude is not log_events in"), "provider_unavailable"),
     (RateLimited("claude: rate limit", retry_after=60), "rate_limited"),
 ])
 @pytest_twisted.ensureDeferred
@@ -1033,7 +1019,7 @@ async def test_stream_falls_back_before_the_first_delta(gw):
     fallback.
     """
     _, chunks, ended = await open_stream(gw, body_of())
-    gw.providers["claude"].last.fail(ProviderUnavailable("claude is not logged in"))
+    gw.providers["claude"].last.fail(ProviderUnavailable("claude is not log_events in"))
     gemini = gw.providers["gemini"].last
     gemini.emit("gem")
     gw.stub.flush()
@@ -1048,7 +1034,7 @@ async def test_stream_falls_back_before_the_first_delta(gw):
 
 
 @pytest_twisted.ensureDeferred
-async def test_stream_disconnect_cancels_the_run(gw, logged):
+async def test_stream_disconnect_cancels_the_run(gw, log_events):
     """
     A client that leaves mid-stream cancels the provider run; nothing is
     written afterwards, nothing raises, the heartbeat stops, and the slot is
@@ -1076,8 +1062,8 @@ async def test_stream_disconnect_cancels_the_run(gw, logged):
     assert queue.active == 1
     run.reap()
     assert queue.active == 0
-    assert not failures(logged)
-    statuses = [e["status"] for e in logged
+    assert not failures(log_events)
+    statuses = [e["status"] for e in log_events
                 if e.get("log_namespace") == "shellm.access" and e.get("request_id") == "gone-1"]
     assert statuses == [499]
 

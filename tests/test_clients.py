@@ -16,7 +16,7 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from shellm import auth
 from shellm.auth import ANONYMOUS, Authenticator, AuthRequired, Client, parse_clients, token_from_headers
@@ -270,7 +270,7 @@ async def test_ledger_writes_at_once_when_a_batch_is_full(tmp_path, monkeypatch)
 
 
 @pytest_twisted.ensureDeferred
-async def test_ledger_bounds_its_backlog_and_says_so(tmp_path, monkeypatch):
+async def test_ledger_bounds_its_backlog_and_says_so(tmp_path, monkeypatch, log_events):
     """
     Past the backlog limit new rows are dropped rather than held without
     bound, and the log says how many; what was held is still written.
@@ -278,45 +278,35 @@ async def test_ledger_bounds_its_backlog_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(ledger_module, "MAX_PENDING_ROWS", 5)
     path = str(tmp_path / "shellm.db")
     ledger = Ledger(path, Clock())
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        await ledger.open()
-        for _ in range(8):
-            ledger.record(_row())
-        await ledger.close()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    await ledger.open()
+    for _ in range(8):
+        ledger.record(_row())
+    await ledger.close()
     assert _rows_on_disk(path) == 5
-    assert "3 rows dropped" in " ".join(formatEvent(e) for e in events)
+    assert "3 rows dropped" in " ".join(formatEvent(e) for e in log_events)
 
 
 @pytest_twisted.ensureDeferred
-async def test_ledger_write_failure_is_logged_not_raised(tmp_path):
+async def test_ledger_write_failure_is_logged_not_raised(tmp_path, log_events):
     """
     A database that cannot be written degrades to a logged error; recording
     and flushing still succeed, and later rows are written once it can be.
     """
     path = str(tmp_path / "shellm.db")
     ledger = Ledger(path, Clock())
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        await ledger.open()
-        await ledger._pool.runOperation("ALTER TABLE usage RENAME TO moved")
-        ledger.record(_row())
-        assert await ledger.flush() is None
-        await ledger._pool.runOperation("ALTER TABLE moved RENAME TO usage")
-        ledger.record(_row())
-        await ledger.close()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert "could not record usage of 1 requests" in " ".join(formatEvent(e) for e in events)
+    await ledger.open()
+    await ledger._pool.runOperation("ALTER TABLE usage RENAME TO moved")
+    ledger.record(_row())
+    assert await ledger.flush() is None
+    await ledger._pool.runOperation("ALTER TABLE moved RENAME TO usage")
+    ledger.record(_row())
+    await ledger.close()
+    assert "could not record usage of 1 requests" in " ".join(formatEvent(e) for e in log_events)
     assert _rows_on_disk(path) == 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_ledger_survives_an_unexpected_write_error(tmp_path, monkeypatch):
+async def test_ledger_survives_an_unexpected_write_error(tmp_path, monkeypatch, log_events):
     """
     Any other failure of a batch is logged with its traceback, and the
     ledger goes on writing the next batches.
@@ -325,21 +315,16 @@ async def test_ledger_survives_an_unexpected_write_error(tmp_path, monkeypatch):
 
     path = str(tmp_path / "shellm.db")
     ledger = Ledger(path, Clock())
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        await ledger.open()
-        real = ledger._pool.runInteraction
-        monkeypatch.setattr(ledger._pool, "runInteraction",
-                            lambda *args: fail(RuntimeError("driver bug")))
-        ledger.record(_row())
-        await ledger.flush()
-        monkeypatch.setattr(ledger._pool, "runInteraction", real)
-        ledger.record(_row())
-        await ledger.close()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    [failure] = [e["log_failure"] for e in events if "log_failure" in e]
+    await ledger.open()
+    real = ledger._pool.runInteraction
+    monkeypatch.setattr(ledger._pool, "runInteraction",
+                        lambda *args: fail(RuntimeError("driver bug")))
+    ledger.record(_row())
+    await ledger.flush()
+    monkeypatch.setattr(ledger._pool, "runInteraction", real)
+    ledger.record(_row())
+    await ledger.close()
+    [failure] = [e["log_failure"] for e in log_events if "log_failure" in e]
     assert failure.check(RuntimeError)
     assert _rows_on_disk(path) == 1
 
