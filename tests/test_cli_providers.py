@@ -253,14 +253,13 @@ async def test_success_deltas_and_usage(cli, make_provider, marker):
     assert await wait_for_no_processes(marker) == []
 
 
+@pytest.mark.parametrize("spawner", ["posix_spawn"], indirect=True)
 @real_reactor_test
-async def test_posix_spawn_never_forks(make_provider, spawner, marker, monkeypatch):
+async def test_posix_spawn_never_forks(make_provider, marker, monkeypatch):
     """
     Where setpriv and env are found, a CLI is started without forking the
     daemon (a fork costs more the bigger the daemon is).
     """
-    if not spawner.spawns:
-        pytest.skip("this run forks")
 
     def no_fork():
         raise AssertionError("forked")
