@@ -88,8 +88,7 @@ class _SessionProcess(Process):
         super().__init__(reactor, executable, args, environment, path, proto)
 
     def _trySpawnInsteadOfFork(self, path, uid, gid, executable, args, environment, kwargs):
-        if (self._launcher is None or _getFileActions is None or uid is not None
-                or gid is not None or path is None
+        if (self._launcher is None or uid is not None or gid is not None or path is None
                 # env would take a name with "=" for a variable to set.
                 or "=" in executable):
             return False
@@ -137,11 +136,11 @@ class SessionSpawner:
 
     def __init__(self, reactor, launcher: Optional[tuple[str, str]] = None):
         self._reactor = reactor
-        self._launcher = launcher
+        self._launcher = launcher if _getFileActions is not None else None
 
     @property
     def spawns(self) -> bool:
-        return self._launcher is not None and _getFileActions is not None
+        return self._launcher is not None
 
     def spawn(self, protocol, executable, args, env, path):
         return _SessionProcess(
