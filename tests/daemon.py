@@ -181,6 +181,15 @@ class EventReader(Protocol):
                 if line.startswith("data: "):
                     return json.loads(line[6:])
 
+    async def rest_data(self) -> list:
+        """
+        Every C{data:} frame still to come, as JSON, once the stream ends.
+        """
+        events = []
+        while (event := await self.next_data()) is not None:
+            events.append(event)
+        return events
+
     def abort(self):
         self.transport.stopProducing()
 

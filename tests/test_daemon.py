@@ -141,12 +141,7 @@ async def test_stream_events_arrive_while_the_cli_runs(tmp_path, marker):
         assert first == {"content": "one ", "done": False}
         assert not gate.exists()  # the CLI has not written its second delta yet
         gate.write_text("go")
-        events = [first]
-        while True:
-            event = await reader.next_data()
-            if event is None:
-                break
-            events.append(event)
+        events = [first] + await reader.rest_data()
         assert "".join(e["content"] for e in events) == "one two three"
         assert events[-1]["done"] is True and events[-1]["provider"] == "claude"
         assert events[-1]["usage"] == {"input_tokens": 10, "output_tokens": 5}
@@ -247,12 +242,7 @@ async def test_failure_mid_stream_ends_with_an_error_event(tmp_path, marker):
     try:
         await daemon.started()
         _, reader = await open_stream(daemon.url + "/completions/stream", {"model": "claude", "prompt": "x"})
-        events = []
-        while True:
-            event = await reader.next_data()
-            if event is None:
-                break
-            events.append(event)
+        events = await reader.rest_data()
         assert events[-1]["done"] is True
         assert events[-1]["error"] == "timeout"
         assert "provider" not in events[-1] or events[-1].get("error")

@@ -179,12 +179,7 @@ async def test_sigterm_with_streams_in_flight(tmp_path, marker):
     daemon.transport.signalProcess("TERM")
     finals = []
     for reader in readers:
-        events = []
-        while True:
-            event = await reader.next_data()
-            if event is None:
-                break
-            events.append(event)
+        events = await reader.rest_data()
         finals.append(events[-1] if events else None)
     reason = await daemon.exited()
     assert reason.signal == 15
