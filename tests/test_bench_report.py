@@ -1,0 +1,71 @@
+"""
+The benchmark's verdicts: each target is judged from the measured figure,
+a missing figure never passes, and the report prints every target with the
+framework floor beside the ones it bounds.
+"""
+
+from __future__ import annotations
+
+from bench.report import render, targets
+from bench.run import Plan
+
+
+def _point(rate, p50, cpu, first=float("nan"), relay=(float("nan"), float("nan"))):
+    return {"rate": rate, "p50_ms": p50, "p99_ms": p50 * 2, "daemon_cpu_ms": cpu,
+            "upstream_cpu_ms": 0.1, "client_cpu_ms": 0.1, "errors": 0, "completed": 100,
+            "first_event_p50_ms": first, "first_event_p99_ms": first,
+            "relay_p50_ms": relay[0], "relay_p99_ms": relay[1], "relay_events": 10}
+
+
+def _results(http_cpu: float, idle: float) -> dict:
+    return {
+        "machine": {"cpus": 2, "python": "3", "load_before": [0.1], "load_after": [0.2]},
+        "direct_c1": _point(3000, 0.25, float("nan"), first=0.25),
+        "direct_c8": _point(9000, 0.4, float("nan")),
+        "floor_c1": _point(700, 1.2, 1.1),
+        "floor_c8": _point(900, 8.0, 1.05),
+        "http_c1": _point(800, 1.0, http_cpu),
+        "http_c8": _point(1200, 6.0, http_cpu),
+        "stream_c1": _point(700, 1.1, http_cpu, first=1.1),
+        "stream_c8": _point(1100, 7.0, http_cpu),
+        "relay_c1": _point(100, 50, 1.0, relay=(0.7, 2.0)),
+        "bare_c1": _point(400, 2.4, float("nan")),
+        "launcher_c1": _point(250, 4.0, float("nan")),
+        "cli_c1": _point(130, 3.5, 3.0),
+        "cli_c1_after": _point(130, 3.6, 3.0),
+        "cli_c8": _point(600, 12.0, 2.5),
+        "memory": {"idle": idle, "before_rounds": 50, "after_round1": 60, "after_round2": 60.5},
+        "floor_memory": 52.0,
+        "streams": {"streams": 1000, "opened_at_once": 1000, "errors": 0, "rss_peak": 90},
+        "startup_s": [0.7, 0.8],
+    }
+
+
+def test_targets_pass_and_fail_on_the_figures():
+    good = {t.name: t for t in targets(_results(http_cpu=0.9, idle=44.0))}
+    bad = {t.name: t for t in targets(_results(http_cpu=1.6, idle=59.0))}
+    cpu = "HTTP path: daemon CPU per request, non-streaming, c=8"
+    assert good[cpu].passed and not bad[cpu].passed
+    assert "floor 1.050" in bad[cpu].figure
+    assert good["Memory: RSS idle"].passed and not bad["Memory: RSS idle"].passed
+    assert "floor 52.0" in bad["Memory: RSS idle"].figure
+    assert "setpriv+env 1.600" in good["CLI path: p50 over a bare spawn, c=1"].figure
+    assert len(good) == 16
+
+
+def test_a_missing_figure_never_passes():
+    results = _results(http_cpu=0.9, idle=44.0)
+    del results["http_c8"], results["memory"]
+    judged = {t.name: t.passed for t in targets(results)}
+    assert judged["HTTP path: throughput, c=8"] is False
+    assert judged["Memory: RSS idle"] is False
+
+
+def test_the_report_prints_every_target_with_its_verdict():
+    results = _results(http_cpu=1.6, idle=59.0)
+    text = render(results, Plan())
+    for target in targets(results):
+        line = next(line for line in text.splitlines() if line.startswith(target.name))
+        assert line.rstrip().endswith("PASS" if target.passed else "FAIL")
+    assert "floor: Klein + treq relay" in text
+    assert "spawn through setpriv + env -C, c=1" in text
