@@ -32,34 +32,39 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Measure SheLLM against a fast fake upstream and instant fake CLIs, "
-                    "directly and through a real `twistd -n shellm`; print each figure "
-                    "with its target.")
-    parser.add_argument("--quick", action="store_true",
-                        help="everything with small counts, about 20-30 s")
-    parser.add_argument("--requests", type=int, metavar="N",
-                        help="requests per memory round (default 10,000; quick 1,000; "
-                             "the issue's figure is 100,000)")
-    parser.add_argument("--streams", type=int, metavar="N",
-                        help="concurrent open streams (default 1,000; quick 200)")
-    parser.add_argument("--measure", type=float, metavar="SECONDS",
-                        help="measured window per load point (default 3; quick 0.5)")
-    parser.add_argument("--log-level", default="info",
-                        help="the daemons' LOG_LEVEL (default info, as deployed)")
-    parser.add_argument("--checkout", metavar="PATH",
-                        help="run the daemons from the SheLLM checkout at PATH (to compare "
-                             "two versions with the same bench)")
-    parser.add_argument("--daemon-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="an extra environment variable for every daemon (repeatable), "
-                             "e.g. TMPDIR=/dev/shm")
+        "directly and through a real `twistd -n shellm`; print each figure "
+        "with its target.",
+    )
+    parser.add_argument("--quick", action="store_true", help="everything with small counts, about 20-30 s")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help="requests per memory round (default 10,000; quick 1,000; the issue's figure is 100,000)",
+    )
+    parser.add_argument("--streams", type=int, metavar="N", help="concurrent open streams (default 1,000; quick 200)")
+    parser.add_argument(
+        "--measure", type=float, metavar="SECONDS", help="measured window per load point (default 3; quick 0.5)"
+    )
+    parser.add_argument("--log-level", default="info", help="the daemons' LOG_LEVEL (default info, as deployed)")
+    parser.add_argument(
+        "--checkout",
+        metavar="PATH",
+        help="run the daemons from the SheLLM checkout at PATH (to compare two versions with the same bench)",
+    )
+    parser.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra environment variable for every daemon (repeatable), e.g. TMPDIR=/dev/shm",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the work directory (daemon logs, usage databases)")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 1 if any target is missed")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (daemon logs, usage databases)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any target is missed")
     args = parser.parse_args(argv)
 
-    overrides = {"log_level": args.log_level,
-                 "daemon_env": dict(item.split("=", 1) for item in args.daemon_env)}
+    overrides = {"log_level": args.log_level, "daemon_env": dict(item.split("=", 1) for item in args.daemon_env)}
     if args.requests is not None:
         overrides["memory_requests"] = args.requests
     if args.streams is not None:

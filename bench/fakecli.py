@@ -18,11 +18,14 @@ import subprocess
 
 VERSION_LINE = "1.0.0 (bench fake)"
 _INIT = '{"type":"system","subtype":"init","model":"bench-model","session_id":"bench"}'
-_DELTA = ('{"type":"stream_event","event":{"type":"content_block_delta","index":0,'
-          '"delta":{"type":"text_delta","text":"%s"}}}')
-_RESULT = ('{"type":"result","subtype":"success","is_error":false,"result":"Hi! I am fast.",'
-           '"stop_reason":"end_turn","usage":{"input_tokens":10,"output_tokens":5},'
-           '"total_cost_usd":0.0001}')
+_DELTA = (
+    '{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"%s"}}}'
+)
+_RESULT = (
+    '{"type":"result","subtype":"success","is_error":false,"result":"Hi! I am fast.",'
+    '"stop_reason":"end_turn","usage":{"input_tokens":10,"output_tokens":5},'
+    '"total_cost_usd":0.0001}'
+)
 OUTPUT = "\n".join([_INIT, _DELTA % "Hi! ", _DELTA % "I am fast.", _RESULT]) + "\n"
 
 
@@ -105,15 +108,17 @@ def build(directory: str) -> tuple[str, str]:
         source = os.path.join(directory, "fake_cli.c")
         binary = os.path.join(directory, "fake-claude")
         with open(source, "w") as f:
-            f.write(C_SOURCE % {
-                "version": _c_string(VERSION_LINE + "\n"),
-                "output": _c_string(OUTPUT),
-                "init": _c_string(_INIT + "\n"),
-                "result": _c_string(_RESULT + "\n"),
-                "delta": _c_string(_DELTA % "@%lld;" + "\n"),
-            })
-        done = subprocess.run([compiler, "-O2", "-o", binary, source],
-                              capture_output=True, timeout=60)
+            f.write(
+                C_SOURCE
+                % {
+                    "version": _c_string(VERSION_LINE + "\n"),
+                    "output": _c_string(OUTPUT),
+                    "init": _c_string(_INIT + "\n"),
+                    "result": _c_string(_RESULT + "\n"),
+                    "delta": _c_string(_DELTA % "@%lld;" + "\n"),
+                }
+            )
+        done = subprocess.run([compiler, "-O2", "-o", binary, source], capture_output=True, timeout=60)
         if done.returncode == 0:
             return binary, "c"
     script = os.path.join(directory, "fake-claude.sh")

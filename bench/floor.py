@@ -21,16 +21,17 @@ from klein import Klein
 from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
-from twisted.web.server import Site
 from twisted.web.http_headers import Headers
+from twisted.web.server import Site
 
-from shellm.http_client import BytesBody, upstream_client
+from shellm.providers.http_client import BytesBody, upstream_client
 
 app = Klein()
 http, _pool = upstream_client(reactor, max_per_host=256)
 URL = os.environ.get("UPSTREAM", "http://127.0.0.1:1/v1") + "/chat/completions"
-HEADERS = Headers({b"Authorization": [b"Bearer bench-key"], b"Accept": [b"text/event-stream"],
-                   b"Content-Type": [b"application/json"]})
+HEADERS = Headers(
+    {b"Authorization": [b"Bearer bench-key"], b"Accept": [b"text/event-stream"], b"Content-Type": [b"application/json"]}
+)
 
 
 class _Body(Protocol):
@@ -53,10 +54,15 @@ def health(request):
 @app.route("/completions", methods=["POST"])
 async def completions(request):
     prompt = json.loads(request.content.read())["prompt"]
-    body = {"model": "gpt-oss-120b", "messages": [{"role": "user", "content": prompt}],
-            "stream": True, "stream_options": {"include_usage": True}}
-    response = await http.post(URL, data=BytesBody(json.dumps(body).encode()), headers=HEADERS,
-                               unbuffered=True, allow_redirects=False)
+    body = {
+        "model": "gpt-oss-120b",
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    response = await http.post(
+        URL, data=BytesBody(json.dumps(body).encode()), headers=HEADERS, unbuffered=True, allow_redirects=False
+    )
     reader = _Body()
     response.deliverBody(reader)
     events = (await reader.done).count(b"\ndata:") + 1

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from attrs import define, field
 
 now_ns = time.monotonic_ns  # CLOCK_MONOTONIC: the same clock in every process
 
 
-def build_request(port: int, method: str, path: str, body: Optional[dict] = None) -> bytes:
+def build_request(port: int, method: str, path: str, body: dict | None = None) -> bytes:
     """
     One complete request, ready to be written as many times as wanted.
     """
@@ -35,7 +35,7 @@ class Response:
     status: int = 0
     body: bytearray = field(factory=bytearray)
     #: When the first C{data:} frame arrived.
-    first_event_ns: Optional[int] = None
+    first_event_ns: int | None = None
     #: (arrival, frame) for every complete SSE frame, if asked for.
     frames: list = field(factory=list)
     done_ns: int = 0
@@ -50,7 +50,7 @@ class Response:
             end = body.find(b"\n\n", self._scanned)
             if end < 0:
                 return
-            frame = bytes(body[self._scanned:end])
+            frame = bytes(body[self._scanned : end])
             self._scanned = end + 2
             if frame.startswith(b"data:"):
                 if self.first_event_ns is None:
@@ -78,13 +78,13 @@ class HttpConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._state = _IDLE
         self._left = 0
-        self._response: Optional[Response] = None
-        self._waiter: Optional[asyncio.Future] = None
+        self._response: Response | None = None
+        self._waiter: asyncio.Future | None = None
         self.closed = False
         self._close_after = False
 
     @property
-    def response(self) -> Optional[Response]:
+    def response(self) -> Response | None:
         """
         The response being read (or the last one read).
         """
@@ -134,7 +134,7 @@ class HttpConnection(asyncio.Protocol):
                 if end < 0:
                     return
                 head = bytes(buffer[:end]).lower()
-                del buffer[:end + 4]
+                del buffer[: end + 4]
                 response.status = int(head[9:12])
                 self._close_after = b"\r\nconnection: close" in head
                 if b"\r\ntransfer-encoding: chunked" in head:
@@ -143,7 +143,7 @@ class HttpConnection(asyncio.Protocol):
                     at_length = head.find(b"\r\ncontent-length:")
                     if at_length >= 0:
                         stop = head.find(b"\r\n", at_length + 2)
-                        self._left = int(head[at_length + 17:stop if stop >= 0 else None])
+                        self._left = int(head[at_length + 17 : stop if stop >= 0 else None])
                         self._state = _LENGTH
                         if self._left == 0:
                             self._finish(at)
@@ -151,8 +151,8 @@ class HttpConnection(asyncio.Protocol):
                     else:
                         self._state = _UNTIL_CLOSE
             elif state == _LENGTH:
-                piece = bytes(buffer[:self._left])
-                del buffer[:len(piece)]
+                piece = bytes(buffer[: self._left])
+                del buffer[: len(piece)]
                 self._left -= len(piece)
                 response.feed(piece, at)
                 if self._left == 0:
@@ -163,15 +163,15 @@ class HttpConnection(asyncio.Protocol):
                 if end < 0:
                     return
                 size = int(bytes(buffer[:end]).split(b";")[0], 16)
-                del buffer[:end + 2]
+                del buffer[: end + 2]
                 if size == 0:
                     self._state = _TRAILER
                 else:
                     self._left = size
                     self._state = _CHUNK_DATA
             elif state == _CHUNK_DATA:
-                piece = bytes(buffer[:self._left])
-                del buffer[:len(piece)]
+                piece = bytes(buffer[: self._left])
+                del buffer[: len(piece)]
                 self._left -= len(piece)
                 response.feed(piece, at)
                 if self._left == 0:
@@ -185,7 +185,7 @@ class HttpConnection(asyncio.Protocol):
                 end = buffer.find(b"\r\n")
                 if end < 0:
                     return
-                del buffer[:end + 2]
+                del buffer[: end + 2]
                 if end == 0:
                     self._finish(at)
                     return
@@ -198,8 +198,7 @@ class HttpConnection(asyncio.Protocol):
 
 async def connect(port: int, timeout: float = 10.0) -> HttpConnection:
     loop = asyncio.get_running_loop()
-    _, protocol = await asyncio.wait_for(
-        loop.create_connection(HttpConnection, "127.0.0.1", port), timeout)
+    _, protocol = await asyncio.wait_for(loop.create_connection(HttpConnection, "127.0.0.1", port), timeout)
     return protocol
 
 
@@ -228,7 +227,7 @@ class LoadResult:
     def rate(self) -> float:
         return self.completed / self.window_s if self.window_s else 0.0
 
-    def p(self, q: float, values: Optional[list] = None) -> float:
+    def p(self, q: float, values: list | None = None) -> float:
         return percentile(self.latencies_ms if values is None else values, q)
 
     def cpu_ms_per_request(self, name: str) -> float:
@@ -247,7 +246,7 @@ def relay_delays_ms(response: Response) -> list:
         start = frame.find(b"@")
         while start >= 0:
             stop = frame.find(b";", start)
-            digits = frame[start + 1:stop]
+            digits = frame[start + 1 : stop]
             if stop > start and digits.isdigit():
                 delays.append((at - int(digits)) / 1e6)
             start = frame.find(b"@", stop + 1 if stop > start else start + 1)
@@ -265,7 +264,7 @@ async def run_load(
     max_requests: int = 10**9,
     keep_frames: bool = False,
     request_timeout: float = 30.0,
-    cpu_probes: Optional[dict] = None,
+    cpu_probes: dict | None = None,
 ) -> LoadResult:
     """
     C{concurrency} connections, each sending one request after another
@@ -305,16 +304,15 @@ async def run_load(
                 if connection is None or connection.closed:
                     try:
                         connection = await connect(port)
-                    except (OSError, asyncio.TimeoutError) as e:
+                    except (TimeoutError, OSError) as e:
                         result.errors += 1
                         if len(result.failures) < 5:
                             result.failures.append(f"connect: {e!r}")
                         await asyncio.sleep(0.05)
                         continue
                 try:
-                    response = await asyncio.wait_for(
-                        connection.request(raw, keep_frames), request_timeout)
-                except (ConnectionError, asyncio.TimeoutError) as e:
+                    response = await asyncio.wait_for(connection.request(raw, keep_frames), request_timeout)
+                except (TimeoutError, ConnectionError) as e:
                     connection.close()
                     connection = None
                     if now_ns() >= window_start:
@@ -329,8 +327,7 @@ async def run_load(
                 if response.status != 200 or not check(response):
                     result.errors += 1
                     if len(result.failures) < 5:
-                        result.failures.append(
-                            f"{response.status}: {bytes(response.body[-300:])!r}")
+                        result.failures.append(f"{response.status}: {bytes(response.body[-300:])!r}")
                     continue
                 result.completed += 1
                 result.latencies_ms.append(response.latency_ns / 1e6)

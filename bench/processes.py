@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Optional
 
 from bench.loadgen import build_request, connect
 
@@ -107,13 +106,16 @@ class Upstream:
     """
 
     def __init__(self):
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.port = 0
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.upstream", "--port", "0"],
-            stdout=subprocess.PIPE, cwd=REPO, env=_python_env(), start_new_session=True,
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+            env=_python_env(),
+            start_new_session=True,
             preexec_fn=_die_with_the_bench,
         )
         line = self.process.stdout.readline().decode()
@@ -129,8 +131,7 @@ class Upstream:
     async def call(self, path: str) -> dict:
         connection = await connect(self.port)
         try:
-            response = await asyncio.wait_for(
-                connection.request(build_request(self.port, "POST", path, {})), 10)
+            response = await asyncio.wait_for(connection.request(build_request(self.port, "POST", path, {})), 10)
         finally:
             connection.close()
         return json.loads(bytes(response.body))
@@ -154,7 +155,7 @@ class Daemon:
         os.makedirs(workdir, exist_ok=True)
         self.port = free_port()
         self.settings = {"SHELLM_LISTEN": f"tcp:{self.port}:interface=127.0.0.1", **settings}
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.log_path = os.path.join(workdir, "daemon.log")
         self.spawned_at = 0.0
 
@@ -163,8 +164,7 @@ class Daemon:
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         if os.access(twistd, os.X_OK):
             return [twistd, "-n", "--pidfile=", "shellm"]
-        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "shellm"]
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "shellm"]
 
     @property
     def pid(self) -> int:
@@ -175,9 +175,14 @@ class Daemon:
         try:
             self.spawned_at = time.monotonic()
             self.process = subprocess.Popen(
-                self.command(), env={**_python_env(), **self.settings}, cwd=self.workdir,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_the_bench,
+                self.command(),
+                env={**_python_env(), **self.settings},
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_the_bench,
             )
         finally:
             log.close()
@@ -190,16 +195,15 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {self.process.returncode}:\n"
-                                   + self.log_tail())
+                raise RuntimeError(f"the daemon exited with {self.process.returncode}:\n" + self.log_tail())
             try:
                 connection = await connect(self.port, timeout=2)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 await asyncio.sleep(0.005)
                 continue
             try:
                 response = await asyncio.wait_for(connection.request(request), 10)
-            except (ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, ConnectionError):
                 await asyncio.sleep(0.005)
                 continue
             finally:

@@ -69,29 +69,47 @@ async def profile(scenario: str, seconds: float, out: str, rate: int, env: dict)
     try:
         fake, _ = fakecli.build(workdir)
         upstream.start()
-        daemon = Daemon(os.path.join(workdir, "daemon"),
-                        daemon_settings(os.path.join(workdir, "daemon"), fake, upstream,
-                                        Plan(daemon_env=env)))
+        daemon = Daemon(
+            os.path.join(workdir, "daemon"),
+            daemon_settings(os.path.join(workdir, "daemon"), fake, upstream, Plan(daemon_env=env)),
+        )
         daemon.start()
         await daemon.ready()
         raw = build_request(daemon.port, "POST", path, seed_body(model, "bench:fast"))
         await run_load(daemon.port, raw, concurrency, check, measure_s=1.0)  # warm up
         folded = os.path.join(out, f"{scenario}.folded")
         spy = subprocess.Popen(
-            [shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy"),
-             "record", "--pid", str(daemon.pid), "--rate", str(rate), "--format", "raw",
-             "--nonblocking", "--duration", str(int(seconds)), "--output", folded],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy"),
+                "record",
+                "--pid",
+                str(daemon.pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--duration",
+                str(int(seconds)),
+                "--output",
+                folded,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         await asyncio.sleep(0.5)
-        result = await run_load(daemon.port, raw, concurrency, check, measure_s=seconds - 0.5,
-                                cpu_probes={"daemon": daemon.cpu_seconds})
+        result = await run_load(
+            daemon.port, raw, concurrency, check, measure_s=seconds - 0.5, cpu_probes={"daemon": daemon.cpu_seconds}
+        )
         _, err = await asyncio.get_running_loop().run_in_executor(None, spy.communicate)
         spy = None
         if not os.path.exists(folded):
             raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}")
-        head = (f"scenario {scenario}: {path} model={model} c={concurrency}: "
-                f"{result.rate:,.0f} req/s, daemon CPU {result.cpu_ms_per_request('daemon'):.3f} "
-                f"ms/request, {result.errors} errors (py-spy slows the daemon a little)")
+        head = (
+            f"scenario {scenario}: {path} model={model} c={concurrency}: "
+            f"{result.rate:,.0f} req/s, daemon CPU {result.cpu_ms_per_request('daemon'):.3f} "
+            f"ms/request, {result.errors} errors (py-spy slows the daemon a little)"
+        )
         return head + "\n" + summarize(folded)
     finally:
         if spy is not None:
@@ -107,10 +125,14 @@ def main(argv=None) -> int:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="http")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    parser.add_argument("--checkout", metavar="PATH",
-                        help="profile the SheLLM checkout at PATH instead of this one")
-    parser.add_argument("--daemon-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="an extra environment variable for the daemon (repeatable)")
+    parser.add_argument("--checkout", metavar="PATH", help="profile the SheLLM checkout at PATH instead of this one")
+    parser.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra environment variable for the daemon (repeatable)",
+    )
     parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "shellm-profile"))
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)

@@ -22,8 +22,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(row[i])) for row in [headers] + rows) for i in range(len(headers))]
     lines = []
     for n, row in enumerate([headers] + rows):
-        cells = [str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i])
-                 for i, cell in enumerate(row)]
+        cells = [str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i]) for i, cell in enumerate(row)]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -57,61 +56,99 @@ def targets(results: dict) -> list[Target]:
     # the HTTP figures: it is the part no change to SheLLM can remove.
     floor_added = _get(r, "floor_c1", "p50_ms") - _get(r, "direct_c1", "p50_ms")
     added = _get(r, "http_c1", "p50_ms") - _get(r, "direct_c1", "p50_ms")
-    add("HTTP path: added p50 latency, c=1", f"{num(added, 3)} ms (floor {num(floor_added, 3)})",
-        "<= 1.0 ms", _ok(added, lambda v: v <= 1.0))
+    add(
+        "HTTP path: added p50 latency, c=1",
+        f"{num(added, 3)} ms (floor {num(floor_added, 3)})",
+        "<= 1.0 ms",
+        _ok(added, lambda v: v <= 1.0),
+    )
     rate = _get(r, "http_c8", "rate")
-    add("HTTP path: throughput, c=8",
-        f"{num(rate, 0)} req/s (floor {num(_get(r, 'floor_c8', 'rate'), 0)})", ">= 1,000 req/s",
-        _ok(rate, lambda v: v >= 1000))
+    add(
+        "HTTP path: throughput, c=8",
+        f"{num(rate, 0)} req/s (floor {num(_get(r, 'floor_c8', 'rate'), 0)})",
+        ">= 1,000 req/s",
+        _ok(rate, lambda v: v >= 1000),
+    )
     floor_cpu = _get(r, "floor_c8", "daemon_cpu_ms")
     for key, label in (("http_c8", "non-streaming"), ("stream_c8", "streaming")):
         cpu = _get(r, key, "daemon_cpu_ms")
-        add(f"HTTP path: daemon CPU per request, {label}, c=8",
-            f"{num(cpu, 3)} ms (floor {num(floor_cpu, 3)})", "<= 1.0 ms",
-            _ok(cpu, lambda v: v <= 1.0))
+        add(
+            f"HTTP path: daemon CPU per request, {label}, c=8",
+            f"{num(cpu, 3)} ms (floor {num(floor_cpu, 3)})",
+            "<= 1.0 ms",
+            _ok(cpu, lambda v: v <= 1.0),
+        )
     first = _get(r, "stream_c1", "first_event_p50_ms") - _get(r, "direct_c1", "first_event_p50_ms")
-    add("Streaming: first event over direct, p50, c=1", f"{num(first, 3)} ms", "<= 1.0 ms",
-        _ok(first, lambda v: v <= 1.0))
+    add(
+        "Streaming: first event over direct, p50, c=1",
+        f"{num(first, 3)} ms",
+        "<= 1.0 ms",
+        _ok(first, lambda v: v <= 1.0),
+    )
     p50, p99 = _get(r, "relay_c1", "relay_p50_ms"), _get(r, "relay_c1", "relay_p99_ms")
     add("Streaming: event relay p50, c=1", f"{num(p50, 3)} ms", "<= 1 ms", _ok(p50, lambda v: v <= 1))
     add("Streaming: event relay p99, c=1", f"{num(p99, 3)} ms", "<= 5 ms", _ok(p99, lambda v: v <= 5))
     bare, cli = _get(r, "bare_c1", "p50_ms"), _get(r, "cli_c1", "p50_ms")
     launcher = _get(r, "launcher_c1", "p50_ms")
-    add("CLI path: p50 over a bare spawn, c=1", f"{num(cli - bare, 3)} ms "
-        f"({num(cli, 3)} vs {num(bare, 3)}; setpriv+env {num(launcher - bare, 3)})", "<= 1.5 ms",
-        _ok(cli - bare, lambda v: v <= 1.5))
+    add(
+        "CLI path: p50 over a bare spawn, c=1",
+        f"{num(cli - bare, 3)} ms ({num(cli, 3)} vs {num(bare, 3)}; setpriv+env {num(launcher - bare, 3)})",
+        "<= 1.5 ms",
+        _ok(cli - bare, lambda v: v <= 1.5),
+    )
     rate = _get(r, "cli_c8", "rate")
-    add("CLI path: throughput, c=8, SHELLM_MAX_CONCURRENT=8", f"{num(rate, 0)} req/s",
-        ">= 500 req/s", _ok(rate, lambda v: v >= 500))
+    add(
+        "CLI path: throughput, c=8, SHELLM_MAX_CONCURRENT=8",
+        f"{num(rate, 0)} req/s",
+        ">= 500 req/s",
+        _ok(rate, lambda v: v >= 500),
+    )
     after = _get(r, "cli_c1_after", "p50_ms")
-    add("CLI path: p50 after the memory rounds vs before", f"{num(after - cli, 3)} ms "
-        f"({num(after, 3)} vs {num(cli, 3)})", "no slowdown (<= +15% or +0.3 ms)",
-        _ok(after, lambda v: v <= max(cli * 1.15, cli + 0.3)))
+    add(
+        "CLI path: p50 after the memory rounds vs before",
+        f"{num(after - cli, 3)} ms ({num(after, 3)} vs {num(cli, 3)})",
+        "no slowdown (<= +15% or +0.3 ms)",
+        _ok(after, lambda v: v <= max(cli * 1.15, cli + 0.3)),
+    )
     memory = r.get("memory", {})
     nan = float("nan")
     idle = memory.get("idle", nan)
-    add("Memory: RSS idle", f"{num(idle, 1)} MiB (floor {num(r.get('floor_memory', nan), 1)})",
-        "<= 45 MiB", _ok(idle, lambda v: v <= 45))
+    add(
+        "Memory: RSS idle",
+        f"{num(idle, 1)} MiB (floor {num(r.get('floor_memory', nan), 1)})",
+        "<= 45 MiB",
+        _ok(idle, lambda v: v <= 45),
+    )
     loaded = memory.get("after_round2", nan)
-    add("Memory: RSS after load", f"{num(loaded, 1)} MiB", "<= 80 MiB",
-        _ok(loaded, lambda v: v <= 80))
+    add("Memory: RSS after load", f"{num(loaded, 1)} MiB", "<= 80 MiB", _ok(loaded, lambda v: v <= 80))
     growth = loaded - memory.get("after_round1", nan)
-    add("Memory: growth between the two rounds", f"{num(growth, 1)} MiB", "flat (<= 2 MiB)",
-        _ok(growth, lambda v: v <= 2))
+    add(
+        "Memory: growth between the two rounds",
+        f"{num(growth, 1)} MiB",
+        "flat (<= 2 MiB)",
+        _ok(growth, lambda v: v <= 2),
+    )
     streams = r.get("streams", {})
     n = streams.get("streams", 0)
     errors = streams.get("errors", nan)
-    add(f"{n:,} concurrent streams: errors (all open at once: "
-        f"{streams.get('opened_at_once', '-')})", f"{errors}", "0",
-        _ok(float(errors), lambda v: v == 0) and streams.get("opened_at_once") == n)
+    add(
+        f"{n:,} concurrent streams: errors (all open at once: {streams.get('opened_at_once', '-')})",
+        f"{errors}",
+        "0",
+        _ok(float(errors), lambda v: v == 0) and streams.get("opened_at_once") == n,
+    )
     peak = streams.get("rss_peak", nan)
-    add(f"{n:,} concurrent streams: daemon peak RSS", f"{num(peak, 1)} MiB", "<= 200 MiB",
-        _ok(peak, lambda v: v <= 200))
+    add(
+        f"{n:,} concurrent streams: daemon peak RSS", f"{num(peak, 1)} MiB", "<= 200 MiB", _ok(peak, lambda v: v <= 200)
+    )
     startups = r.get("startup_s", [])
     middle = statistics.median(startups) if startups else nan
-    add("Start-up to first 200 on /health, median", f"{num(middle, 3)} s "
-        f"(max {num(max(startups) if startups else nan, 3)}, {len(startups)} starts)", "<= 1.5 s",
-        _ok(middle, lambda v: v <= 1.5))
+    add(
+        "Start-up to first 200 on /health, median",
+        f"{num(middle, 3)} s (max {num(max(startups) if startups else nan, 3)}, {len(startups)} starts)",
+        "<= 1.5 s",
+        _ok(middle, lambda v: v <= 1.5),
+    )
     return found
 
 
@@ -124,113 +161,189 @@ def render(results: dict, plan) -> str:
         f"in {'C' if r.get('fake_cli') == 'c' else '/bin/sh'}; load average before "
         f"{num(machine.get('load_before', [float('nan')])[0])}, after "
         f"{num(machine.get('load_after', [float('nan')])[0])} "
-        "(anything else running on the machine shows up in these numbers)")
+        "(anything else running on the machine shows up in these numbers)"
+    )
     out.append(
         f"calibration: a JSON round-trip of a request body takes "
         f"{num(machine.get('json_roundtrip_us'), 1)} us in this Python; mkdir+rmdir in "
         f"{machine.get('tmpdir')} (where the daemon makes each CLI run's scratch directory) "
-        f"takes {num(machine.get('mkdir_rmdir_ms'), 3)} ms")
-    out.append(f"windows: {plan.warmup_s} s warm-up + {plan.measure_s} s measured per point; "
-               f"memory rounds of {plan.memory_requests:,} requests "
-               f"(the issue asks for 100,000: --requests 100000); {plan.streams:,} open streams; "
-               f"took {num(r.get('elapsed_s'), 1)} s")
+        f"takes {num(machine.get('mkdir_rmdir_ms'), 3)} ms"
+    )
+    out.append(
+        f"windows: {plan.warmup_s} s warm-up + {plan.measure_s} s measured per point; "
+        f"memory rounds of {plan.memory_requests:,} requests "
+        f"(the issue asks for 100,000: --requests 100000); {plan.streams:,} open streams; "
+        f"took {num(r.get('elapsed_s'), 1)} s"
+    )
     out.append("")
 
     rows = []
     for c in (1, 8, 64):
         direct = r.get(f"direct_c{c}", {})
-        for key, label in ((f"direct_c{c}", "direct upstream"),
-                           (f"floor_c{c}", "floor: Klein + treq relay"),
-                           (f"http_c{c}", "shellm /completions"),
-                           (f"stream_c{c}", "shellm /completions/stream")):
+        for key, label in (
+            (f"direct_c{c}", "direct upstream"),
+            (f"floor_c{c}", "floor: Klein + treq relay"),
+            (f"http_c{c}", "shellm /completions"),
+            (f"stream_c{c}", "shellm /completions/stream"),
+        ):
             s = r.get(key)
             if not s:
                 continue
             is_direct = key.startswith("direct")
-            rows.append([
-                f"c={c:<3} {label}", num(s["rate"], 0),
-                "" if is_direct else f"{num(s['rate'] / direct['rate'] if direct.get('rate') else float('nan'), 2)}x",
-                num(s["p50_ms"], 3), num(s["p99_ms"], 3),
-                "" if is_direct else num(s["p50_ms"] - direct.get("p50_ms", float("nan")), 3),
-                num(s["first_event_p50_ms"], 3),
-                "" if is_direct else num(s["daemon_cpu_ms"], 3),
-                num(s["upstream_cpu_ms"], 3), num(s["client_cpu_ms"], 3), str(s["errors"]),
-            ])
+            rows.append(
+                [
+                    f"c={c:<3} {label}",
+                    num(s["rate"], 0),
+                    ""
+                    if is_direct
+                    else f"{num(s['rate'] / direct['rate'] if direct.get('rate') else float('nan'), 2)}x",
+                    num(s["p50_ms"], 3),
+                    num(s["p99_ms"], 3),
+                    "" if is_direct else num(s["p50_ms"] - direct.get("p50_ms", float("nan")), 3),
+                    num(s["first_event_p50_ms"], 3),
+                    "" if is_direct else num(s["daemon_cpu_ms"], 3),
+                    num(s["upstream_cpu_ms"], 3),
+                    num(s["client_cpu_ms"], 3),
+                    str(s["errors"]),
+                ]
+            )
     out.append("1. HTTP-provider path (cerebras -> fast fake upstream)")
-    out.append(table(["", "req/s", "vs direct", "p50 ms", "p99 ms", "added p50", "1st event p50",
-                      "daemon CPU/req", "upstream CPU/req", "loadgen CPU/req", "errors"], rows))
+    out.append(
+        table(
+            [
+                "",
+                "req/s",
+                "vs direct",
+                "p50 ms",
+                "p99 ms",
+                "added p50",
+                "1st event p50",
+                "daemon CPU/req",
+                "upstream CPU/req",
+                "loadgen CPU/req",
+                "errors",
+            ],
+            rows,
+        )
+    )
     out.append("")
 
     rows = []
-    for key, label in (("direct_relay_c1", "direct upstream, c=1"),
-                       ("relay_c1", "shellm /completions/stream, c=1"),
-                       ("relay_c8", "shellm /completions/stream, c=8"),
-                       ("cli_relay_c1", "shellm claude (fake CLI) stream, c=1")):
+    for key, label in (
+        ("direct_relay_c1", "direct upstream, c=1"),
+        ("relay_c1", "shellm /completions/stream, c=1"),
+        ("relay_c8", "shellm /completions/stream, c=8"),
+        ("cli_relay_c1", "shellm claude (fake CLI) stream, c=1"),
+    ):
         s = r.get(key)
         if s:
-            rows.append([label, str(s["relay_events"]), num(s["relay_p50_ms"], 3),
-                         num(s["relay_p99_ms"], 3), str(s["errors"])])
-    out.append(f"2. Streaming relay: upstream (or CLI) stamps each event, client receives it "
-               f"({plan.relay_events} events, {plan.relay_gap_ms} ms apart, per request)")
+            rows.append(
+                [label, str(s["relay_events"]), num(s["relay_p50_ms"], 3), num(s["relay_p99_ms"], 3), str(s["errors"])]
+            )
+    out.append(
+        f"2. Streaming relay: upstream (or CLI) stamps each event, client receives it "
+        f"({plan.relay_events} events, {plan.relay_gap_ms} ms apart, per request)"
+    )
     out.append(table(["", "events", "p50 ms", "p99 ms", "errors"], rows))
     out.append("")
 
     rows = []
     bare = r.get("bare_c1", {})
-    for key, label in (("bare_c1", "bare spawn of the fake CLI, c=1"),
-                       ("launcher_c1", "spawn through setpriv + env -C, c=1"),
-                       ("fork_c1", "for reference: fork+exec from a 60 MiB Python, c=1"),
-                       ("cli_c1", "shellm claude, c=1"),
-                       ("cli_c1_after", "shellm claude, c=1, after the memory rounds"),
-                       ("bare_c8", "bare spawn, 8 threads"),
-                       ("cli_c8", "shellm claude, c=8, SHELLM_MAX_CONCURRENT=8"),
-                       ("cli_c8_max2", "shellm claude, c=8, SHELLM_MAX_CONCURRENT=2")):
+    for key, label in (
+        ("bare_c1", "bare spawn of the fake CLI, c=1"),
+        ("launcher_c1", "spawn through setpriv + env -C, c=1"),
+        ("fork_c1", "for reference: fork+exec from a 60 MiB Python, c=1"),
+        ("cli_c1", "shellm claude, c=1"),
+        ("cli_c1_after", "shellm claude, c=1, after the memory rounds"),
+        ("bare_c8", "bare spawn, 8 threads"),
+        ("cli_c8", "shellm claude, c=8, SHELLM_MAX_CONCURRENT=8"),
+        ("cli_c8_max2", "shellm claude, c=8, SHELLM_MAX_CONCURRENT=2"),
+    ):
         s = r.get(key)
         if not s:
             continue
         is_bare = key.startswith(("bare", "fork", "launcher"))
-        rows.append([label, num(s["rate"], 0), num(s.get("p50_ms"), 3), num(s.get("p99_ms"), 3),
-                     "" if is_bare or "c1" not in key else num(s["p50_ms"] - bare.get("p50_ms", float("nan")), 3),
-                     "" if is_bare else num(s["daemon_cpu_ms"], 3),
-                     "" if is_bare else str(s["errors"])])
+        rows.append(
+            [
+                label,
+                num(s["rate"], 0),
+                num(s.get("p50_ms"), 3),
+                num(s.get("p99_ms"), 3),
+                "" if is_bare or "c1" not in key else num(s["p50_ms"] - bare.get("p50_ms", float("nan")), 3),
+                "" if is_bare else num(s["daemon_cpu_ms"], 3),
+                "" if is_bare else str(s["errors"]),
+            ]
+        )
     out.append("3. CLI path (claude -> instant fake CLI)")
     out.append(table(["", "req/s", "p50 ms", "p99 ms", "added p50", "daemon CPU/req", "errors"], rows))
     out.append("")
 
     memory = r.get("memory", {})
     rounds = [r.get("memory_round1", {}), r.get("memory_round2", {})]
-    out.append(f"4. Memory (daemon RSS, MiB; rounds of {plan.memory_requests:,} requests at c=64, "
-               "half streaming)")
-    out.append(table(["idle", "floor idle", "before rounds", "after round 1", "after round 2",
-                      "peak (VmHWM)",
-                      "rounds: done", "req/s", "errors"], [[
-        num(memory.get("idle"), 1), num(r.get("floor_memory"), 1),
-        num(memory.get("before_rounds"), 1),
-        num(memory.get("after_round1"), 1), num(memory.get("after_round2"), 1),
-        num(memory.get("peak"), 1),
-        " / ".join(f"{x.get('completed', 0):,}" for x in rounds),
-        " / ".join(num(x.get("rate"), 0) for x in rounds),
-        " / ".join(str(x.get("errors", "-")) for x in rounds)]]))
+    out.append(f"4. Memory (daemon RSS, MiB; rounds of {plan.memory_requests:,} requests at c=64, half streaming)")
+    out.append(
+        table(
+            [
+                "idle",
+                "floor idle",
+                "before rounds",
+                "after round 1",
+                "after round 2",
+                "peak (VmHWM)",
+                "rounds: done",
+                "req/s",
+                "errors",
+            ],
+            [
+                [
+                    num(memory.get("idle"), 1),
+                    num(r.get("floor_memory"), 1),
+                    num(memory.get("before_rounds"), 1),
+                    num(memory.get("after_round1"), 1),
+                    num(memory.get("after_round2"), 1),
+                    num(memory.get("peak"), 1),
+                    " / ".join(f"{x.get('completed', 0):,}" for x in rounds),
+                    " / ".join(num(x.get("rate"), 0) for x in rounds),
+                    " / ".join(str(x.get("errors", "-")) for x in rounds),
+                ]
+            ],
+        )
+    )
     out.append("")
 
     s = r.get("streams", {})
     out.append("5. Concurrent open streams against a holding upstream (fresh daemon)")
-    out.append(table(["streams", "open at once", "held upstream", "errors", "RSS idle",
-                      "RSS all open", "RSS after", "peak RSS"], [[
-        f"{s.get('streams', 0):,}", str(s.get("opened_at_once")), str(s.get("held_upstream")),
-        str(s.get("errors")), num(s.get("rss_idle"), 1), num(s.get("rss_open"), 1),
-        num(s.get("rss_after"), 1), num(s.get("rss_peak"), 1)]]))
+    out.append(
+        table(
+            ["streams", "open at once", "held upstream", "errors", "RSS idle", "RSS all open", "RSS after", "peak RSS"],
+            [
+                [
+                    f"{s.get('streams', 0):,}",
+                    str(s.get("opened_at_once")),
+                    str(s.get("held_upstream")),
+                    str(s.get("errors")),
+                    num(s.get("rss_idle"), 1),
+                    num(s.get("rss_open"), 1),
+                    num(s.get("rss_after"), 1),
+                    num(s.get("rss_peak"), 1),
+                ]
+            ],
+        )
+    )
     out.append("")
 
     startups = r.get("startup_s", [])
-    out.append("6. Start-up, spawn of twistd to the first 200 on /health: "
-               + ", ".join(f"{x:.3f} s" for x in startups))
+    out.append("6. Start-up, spawn of twistd to the first 200 on /health: " + ", ".join(f"{x:.3f} s" for x in startups))
     out.append("")
 
     found = targets(r)
     out.append("Targets")
-    out.append(table(["", "measured", "target", "result"],
-                     [[t.name, t.figure, t.target, "PASS" if t.passed else "FAIL"] for t in found]))
+    out.append(
+        table(
+            ["", "measured", "target", "result"],
+            [[t.name, t.figure, t.target, "PASS" if t.passed else "FAIL"] for t in found],
+        )
+    )
     passed = sum(t.passed for t in found)
     out.append(f"{passed} of {len(found)} targets met")
     return "\n".join(out)

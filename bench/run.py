@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 
 from attrs import define, field
 
@@ -29,7 +28,7 @@ from bench.loadgen import (
     run_load,
 )
 from bench.processes import Daemon, FloorServer, Upstream, cpu_seconds
-from shellm.process import find_launcher
+from shellm.providers.process import find_launcher
 
 
 @define
@@ -52,9 +51,16 @@ class Plan:
     daemon_env: dict = field(factory=dict)
 
     @classmethod
-    def quick(cls, **overrides) -> "Plan":
-        values = dict(warmup_s=0.2, measure_s=0.5, spawn_measure_s=0.4,
-                      memory_requests=1_000, streams=200, extra_startups=0, relay_events=10)
+    def quick(cls, **overrides) -> Plan:
+        values = dict(
+            warmup_s=0.2,
+            measure_s=0.5,
+            spawn_measure_s=0.4,
+            memory_requests=1_000,
+            streams=200,
+            extra_startups=0,
+            relay_events=10,
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -68,8 +74,12 @@ def seed_body(model: str, prompt: str) -> dict:
 
 def upstream_body(prompt: str) -> dict:
     # What SheLLM's Cerebras provider sends upstream for a seed request.
-    return {"model": "gpt-oss-120b", "messages": [{"role": "user", "content": prompt}],
-            "stream": True, "stream_options": {"include_usage": True}}
+    return {
+        "model": "gpt-oss-120b",
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
 
 def ended_clean(response: Response) -> bool:
@@ -77,7 +87,7 @@ def ended_clean(response: Response) -> bool:
     A seed SSE stream whose last event is C{done} and not an error.
     """
     tail = bytes(response.body[-400:])
-    last = tail[tail.rfind(b"data:"):]
+    last = tail[tail.rfind(b"data:") :]
     return b'"done": true' in last and b'"error"' not in last
 
 
@@ -94,8 +104,9 @@ def upstream_done(response: Response) -> bool:
     return response.body.endswith(b"data: [DONE]\n\n")
 
 
-def daemon_settings(workdir: str, fake_cli: str, upstream: Upstream, plan: Plan,
-                    max_concurrent: int = 8, http_max_concurrent: int = 256) -> dict:
+def daemon_settings(
+    workdir: str, fake_cli: str, upstream: Upstream, plan: Plan, max_concurrent: int = 8, http_max_concurrent: int = 256
+) -> dict:
     return {
         "CEREBRAS_API_KEY": "bench-key",
         "SHELLM_CEREBRAS_BASE_URL": upstream.base_url,
@@ -157,7 +168,7 @@ class Bench:
     def _window(self) -> dict:
         return {"warmup_s": self.plan.warmup_s, "measure_s": self.plan.measure_s}
 
-    def _probes(self, daemon: Optional[Daemon] = None) -> dict:
+    def _probes(self, daemon: Daemon | None = None) -> dict:
         probes = {"upstream": lambda: cpu_seconds(self.upstream.process.pid)}
         if daemon is not None:
             probes["daemon"] = daemon.cpu_seconds
@@ -166,8 +177,7 @@ class Bench:
     async def _start_daemon(self, name: str, **kwargs) -> Daemon:
         workdir = os.path.join(self.workdir, name)
         os.makedirs(workdir, exist_ok=True)
-        daemon = Daemon(workdir, daemon_settings(workdir, self.fake_cli, self.upstream,
-                                                 self.plan, **kwargs))
+        daemon = Daemon(workdir, daemon_settings(workdir, self.fake_cli, self.upstream, self.plan, **kwargs))
         self._daemons.append(daemon)
         daemon.start()
         took = await daemon.ready()
@@ -194,8 +204,7 @@ class Bench:
             "relay_events": len(result.relay_ms),
             "daemon_cpu_ms": result.cpu_ms_per_request("daemon"),
             "upstream_cpu_ms": result.cpu_ms_per_request("upstream"),
-            "client_cpu_ms": (result.client_cpu_s * 1000 / result.completed
-                              if result.completed else float("nan")),
+            "client_cpu_ms": (result.client_cpu_s * 1000 / result.completed if result.completed else float("nan")),
             "failures": result.failures,
         }
         self.results[key] = summary
@@ -213,38 +222,38 @@ class Bench:
         fast = build_request(port, "POST", "/v1/chat/completions", upstream_body("bench:fast"))
         for c in CONCURRENCY:
             self.say(f"direct upstream, c={c}")
-            result = await run_load(port, fast, c, upstream_done, cpu_probes=self._probes(),
-                                    **self._window())
+            result = await run_load(port, fast, c, upstream_done, cpu_probes=self._probes(), **self._window())
             self._record(f"direct_c{c}", result)
         await self._relay("direct_relay_c1", port, "/v1/chat/completions", upstream_body, 1)
 
-    async def _relay(self, key: str, port: int, path: str, body, concurrency: int,
-                     model: str = "cerebras") -> dict:
+    async def _relay(self, key: str, port: int, path: str, body, concurrency: int, model: str = "cerebras") -> dict:
         plan = self.plan
         prompt = f"bench:ts:{plan.relay_events}:{plan.relay_gap_ms}"
         payload = body(prompt) if body is upstream_body else body(model, prompt)
         raw = build_request(port, "POST", path, payload)
         check = upstream_done if body is upstream_body else ended_clean
         self.say(f"relay {key}")
-        result = await run_load(port, raw, concurrency, check, keep_frames=True,
-                                measure_s=plan.measure_s, warmup_s=0)
+        result = await run_load(port, raw, concurrency, check, keep_frames=True, measure_s=plan.measure_s, warmup_s=0)
         return self._record(key, result)
 
     async def http_path(self, daemon: Daemon) -> None:
         port = daemon.port
         plain = build_request(port, "POST", "/completions", seed_body("cerebras", "bench:fast"))
-        stream = build_request(port, "POST", "/completions/stream",
-                               seed_body("cerebras", "bench:fast"))
+        stream = build_request(port, "POST", "/completions/stream", seed_body("cerebras", "bench:fast"))
         for c in CONCURRENCY:
             self.say(f"shellm HTTP provider, non-streaming, c={c}")
-            self._record(f"http_c{c}", await run_load(
-                port, plain, c, answered_by("cerebras"), cpu_probes=self._probes(daemon),
-                **self._window()))
+            self._record(
+                f"http_c{c}",
+                await run_load(
+                    port, plain, c, answered_by("cerebras"), cpu_probes=self._probes(daemon), **self._window()
+                ),
+            )
         for c in CONCURRENCY:
             self.say(f"shellm HTTP provider, streaming, c={c}")
-            self._record(f"stream_c{c}", await run_load(
-                port, stream, c, ended_clean, cpu_probes=self._probes(daemon),
-                **self._window()))
+            self._record(
+                f"stream_c{c}",
+                await run_load(port, stream, c, ended_clean, cpu_probes=self._probes(daemon), **self._window()),
+            )
         for c in (1, 8):
             await self._relay(f"relay_c{c}", port, "/completions/stream", seed_body, c)
 
@@ -252,8 +261,11 @@ class Bench:
         started = now_ns()
         process = subprocess.Popen(
             [*launcher, self.fake_cli, "-p", "--output-format", "stream-json"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={"PATH": "/usr/bin:/bin"}, cwd=self.workdir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin"},
+            cwd=self.workdir,
         )
         out, _ = process.communicate(b"bench:fast", timeout=10)
         took = (now_ns() - started) / 1e6
@@ -272,8 +284,12 @@ class Bench:
         deadline = time.monotonic() + measure
         while time.monotonic() < deadline and len(times) < 20_000:
             times.append(self._bare_spawn_once(launcher))
-        return {"completed": len(times), "rate": len(times) / measure,
-                "p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99)}
+        return {
+            "completed": len(times),
+            "rate": len(times) / measure,
+            "p50_ms": percentile(times, 0.5),
+            "p99_ms": percentile(times, 0.99),
+        }
 
     def bare_spawn(self) -> None:
         """
@@ -297,8 +313,7 @@ class Bench:
         deadline8 = started + measure
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             done = sum(pool.map(lambda _: loop(), range(8)))
-        self.results["bare_c8"] = {"completed": done,
-                                   "rate": done / (time.monotonic() - started)}
+        self.results["bare_c8"] = {"completed": done, "rate": done / (time.monotonic() - started)}
 
     def launcher_spawn(self) -> None:
         """
@@ -326,13 +341,15 @@ class Bench:
             await server.ready()
             await asyncio.sleep(0.5)
             self.results["floor_memory"] = server.memory()["rss"]
-            raw = build_request(server.port, "POST", "/completions",
-                                seed_body("cerebras", "bench:fast"))
+            raw = build_request(server.port, "POST", "/completions", seed_body("cerebras", "bench:fast"))
             for c in (1, 8):
                 self.say(f"framework floor (Klein + treq), c={c}")
-                self._record(f"floor_c{c}", await run_load(
-                    server.port, raw, c, answered_by("cerebras"),
-                    cpu_probes=self._probes(server), **self._window()))
+                self._record(
+                    f"floor_c{c}",
+                    await run_load(
+                        server.port, raw, c, answered_by("cerebras"), cpu_probes=self._probes(server), **self._window()
+                    ),
+                )
         finally:
             self._stop_daemon(server)
 
@@ -372,29 +389,41 @@ class Bench:
         )
         done = subprocess.run(
             [sys.executable, "-c", script, self.fake_cli, str(self.plan.spawn_measure_s)],
-            capture_output=True, timeout=60 + self.plan.spawn_measure_s, check=True)
+            capture_output=True,
+            timeout=60 + self.plan.spawn_measure_s,
+            check=True,
+        )
         count, p50, p99 = done.stdout.split()
-        self.results["fork_c1"] = {"completed": int(count),
-                                   "rate": int(count) / self.plan.spawn_measure_s,
-                                   "p50_ms": float(p50), "p99_ms": float(p99)}
+        self.results["fork_c1"] = {
+            "completed": int(count),
+            "rate": int(count) / self.plan.spawn_measure_s,
+            "p50_ms": float(p50),
+            "p99_ms": float(p99),
+        }
 
     async def cli_path(self, daemon: Daemon, key: str, concurrency: int) -> dict:
         port = daemon.port
         raw = build_request(port, "POST", "/completions", seed_body("claude", "bench:fast"))
         self.say(f"shellm CLI provider ({key}), c={concurrency}")
-        return self._record(key, await run_load(
-            port, raw, concurrency, answered_by("claude"), cpu_probes={"daemon": daemon.cpu_seconds},
-            **self._window()))
+        return self._record(
+            key,
+            await run_load(
+                port,
+                raw,
+                concurrency,
+                answered_by("claude"),
+                cpu_probes={"daemon": daemon.cpu_seconds},
+                **self._window(),
+            ),
+        )
 
     async def memory_rounds(self, daemon: Daemon) -> None:
         port = daemon.port
         plain = build_request(port, "POST", "/completions", seed_body("cerebras", "bench:fast"))
-        stream = build_request(port, "POST", "/completions/stream",
-                               seed_body("cerebras", "bench:fast"))
+        stream = build_request(port, "POST", "/completions/stream", seed_body("cerebras", "bench:fast"))
 
         def check(response: Response) -> bool:
-            return ended_clean(response) if response.first_event_ns else (
-                answered_by("cerebras")(response))
+            return ended_clean(response) if response.first_event_ns else (answered_by("cerebras")(response))
 
         memory = self.results.setdefault("memory", {})
         memory["before_rounds"] = daemon.memory()["rss"]
@@ -402,9 +431,14 @@ class Bench:
             n = self.plan.memory_requests
             self.say(f"memory round {round_}: {n} requests, half streaming, c=64")
             result = await run_load(
-                port, lambda i: stream if i % 2 else plain, 64, check,
-                measure_s=max(120.0, n / 200), max_requests=n,
-                cpu_probes={"daemon": daemon.cpu_seconds})
+                port,
+                lambda i: stream if i % 2 else plain,
+                64,
+                check,
+                measure_s=max(120.0, n / 200),
+                max_requests=n,
+                cpu_probes={"daemon": daemon.cpu_seconds},
+            )
             self._record(f"memory_round{round_}", result)
             await asyncio.sleep(0.5)
             memory[f"after_round{round_}"] = daemon.memory()["rss"]
@@ -422,8 +456,7 @@ class Bench:
             await asyncio.sleep(0.3)
             idle = daemon.memory()["rss"]
             port = daemon.port
-            raw = build_request(port, "POST", "/completions/stream",
-                                seed_body("cerebras", "bench:hold"))
+            raw = build_request(port, "POST", "/completions/stream", seed_body("cerebras", "bench:hold"))
             self.say(f"{n} concurrent streams against a holding upstream")
             errors: list[str] = []
             waiters: list = []
@@ -433,7 +466,7 @@ class Bench:
                 async with gate:
                     try:
                         connection = await connect(port)
-                    except (OSError, asyncio.TimeoutError) as e:
+                    except (TimeoutError, OSError) as e:
                         errors.append(f"connect: {e!r}")
                         return
                     connections.append(connection)
@@ -451,8 +484,7 @@ class Bench:
             during = daemon.memory()["rss"]
             released = (await self.upstream.call("/bench/release"))["released"]
             done, pending = await asyncio.wait([w for _, w in waiters], timeout=60)
-            for waiter in pending:
-                errors.append("timed out")
+            errors.extend("timed out" for _ in pending)
             for waiter in done:
                 if waiter.exception() is not None:
                     errors.append(repr(waiter.exception()))
@@ -461,9 +493,15 @@ class Bench:
             await asyncio.sleep(0.3)
             memory = daemon.memory()
             self.results["streams"] = {
-                "streams": n, "opened_at_once": opened, "held_upstream": held,
-                "released": released, "errors": len(errors), "error_examples": errors[:3],
-                "rss_idle": idle, "rss_open": during, "rss_after": memory["rss"],
+                "streams": n,
+                "opened_at_once": opened,
+                "held_upstream": held,
+                "released": released,
+                "errors": len(errors),
+                "error_examples": errors[:3],
+                "rss_idle": idle,
+                "rss_open": during,
+                "rss_after": memory["rss"],
                 "rss_peak": memory["peak"],
             }
             if errors:
@@ -483,12 +521,12 @@ class Bench:
     async def run(self) -> dict:
         started = time.monotonic()
         self.results["machine"] = {
-            "cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
             "load_before": os.getloadavg(),
         }
         self.workdir = tempfile.mkdtemp(prefix="shellm-bench-")
-        self.results["machine"].update(
-            calibrate(self.plan.daemon_env.get("TMPDIR") or "/tmp"))
+        self.results["machine"].update(calibrate(self.plan.daemon_env.get("TMPDIR") or "/tmp"))
         try:
             self.fake_cli, kind = fakecli.build(self.workdir)
             self.results["fake_cli"] = kind
@@ -506,8 +544,7 @@ class Bench:
             await self.cli_path(main, "cli_c1", 1)
             await self.cli_path(main, "cli_c8", 8)
             if kind == "c":
-                await self._relay("cli_relay_c1", main.port, "/completions/stream", seed_body, 1,
-                                  model="claude")
+                await self._relay("cli_relay_c1", main.port, "/completions/stream", seed_body, 1, model="claude")
             await self.memory_rounds(main)
             await self.cli_path(main, "cli_c1_after", 1)
             self._stop_daemon(main)

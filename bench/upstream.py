@@ -41,11 +41,15 @@ _MODE = re.compile(rb"bench:(fast|ts|hold)(?::(\d+):(\d+))?")
 
 
 def _chunk(delta: str | None = None, finish: str | None = None, usage: bool = False) -> bytes:
-    body: dict = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-                  "model": "bench-model", "choices": []}
+    body: dict = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "bench-model",
+        "choices": [],
+    }
     if delta is not None or finish is not None:
-        body["choices"] = [{"index": 0, "delta": {"content": delta} if delta else {},
-                            "finish_reason": finish}]
+        body["choices"] = [{"index": 0, "delta": {"content": delta} if delta else {}, "finish_reason": finish}]
     if usage:
         body["usage"] = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
@@ -53,23 +57,37 @@ def _chunk(delta: str | None = None, finish: str | None = None, usage: bool = Fa
 
 _TAIL = _chunk(finish="stop") + _chunk(usage=True) + b"data: [DONE]\n\n"
 _FAST_BODY = _chunk("Hi! ") + _chunk("I am a ") + _chunk("fast fake.") + _TAIL
-_FAST = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
-         + str(len(_FAST_BODY)).encode() + b"\r\n\r\n" + _FAST_BODY)
-_JSON_BODY = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench-model",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi! I am a fast fake."},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-}).encode()
-_JSON = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-         + str(len(_JSON_BODY)).encode() + b"\r\n\r\n" + _JSON_BODY)
-_CHUNKED_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                 b"transfer-encoding: chunked\r\n\r\n")
+_FAST = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+    + str(len(_FAST_BODY)).encode()
+    + b"\r\n\r\n"
+    + _FAST_BODY
+)
+_JSON_BODY = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "bench-model",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hi! I am a fast fake."}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+).encode()
+_JSON = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(_JSON_BODY)).encode()
+    + b"\r\n\r\n"
+    + _JSON_BODY
+)
+_CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
 def _reply(status: str, body: bytes) -> bytes:
-    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 _MODELS = _reply("200 OK", b'{"object":"list","data":[{"id":"bench-model","object":"model"}]}')
@@ -125,16 +143,16 @@ class UpstreamProtocol(asyncio.Protocol):
             at = lower.find(b"\r\ncontent-length:")
             if at >= 0:
                 stop = lower.find(b"\r\n", at + 2)
-                length = int(lower[at + 17:stop if stop >= 0 else None])
+                length = int(lower[at + 17 : stop if stop >= 0 else None])
             if len(self.buffer) < end + 4 + length:
                 return
-            body = self.buffer[end + 4:end + 4 + length]
-            self.buffer = self.buffer[end + 4 + length:]
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
             self.handle(head, body)
 
     def handle(self, head: bytes, body: bytes) -> None:
         upstream = self.upstream
-        line = head[:head.find(b"\r\n")] if b"\r\n" in head else head
+        line = head[: head.find(b"\r\n")] if b"\r\n" in head else head
         method, _, rest = line.partition(b" ")
         path = rest.partition(b" ")[0].partition(b"?")[0]
         write = self.transport.write
@@ -156,8 +174,7 @@ class UpstreamProtocol(asyncio.Protocol):
         elif path == b"/bench/release":
             write(_reply("200 OK", json.dumps({"released": upstream.release()}).encode()))
         elif path == b"/bench/stats":
-            write(_reply("200 OK", json.dumps(
-                {"served": upstream.served, "held": len(upstream.held)}).encode()))
+            write(_reply("200 OK", json.dumps({"served": upstream.served, "held": len(upstream.held)}).encode()))
         else:
             write(_NOT_FOUND)
 
@@ -207,8 +224,7 @@ class UpstreamProtocol(asyncio.Protocol):
 async def serve(port: int) -> None:
     loop = asyncio.get_running_loop()
     upstream = Upstream(loop)
-    server = await loop.create_server(lambda: UpstreamProtocol(upstream), "127.0.0.1", port,
-                                      backlog=4096)
+    server = await loop.create_server(lambda: UpstreamProtocol(upstream), "127.0.0.1", port, backlog=4096)
     print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -218,7 +234,7 @@ async def serve(port: int) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if os.getppid() != parent:
                 break
     server.close()

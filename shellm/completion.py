@@ -5,7 +5,7 @@ a client asked for, the events a provider produces, and what it all came to.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from attrs import frozen
 
@@ -25,14 +25,14 @@ class CompletionRequest:
     model: str
     entry: ModelEntry
     prompt: str
-    system: Optional[str] = None
-    max_tokens: Optional[int] = None
+    system: str | None = None
+    max_tokens: int | None = None
     request_id: str = ""
     fallback: bool = True
     # Sampling controls: passed on where a backend takes them (see each
     # provider's capabilities), otherwise not applied.
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
+    temperature: float | None = None
+    top_p: float | None = None
     stop: tuple[str, ...] = ()
 
 
@@ -61,9 +61,9 @@ class ProviderResult:
     provider reported them, and the model that actually answered.
     """
 
-    usage: Optional[Usage] = None
-    cost_usd: Optional[float] = None
-    model: Optional[str] = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    model: str | None = None
     #: C{"stop"} (a natural end) or C{"length"} (the token limit was hit).
     finish_reason: str = "stop"
 
@@ -90,7 +90,33 @@ class Completion:
     duration_ms: int
     queued_ms: int
     request_id: str
-    usage: Optional[Usage]
-    cost_usd: Optional[float]
-    fallback: Optional[FallbackInfo] = None
+    usage: Usage | None
+    cost_usd: float | None
+    fallback: FallbackInfo | None = None
     finish_reason: str = "stop"
+
+
+@frozen
+class ProviderHealth:
+    """
+    What a health check found, without spending a token.
+
+    @ivar error: a short, secret-free explanation when not usable, with the fix.
+    """
+
+    installed: bool
+    authenticated: bool
+    error: str | None = None
+    version: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.installed and self.authenticated
+
+    def to_json(self) -> dict:
+        body = {"installed": self.installed, "authenticated": self.authenticated}
+        if self.version:
+            body["version"] = self.version
+        if self.error:
+            body["error"] = self.error
+        return body

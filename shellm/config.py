@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from attrs import field, frozen
 
-from shellm.auth import Client, parse_clients
-from shellm.models import DEFAULT_MODELS, ModelEntry, merge_models
+from shellm.models import DEFAULT_MODELS, PROVIDERS, ModelEntry, merge_models
+from shellm.routing.auth import Client, parse_clients
 
 
 class ConfigError(Exception):
@@ -26,7 +27,7 @@ class ConfigError(Exception):
     """
 
 
-def _int(low: int, high: Optional[int] = None) -> Callable[[str], int]:
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text.strip())
         if value < low or (high is not None and value > high):
@@ -51,7 +52,7 @@ def _text(text: str) -> str:
     return text.strip()
 
 
-def _optional_text(text: str) -> Optional[str]:
+def _optional_text(text: str) -> str | None:
     return text.strip() or None
 
 
@@ -60,9 +61,7 @@ def _env_object(text: str) -> Mapping[str, str]:
     A JSON object of extra environment variables for one CLI.
     """
     value = json.loads(text or "{}")
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ValueError('must be a JSON object of strings, e.g. {"NAME": "value"}')
     if any("=" in k or "\0" in k or "\0" in v or not k for k, v in value.items()):
         raise ValueError("has an invalid variable name")
@@ -82,7 +81,7 @@ def _log_level(text: str) -> str:
 
 def _provider_list(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in ("claude", "gemini", "codex", "cerebras")]
+    unknown = [n for n in names if n not in PROVIDERS]
     if unknown:
         raise ValueError(f"names unknown providers: {', '.join(unknown)}")
     return names
@@ -119,64 +118,97 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("listen", "SHELLM_LISTEN", "tcp:6100:interface=127.0.0.1", _text,
-            "listen endpoint, a strports description"),
-    Setting("max_concurrent", "SHELLM_MAX_CONCURRENT", "2", _int(1, 1024),
-            "CLI runs at once"),
-    Setting("max_queue_depth", "SHELLM_MAX_QUEUE_DEPTH", "10", _int(0, 100000),
-            "CLI requests waiting for a slot, at most"),
-    Setting("http_max_concurrent", "SHELLM_HTTP_MAX_CONCURRENT", "32", _int(1, 100000),
-            "HTTP-provider calls at once"),
-    Setting("http_max_queue_depth", "SHELLM_HTTP_MAX_QUEUE_DEPTH", "256", _int(0, 1000000),
-            "HTTP-provider requests waiting for a slot, at most"),
-    Setting("timeout", "SHELLM_TIMEOUT", "120", _seconds(0.001),
-            "seconds a provider call may take in all"),
-    Setting("kill_grace", "SHELLM_KILL_GRACE", "5", _seconds(0),
-            "seconds between TERM and KILL for a CLI's process group"),
-    Setting("drain_timeout", "SHELLM_DRAIN_TIMEOUT", "30", _seconds(0),
-            "seconds in-flight requests may run on after SIGTERM"),
-    Setting("health_ttl", "SHELLM_HEALTH_TTL", "30", _seconds(0),
-            "seconds a provider health check stays cached"),
-    Setting("heartbeat", "SHELLM_HEARTBEAT", "15", _seconds(0.01),
-            "seconds of silence before an SSE keepalive comment"),
-    Setting("max_prompt_chars", "SHELLM_MAX_PROMPT_CHARS", "50000", _int(1),
-            "longest prompt accepted, in characters"),
-    Setting("max_body_bytes", "SHELLM_MAX_BODY_BYTES", "262144", _int(1),
-            "largest request body accepted, in bytes"),
-    Setting("claude_bin", "SHELLM_CLAUDE_BIN", "claude", _text,
-            "claude executable: a path, or a name looked up on PATH"),
-    Setting("gemini_bin", "SHELLM_GEMINI_BIN", "gemini", _text,
-            "gemini executable: a path, or a name looked up on PATH"),
-    Setting("codex_bin", "SHELLM_CODEX_BIN", "codex", _text,
-            "codex executable: a path, or a name looked up on PATH"),
-    Setting("claude_env", "SHELLM_CLAUDE_ENV", "{}", _env_object,
-            "extra environment for claude (JSON object)"),
-    Setting("gemini_env", "SHELLM_GEMINI_ENV", "{}", _env_object,
-            "extra environment for gemini (JSON object)"),
-    Setting("codex_env", "SHELLM_CODEX_ENV", "{}", _env_object,
-            "extra environment for codex (JSON object)"),
-    Setting("cerebras_api_key", "CEREBRAS_API_KEY", "", _optional_text,
-            "Cerebras API key (environment or .env only)", option=False),
-    Setting("cerebras_base_url", "SHELLM_CEREBRAS_BASE_URL", "https://api.cerebras.ai/v1",
-            _url, "Cerebras (OpenAI-compatible) API base URL"),
-    Setting("models", "SHELLM_MODELS", "", _models,
-            "model table additions or replacements (JSON object)"),
-    Setting("fallback_chain", "SHELLM_FALLBACK_CHAIN", "claude,gemini,cerebras",
-            _provider_list, "providers tried, in order, when one fails"),
-    Setting("circuit_threshold", "SHELLM_CIRCUIT_THRESHOLD", "3", _int(1),
-            "consecutive provider failures that open its circuit"),
-    Setting("circuit_cooldown", "SHELLM_CIRCUIT_COOLDOWN", "60", _seconds(0),
-            "seconds an open circuit waits before one probe"),
-    Setting("clients", "SHELLM_CLIENTS", "", parse_clients,
-            "clients and their keys, JSON (environment or .env only)", option=False),
-    Setting("allow_open", "SHELLM_ALLOW_OPEN", "0", _flag,
-            "1 allows a non-loopback listener without client keys"),
-    Setting("global_rpm", "SHELLM_GLOBAL_RPM", "30", _int(1),
-            "completion requests per minute for the whole gateway"),
-    Setting("db", "SHELLM_DB", "~/.shellm/shellm.db", _text,
-            "SQLite usage ledger file"),
-    Setting("log_level", "LOG_LEVEL", "info", _log_level,
-            "debug, info, warn, error or critical"),
+    Setting(
+        "listen", "SHELLM_LISTEN", "tcp:6100:interface=127.0.0.1", _text, "listen endpoint, a strports description"
+    ),
+    Setting("max_concurrent", "SHELLM_MAX_CONCURRENT", "2", _int(1, 1024), "CLI runs at once"),
+    Setting(
+        "max_queue_depth", "SHELLM_MAX_QUEUE_DEPTH", "10", _int(0, 100000), "CLI requests waiting for a slot, at most"
+    ),
+    Setting("http_max_concurrent", "SHELLM_HTTP_MAX_CONCURRENT", "32", _int(1, 100000), "HTTP-provider calls at once"),
+    Setting(
+        "http_max_queue_depth",
+        "SHELLM_HTTP_MAX_QUEUE_DEPTH",
+        "256",
+        _int(0, 1000000),
+        "HTTP-provider requests waiting for a slot, at most",
+    ),
+    Setting("timeout", "SHELLM_TIMEOUT", "120", _seconds(0.001), "seconds a provider call may take in all"),
+    Setting(
+        "kill_grace", "SHELLM_KILL_GRACE", "5", _seconds(0), "seconds between TERM and KILL for a CLI's process group"
+    ),
+    Setting(
+        "drain_timeout",
+        "SHELLM_DRAIN_TIMEOUT",
+        "30",
+        _seconds(0),
+        "seconds in-flight requests may run on after SIGTERM",
+    ),
+    Setting("health_ttl", "SHELLM_HEALTH_TTL", "30", _seconds(0), "seconds a provider health check stays cached"),
+    Setting(
+        "heartbeat", "SHELLM_HEARTBEAT", "15", _seconds(0.01), "seconds of silence before an SSE keepalive comment"
+    ),
+    Setting("max_prompt_chars", "SHELLM_MAX_PROMPT_CHARS", "50000", _int(1), "longest prompt accepted, in characters"),
+    Setting("max_body_bytes", "SHELLM_MAX_BODY_BYTES", "262144", _int(1), "largest request body accepted, in bytes"),
+    Setting(
+        "claude_bin", "SHELLM_CLAUDE_BIN", "claude", _text, "claude executable: a path, or a name looked up on PATH"
+    ),
+    Setting(
+        "gemini_bin", "SHELLM_GEMINI_BIN", "gemini", _text, "gemini executable: a path, or a name looked up on PATH"
+    ),
+    Setting("codex_bin", "SHELLM_CODEX_BIN", "codex", _text, "codex executable: a path, or a name looked up on PATH"),
+    Setting("claude_env", "SHELLM_CLAUDE_ENV", "{}", _env_object, "extra environment for claude (JSON object)"),
+    Setting("gemini_env", "SHELLM_GEMINI_ENV", "{}", _env_object, "extra environment for gemini (JSON object)"),
+    Setting("codex_env", "SHELLM_CODEX_ENV", "{}", _env_object, "extra environment for codex (JSON object)"),
+    Setting(
+        "cerebras_api_key",
+        "CEREBRAS_API_KEY",
+        "",
+        _optional_text,
+        "Cerebras API key (environment or .env only)",
+        option=False,
+    ),
+    Setting(
+        "cerebras_base_url",
+        "SHELLM_CEREBRAS_BASE_URL",
+        "https://api.cerebras.ai/v1",
+        _url,
+        "Cerebras (OpenAI-compatible) API base URL",
+    ),
+    Setting("models", "SHELLM_MODELS", "", _models, "model table additions or replacements (JSON object)"),
+    Setting(
+        "fallback_chain",
+        "SHELLM_FALLBACK_CHAIN",
+        "claude,gemini,cerebras",
+        _provider_list,
+        "providers tried, in order, when one fails",
+    ),
+    Setting(
+        "circuit_threshold",
+        "SHELLM_CIRCUIT_THRESHOLD",
+        "3",
+        _int(1),
+        "consecutive provider failures that open its circuit",
+    ),
+    Setting(
+        "circuit_cooldown",
+        "SHELLM_CIRCUIT_COOLDOWN",
+        "60",
+        _seconds(0),
+        "seconds an open circuit waits before one probe",
+    ),
+    Setting(
+        "clients",
+        "SHELLM_CLIENTS",
+        "",
+        parse_clients,
+        "clients and their keys, JSON (environment or .env only)",
+        option=False,
+    ),
+    Setting("allow_open", "SHELLM_ALLOW_OPEN", "0", _flag, "1 allows a non-loopback listener without client keys"),
+    Setting("global_rpm", "SHELLM_GLOBAL_RPM", "30", _int(1), "completion requests per minute for the whole gateway"),
+    Setting("db", "SHELLM_DB", "~/.shellm/shellm.db", _text, "SQLite usage ledger file"),
+    Setting("log_level", "LOG_LEVEL", "info", _log_level, "debug, info, warn, error or critical"),
 )
 
 
@@ -200,7 +232,7 @@ class Config:
     claude_env: Mapping[str, str] = field(repr=False)
     gemini_env: Mapping[str, str] = field(repr=False)
     codex_env: Mapping[str, str] = field(repr=False)
-    cerebras_api_key: Optional[str] = field(repr=False)
+    cerebras_api_key: str | None = field(repr=False)
     cerebras_base_url: str
     models: tuple[ModelEntry, ...]
     fallback_chain: tuple[str, ...]
@@ -233,7 +265,7 @@ def read_env_file(path: str) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         if line.startswith("export "):
-            line = line[len("export "):].lstrip()
+            line = line[len("export ") :].lstrip()
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
@@ -246,14 +278,25 @@ def read_env_file(path: str) -> dict[str, str]:
 
 # The variables a CLI inherits from the daemon's own environment.  Everything
 # else (other API keys, proxies the operator did not mean for it, ...) stays out.
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE",
-                 "TZ", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR")
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
 
 
 def load_config(
-    options: Mapping[str, Optional[str]],
+    options: Mapping[str, str | None],
     environ: Mapping[str, str],
-    env_file: Optional[str] = ".env",
+    env_file: str | None = ".env",
 ) -> Config:
     """
     Build the L{Config} from its sources.
@@ -290,7 +333,7 @@ def load_config(
     return config
 
 
-def load_clients(environ: Mapping[str, str], env_file: Optional[str]) -> tuple[Client, ...]:
+def load_clients(environ: Mapping[str, str], env_file: str | None) -> tuple[Client, ...]:
     """
     C{SHELLM_CLIENTS} again, for a reload: from the settings file when it
     sets it (that file is what an operator edits before SIGHUP, even when

@@ -1,11 +1,9 @@
 """
 The errors a client can see.  Handlers and providers raise these; one place
-(L{shellm.api}) turns them into a status and a JSON body.
+(L{shellm.http.api}) turns them into a status and a JSON body.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 
 class ShellmError(Exception):
@@ -19,7 +17,7 @@ class ShellmError(Exception):
     #: Provider-side failures may be retried on another provider.
     provider_side = False
 
-    def __init__(self, message: str, retry_after: Optional[int] = None):
+    def __init__(self, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
@@ -76,6 +74,12 @@ class ProviderUnavailable(ShellmError):
     status = 503
     code = "provider_unavailable"
     provider_side = True
+
+
+class NotLoggedIn(ProviderUnavailable):
+    """
+    The CLI runs but has no usable credentials.
+    """
 
 
 class Timeout(ShellmError):

@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO
 
 from twisted.logger import (
@@ -78,16 +78,18 @@ class JsonLineObserver:
     def __call__(self, event: dict) -> None:
         level = event.get("log_level", LogLevel.info)
         record = {
-            "time": datetime.fromtimestamp(
-                event.get("log_time") or 0, timezone.utc
-            ).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(event.get("log_time") or 0, UTC).isoformat(timespec="milliseconds"),
             "level": level.name,
             "namespace": event.get("log_namespace", ""),
             "message": _message(event),
         }
         for key, value in event.items():
-            if key.startswith("log_") or key in ("format", "message", "time", "level") \
-                    or key.startswith("_") or key in ("isError", "system", "why", "failure"):
+            if (
+                key.startswith("log_")
+                or key in ("format", "message", "time", "level")
+                or key.startswith("_")
+                or key in ("isError", "system", "why", "failure")
+            ):
                 continue
             if isinstance(value, (str, int, float, bool)) or value is None:
                 record[key] = value

@@ -5,7 +5,8 @@ it, and the model string passed on to that provider.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from attrs import frozen
 
@@ -23,7 +24,7 @@ class ModelEntry:
 
     alias: str
     provider: str
-    upstream: Optional[str]
+    upstream: str | None
 
 
 DEFAULT_MODELS: tuple[ModelEntry, ...] = (
@@ -43,9 +44,7 @@ DEFAULT_MODELS: tuple[ModelEntry, ...] = (
 )
 
 
-def merge_models(
-    base: Iterable[ModelEntry], overrides: Mapping[str, Any]
-) -> tuple[ModelEntry, ...]:
+def merge_models(base: Iterable[ModelEntry], overrides: Mapping[str, Any]) -> tuple[ModelEntry, ...]:
     """
     Apply C{SHELLM_MODELS}: C{{"alias": {"provider": "claude", "model":
     "claude-sonnet-4-6"}}} adds or replaces an alias, C{{"alias": null}}
@@ -63,14 +62,13 @@ def merge_models(
             table.pop(alias, None)
             continue
         if not isinstance(spec, dict) or spec.get("provider") not in PROVIDERS:
-            raise ValueError(
-                f"entry {alias!r} needs a provider, one of {', '.join(PROVIDERS)}"
-            )
+            raise ValueError(f"entry {alias!r} needs a provider, one of {', '.join(PROVIDERS)}")
         if alias in PROVIDERS and spec["provider"] != alias:
             raise ValueError(f"entry {alias!r} must stay with provider {alias!r} (fallback runs it)")
         model = spec.get("model")
-        if model is not None and (not isinstance(model, str) or not model
-                                  or model.startswith("-") or not model.isprintable()):
+        if model is not None and (
+            not isinstance(model, str) or not model or model.startswith("-") or not model.isprintable()
+        ):
             raise ValueError(f"entry {alias!r} has an invalid model")
         table[alias] = ModelEntry(alias, spec["provider"], model)
     for provider in PROVIDERS:
@@ -91,7 +89,7 @@ class ModelTable:
     def __init__(self, entries: Iterable[ModelEntry]):
         self._by_alias = {entry.alias: entry for entry in entries}
 
-    def resolve(self, name: str) -> Optional[ModelEntry]:
+    def resolve(self, name: str) -> ModelEntry | None:
         return self._by_alias.get(name)
 
     def default_for(self, provider: str) -> ModelEntry:

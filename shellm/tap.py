@@ -17,24 +17,21 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from shellm import __version__, logs
-from shellm.api import ShellmAPI
-from shellm.auth import Authenticator
-from shellm.circuit import Circuit
 from shellm.config import SETTINGS, ConfigError, load_clients, load_config
-from shellm.health import HealthMonitor
-from shellm.http_client import upstream_client
-from shellm.ledger import Ledger
-from shellm.limits import RateLimiter
-from shellm.metrics import Metrics
+from shellm.http.api import ShellmAPI
+from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
-from shellm.process import CliRunner, SessionSpawner, find_launcher
-from shellm.providers.cerebras import CerebrasProvider
-from shellm.providers.claude import ClaudeProvider
-from shellm.providers.codex import CodexProvider
-from shellm.providers.gemini import GeminiProvider
-from shellm.queue import RequestQueue
-from shellm.router import Router
-from shellm.web import ShellmSite
+from shellm.providers.http_client import upstream_client
+from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
+from shellm.providers.registry import Wiring, build_providers
+from shellm.routing.auth import Authenticator
+from shellm.routing.circuit import Circuit
+from shellm.routing.health import HealthMonitor
+from shellm.routing.limits import RateLimiter
+from shellm.routing.queue import RequestQueue
+from shellm.routing.router import Router
+from shellm.state.ledger import Ledger
+from shellm.state.metrics import Metrics
 
 
 def _option(name: str) -> str:
@@ -50,7 +47,8 @@ class Options(usage.Options):
     )
     optParameters = [
         [_option(s.name), None, None, f"{s.help} [{s.env}, default: {s.default or 'none'}]"]
-        for s in SETTINGS if s.option
+        for s in SETTINGS
+        if s.option
     ] + [["env-file", None, ".env", "file of KEY=value settings read at start-up"]]
 
     def opt_version(self):
@@ -90,8 +88,18 @@ class ShellmService(MultiService):
 
     log = Logger()
 
-    def __init__(self, clock, runner: CliRunner, router: Router, api: ShellmAPI, pool,
-                 drain_timeout: float, authenticator: Authenticator, ledger: Ledger, env_file):
+    def __init__(
+        self,
+        clock,
+        runner: CliRunner,
+        router: Router,
+        api: ShellmAPI,
+        pool,
+        drain_timeout: float,
+        authenticator: Authenticator,
+        ledger: Ledger,
+        env_file,
+    ):
         super().__init__()
         self._api = api
         self._clock = clock
@@ -104,9 +112,7 @@ class ShellmService(MultiService):
         self._env_file = env_file
 
     def startService(self):
-        self._ledger.open().addErrback(
-            lambda f: self.log.failure("the usage ledger could not be opened", f)
-        )
+        self._ledger.open().addErrback(lambda f: self.log.failure("the usage ledger could not be opened", f))
         super().startService()
         self._router.health.refresh()
         if not self._authenticator.enabled:
@@ -157,29 +163,15 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     config = options["config"]
 
-    runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout,
-                       config.kill_grace)
+    runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout, config.kill_grace)
     http, pool = upstream_client(reactor, max_per_host=config.http_max_concurrent)
 
-    def cli(cls, executable, extra_env):
-        return cls(reactor, runner, executable, config.base_env, extra_env)
-
-    providers = {
-        "claude": cli(ClaudeProvider, config.claude_bin, config.claude_env),
-        "gemini": cli(GeminiProvider, config.gemini_bin, config.gemini_env),
-        "codex": cli(CodexProvider, config.codex_bin, config.codex_env),
-        "cerebras": CerebrasProvider(
-            reactor, http, config.cerebras_api_key, config.cerebras_base_url, config.timeout
-        ),
-    }
+    providers = build_providers(Wiring(reactor, runner, http, config))
     queues = {
         "cli": RequestQueue("cli", config.max_concurrent, config.max_queue_depth),
         "http": RequestQueue("http", config.http_max_concurrent, config.http_max_queue_depth),
     }
-    circuits = {
-        name: Circuit(reactor, config.circuit_threshold, config.circuit_cooldown)
-        for name in providers
-    }
+    circuits = {name: Circuit(reactor, config.circuit_threshold, config.circuit_cooldown) for name in providers}
     metrics = Metrics(queues, circuits)
     router = Router(
         reactor,
@@ -194,7 +186,10 @@ def makeService(options, reactor=None):
     authenticator = Authenticator(config.clients)
     ledger = Ledger(config.db, reactor)
     api = ShellmAPI(
-        reactor, router, config.max_prompt_chars, config.heartbeat,
+        reactor,
+        router,
+        config.max_prompt_chars,
+        config.heartbeat,
         authenticator=authenticator,
         limiter=RateLimiter(reactor, config.global_rpm),
         ledger=ledger,
@@ -202,8 +197,9 @@ def makeService(options, reactor=None):
     )
     site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
 
-    service = ShellmService(reactor, runner, router, api, pool, config.drain_timeout,
-                            authenticator, ledger, options.get("env-file-path"))
+    service = ShellmService(
+        reactor, runner, router, api, pool, config.drain_timeout, authenticator, ledger, options.get("env-file-path")
+    )
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)

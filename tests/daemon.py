@@ -88,11 +88,16 @@ class Daemon:
             "SHELLM_GLOBAL_RPM": "1000",
             **env,
         }
-        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "shellm", *args]
-        self.transport = reactor.spawnProcess(
-            self.protocol, sys.executable, argv, env=full_env, path=cwd
-        )
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "shellm",
+            *args,
+        ]
+        self.transport = reactor.spawnProcess(self.protocol, sys.executable, argv, env=full_env, path=cwd)
 
     @property
     def pid(self) -> int:

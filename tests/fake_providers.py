@@ -9,13 +9,13 @@ says its "process" was reaped.  Nothing here touches a reactor or a process.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from shellm.completion import CompletionRequest, EventSink, ProviderResult, TextDelta, Usage
+from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta, Usage
 from shellm.errors import ShellmError
-from shellm.providers.base import Capabilities, ProviderHealth, ProviderRun
+from shellm.providers.base import Capabilities, ProviderRun
 
 #: What a run finishes with unless the test says otherwise.
 DEFAULT_RESULT = ProviderResult(usage=Usage(input_tokens=11, output_tokens=7), cost_usd=0.0021)
@@ -37,7 +37,7 @@ class FakeRun:
     @ivar emitted: the texts handed to the sink, in order.
     """
 
-    def __init__(self, request: CompletionRequest, upstream_model: Optional[str], sink: EventSink):
+    def __init__(self, request: CompletionRequest, upstream_model: str | None, sink: EventSink):
         self.request = request
         self.upstream_model = upstream_model
         self._sink = sink
@@ -55,7 +55,7 @@ class FakeRun:
     def done(self) -> bool:
         return self.result.called
 
-    def emit(self, *texts: str) -> "FakeRun":
+    def emit(self, *texts: str) -> FakeRun:
         """
         Hand each text to the sink as a L{TextDelta}, as a CLI line would.
         """
@@ -65,7 +65,7 @@ class FakeRun:
             self._sink(TextDelta(text))
         return self
 
-    def succeed(self, result: ProviderResult = DEFAULT_RESULT, reap: bool = True) -> "FakeRun":
+    def succeed(self, result: ProviderResult = DEFAULT_RESULT, reap: bool = True) -> FakeRun:
         """
         End the run successfully; by default the process is reaped at once.
         """
@@ -74,7 +74,7 @@ class FakeRun:
             self.reap()
         return self
 
-    def fail(self, error: ShellmError, reap: bool = True) -> "FakeRun":
+    def fail(self, error: ShellmError, reap: bool = True) -> FakeRun:
         """
         End the run with C{error} (a classified provider error).
         """
@@ -109,7 +109,7 @@ class FakeProvider:
         self,
         name: str,
         kind: str = "cli",
-        capabilities: Optional[Capabilities] = None,
+        capabilities: Capabilities | None = None,
         health: ProviderHealth = HEALTHY,
     ):
         self.name = name
@@ -119,10 +119,10 @@ class FakeProvider:
         )
         self.health = health
         self.hold_health = False
-        self.health_error: Optional[BaseException] = None
+        self.health_error: BaseException | None = None
         self.raise_in_health = False
-        self.start_error: Optional[BaseException] = None
-        self.on_start: Optional[Callable[[FakeRun], None]] = None
+        self.start_error: BaseException | None = None
+        self.on_start: Callable[[FakeRun], None] | None = None
         self.runs: list[FakeRun] = []
         self.health_checks = 0
         self.pending_checks: list[Deferred] = []
@@ -131,7 +131,7 @@ class FakeProvider:
         return f"<FakeProvider {self.name} ({len(self.runs)} runs)>"
 
     @property
-    def starts(self) -> list[tuple[CompletionRequest, Optional[str]]]:
+    def starts(self) -> list[tuple[CompletionRequest, str | None]]:
         """
         C{(request, upstream_model)} of every start, in order.
         """
@@ -142,8 +142,7 @@ class FakeProvider:
         assert self.runs, f"{self.name} was never started"
         return self.runs[-1]
 
-    def start(self, request: CompletionRequest, upstream_model: Optional[str],
-              sink: EventSink) -> ProviderRun:
+    def start(self, request: CompletionRequest, upstream_model: str | None, sink: EventSink) -> ProviderRun:
         if self.start_error is not None:
             raise self.start_error
         run = FakeRun(request, upstream_model, sink)
@@ -164,7 +163,7 @@ class FakeProvider:
             return d
         return succeed(self.health)
 
-    def answer_health(self, health: Optional[ProviderHealth] = None) -> None:
+    def answer_health(self, health: ProviderHealth | None = None) -> None:
         """
         Fire every held health check with C{health} (default: L{health}).
         """
@@ -187,7 +186,7 @@ def fake_providers() -> dict[str, FakeProvider]:
 
 def make_router(
     clock,
-    providers: Optional[dict] = None,
+    providers: dict | None = None,
     *,
     models=None,
     max_concurrent: int = 2,
@@ -200,14 +199,14 @@ def make_router(
     fallback_chain: tuple[str, ...] = ("claude", "gemini", "cerebras"),
 ):
     """
-    A real L{shellm.router.Router} over fake providers, wired the way
+    A real L{shellm.routing.router.Router} over fake providers, wired the way
     L{shellm.tap.makeService} wires it, on C{clock}.
     """
-    from shellm.circuit import Circuit
-    from shellm.health import HealthMonitor
     from shellm.models import DEFAULT_MODELS, ModelTable
-    from shellm.queue import RequestQueue
-    from shellm.router import Router
+    from shellm.routing.circuit import Circuit
+    from shellm.routing.health import HealthMonitor
+    from shellm.routing.queue import RequestQueue
+    from shellm.routing.router import Router
 
     providers = fake_providers() if providers is None else providers
     return Router(

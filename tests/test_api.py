@@ -7,7 +7,6 @@ and time on a L{Clock}.
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import attrs
 import pytest
@@ -17,14 +16,13 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from tests.fake_providers import fake_providers, make_router
 from shellm import __version__
-from shellm.api import ShellmAPI
-from shellm.completion import ProviderResult, Usage
+from shellm.completion import ProviderHealth, ProviderResult, Usage
 from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, Timeout
-from shellm.providers.base import ProviderHealth
-from shellm.router import Router
-from shellm.web import ShellmSite
+from shellm.http.api import ShellmAPI
+from shellm.http.web import ShellmSite
+from shellm.routing.router import Router
+from tests.fake_providers import fake_providers, make_router
 
 URL = "http://shellm.test"
 JSON = {"content-type": "application/json"}
@@ -39,7 +37,7 @@ def stub_treq(site: ShellmSite) -> StubTreq:
 
     StubTreq serves its resource through a plain C{twisted.web.server.Site}
     of its own making, whose requests lack what L{ShellmSite} gives the API
-    (L{shellm.web.ShellmRequest}: C{request_id}, C{log_fields}, the capped
+    (L{shellm.http.web.ShellmRequest}: C{request_id}, C{log_fields}, the capped
     body from C{getContentFile}, the access log).  treq offers no public way
     to pass a Site, so the Site the agent builds server protocols from (one
     private attribute) is replaced here, and only here.  Everything else is
@@ -58,11 +56,11 @@ class Gateway:
     site: ShellmSite
     stub: StubTreq
 
-    def post(self, path: str, body=None, *, raw: Optional[bytes] = None,
-             headers: Optional[dict] = None, **kwargs) -> Deferred:
+    def post(
+        self, path: str, body=None, *, raw: bytes | None = None, headers: dict | None = None, **kwargs
+    ) -> Deferred:
         data = raw if raw is not None else json.dumps(body).encode("utf-8")
-        return self.stub.post(URL + path, data=data, headers=JSON if headers is None else headers,
-                              **kwargs)
+        return self.stub.post(URL + path, data=data, headers=JSON if headers is None else headers, **kwargs)
 
     def get(self, path: str, **kwargs) -> Deferred:
         return self.stub.get(URL + path, **kwargs)
@@ -112,7 +110,7 @@ def failures(events: list[dict]) -> list[dict]:
     return [e for e in events if "log_failure" in e]
 
 
-def header(response, name: str) -> Optional[str]:
+def header(response, name: str) -> str | None:
     values = response.headers.getRawHeaders(name.encode("ascii"))
     return values[0].decode("ascii") if values else None
 
@@ -151,9 +149,7 @@ async def test_completion_body_fields_and_headers(gw):
     assert run.upstream_model == "opus"
     assert run.request.system == "Be brief" and run.request.max_tokens == 50
     gw.clock.advance(1.5)
-    run.emit("Quick", "sort").succeed(
-        ProviderResult(usage=Usage(12, 34), cost_usd=0.0042, model="claude-opus-4-1")
-    )
+    run.emit("Quick", "sort").succeed(ProviderResult(usage=Usage(12, 34), cost_usd=0.0042, model="claude-opus-4-1"))
     response = await gw.answered(d)
     assert response.code == 200
     assert header(response, "content-type") == "application/json"
@@ -242,8 +238,7 @@ async def test_invalid_request_id_header_is_replaced(gw, given):
     An X-Request-Id that is too long or has characters outside letters,
     digits and . _ : - is not echoed; a generated one replaces it.
     """
-    d = gw.post("/completions", body_of(),
-                headers={**JSON, "x-request-id": given.encode("utf-8")})
+    d = gw.post("/completions", body_of(), headers={**JSON, "x-request-id": given.encode("utf-8")})
     gw.providers["claude"].last.succeed()
     response = await gw.answered(d)
     assert response.code == 200
@@ -258,8 +253,7 @@ async def test_request_id_in_body_wins(gw):
     A C{request_id} field in the body becomes the request id, in the header
     and the body.
     """
-    d = gw.post("/completions", body_of(request_id="job-42"),
-                headers={**JSON, "x-request-id": "header-id"})
+    d = gw.post("/completions", body_of(request_id="job-42"), headers={**JSON, "x-request-id": "header-id"})
     gw.providers["claude"].last.succeed()
     response = await gw.answered(d)
     assert header(response, "x-request-id") == "job-42"
@@ -333,14 +327,17 @@ async def test_validation_message_names_the_field(gw):
         assert field in (await response.json())["message"], field
 
 
-@pytest.mark.parametrize("fields", [
-    {"prompt": "x" * MAX_PROMPT},
-    {"max_tokens": 1},
-    {"max_tokens": 128000},
-    {"system": None},
-    {"fallback": False},
-    {"request_id": "r" * 128},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"prompt": "x" * MAX_PROMPT},
+        {"max_tokens": 1},
+        {"max_tokens": 128000},
+        {"system": None},
+        {"fallback": False},
+        {"request_id": "r" * 128},
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_boundary_values_are_accepted(gw, fields):
     """
@@ -373,8 +370,7 @@ async def test_non_object_json_is_400(gw, raw):
     await error_response(gw, gw.post("/completions", raw=raw), 400, "invalid_request")
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "application/jsonp", None])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonp", None])
 @pytest.mark.parametrize("path", ["/completions", "/completions/stream"])
 @pytest_twisted.ensureDeferred
 async def test_wrong_content_type_is_415(gw, content_type, path):
@@ -412,7 +408,7 @@ async def test_body_over_the_cap_is_413(gw):
     assert not gw.providers["claude"].runs
 
     # Exactly the cap: parsed (and refused only for the prompt length).
-    exact = over[:len(prefix)] + over[len(prefix) + 1:]
+    exact = over[: len(prefix)] + over[len(prefix) + 1 :]
     assert len(exact) == MAX_BODY
     body = await error_response(gw, gw.post("/completions", raw=exact), 400, "invalid_request")
     assert "prompt" in body["message"]
@@ -427,13 +423,16 @@ async def test_unknown_path_is_404_json(gw):
         await error_response(gw, d, 404, "not_found")
 
 
-@pytest.mark.parametrize("method, path, allowed", [
-    ("GET", "/completions", "POST"),
-    ("PUT", "/completions", "POST"),
-    ("GET", "/completions/stream", "POST"),
-    ("POST", "/health", "GET"),
-    ("DELETE", "/providers", "GET"),
-])
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("GET", "/completions", "POST"),
+        ("PUT", "/completions", "POST"),
+        ("GET", "/completions/stream", "POST"),
+        ("POST", "/health", "GET"),
+        ("DELETE", "/providers", "GET"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_wrong_method_is_405_json_with_allow(gw, method, path, allowed):
     """
@@ -452,11 +451,14 @@ async def test_wrong_method_is_405_json_with_allow(gw, method, path, allowed):
 # -- provider errors
 
 
-@pytest.mark.parametrize("error, status, code", [
-    (CliFailed("claude failed (exit code 1)"), 502, "cli_failed"),
-    (ProviderUnavailable("claude is not log_events in"), 503, "provider_unavailable"),
-    (Timeout("claude did not finish in time"), 504, "timeout"),
-])
+@pytest.mark.parametrize(
+    "error, status, code",
+    [
+        (CliFailed("claude failed (exit code 1)"), 502, "cli_failed"),
+        (ProviderUnavailable("claude is not log_events in"), 503, "provider_unavailable"),
+        (Timeout("claude did not finish in time"), 504, "timeout"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_provider_errors_map_to_status(gw, error, status, code):
     """
@@ -477,8 +479,7 @@ async def test_rate_limited_is_429_with_retry_after(gw):
     never a reason to fall back.
     """
     d = gw.post("/completions", body_of())
-    gw.providers["claude"].last.fail(RateLimited("claude: the upstream rate limit was reached",
-                                                 retry_after=60))
+    gw.providers["claude"].last.fail(RateLimited("claude: the upstream rate limit was reached", retry_after=60))
     response = await gw.answered(d)
     await error_response(gw, d, 429, "rate_limited")
     assert header(response, "retry-after") == "60"
@@ -742,11 +743,14 @@ async def test_health_shape(gw):
     assert body["version"] == __version__
 
 
-@pytest.mark.parametrize("usable, status", [
-    ({"claude", "gemini", "codex", "cerebras"}, "ok"),
-    ({"cerebras"}, "degraded"),
-    (set(), "down"),
-])
+@pytest.mark.parametrize(
+    "usable, status",
+    [
+        ({"claude", "gemini", "codex", "cerebras"}, "ok"),
+        ({"cerebras"}, "degraded"),
+        (set(), "down"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_health_status(gw, usable, status):
     """
@@ -849,13 +853,11 @@ async def test_one_access_line_per_request_without_the_prompt(gw, log_events):
     completion.
     """
     prompt = "my very private prompt 7f3a"
-    d = gw.post("/completions", body_of(prompt=prompt, model="claude-haiku"),
-                headers={**JSON, "x-request-id": "acc-1"})
+    d = gw.post("/completions", body_of(prompt=prompt, model="claude-haiku"), headers={**JSON, "x-request-id": "acc-1"})
     gw.clock.advance(0.25)
     gw.providers["claude"].last.emit("secret completion 9c1d").succeed()
     await gw.answered(d)
-    lines = [e for e in log_events if e.get("log_namespace") == "shellm.access"
-             and e.get("request_id") == "acc-1"]
+    lines = [e for e in log_events if e.get("log_namespace") == "shellm.access" and e.get("request_id") == "acc-1"]
     assert len(lines) == 1
     line = lines[0]
     assert line["request_id"] == "acc-1"
@@ -893,7 +895,7 @@ def frames(chunks: list[bytes]) -> list[str]:
 
 
 def events(chunks: list[bytes]) -> list[dict]:
-    return [json.loads(f[len("data: "):]) for f in frames(chunks) if f.startswith("data: ")]
+    return [json.loads(f[len("data: ") :]) for f in frames(chunks) if f.startswith("data: ")]
 
 
 @pytest_twisted.ensureDeferred
@@ -922,8 +924,9 @@ async def test_stream_delivers_each_delta_as_it_is_emitted(gw):
     provider emitted it (before the provider finished), in order; then one
     final done event with provider, model, usage and the request id.
     """
-    response, chunks, ended = await open_stream(gw, body_of(model="claude-haiku"),
-                                                headers={**JSON, "x-request-id": "s-2"})
+    response, chunks, ended = await open_stream(
+        gw, body_of(model="claude-haiku"), headers={**JSON, "x-request-id": "s-2"}
+    )
     run = gw.providers["claude"].last
     run.emit("Hel")
     gw.stub.flush()
@@ -933,8 +936,7 @@ async def test_stream_delivers_each_delta_as_it_is_emitted(gw):
     gw.stub.flush()
     run.emit("world")
     gw.stub.flush()
-    assert events(chunks)[1:] == [{"content": "lo, ", "done": False},
-                                  {"content": "world", "done": False}]
+    assert events(chunks)[1:] == [{"content": "lo, ", "done": False}, {"content": "world", "done": False}]
     gw.clock.advance(2)
     run.succeed(ProviderResult(usage=Usage(5, 3), cost_usd=0.01, model="claude-haiku-4-5"))
     gw.stub.flush()
@@ -982,12 +984,15 @@ async def test_stream_keepalive_after_silence(gw):
     assert not gw.clock.getDelayedCalls()
 
 
-@pytest.mark.parametrize("error, code", [
-    (Timeout("claude did not finish in time"), "timeout"),
-    (CliFailed("claude failed (exit code 1)"), "cli_failed"),
-    (ProviderUnavailable("claude is not log_events in"), "provider_unavailable"),
-    (RateLimited("claude: rate limit", retry_after=60), "rate_limited"),
-])
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (Timeout("claude did not finish in time"), "timeout"),
+        (CliFailed("claude failed (exit code 1)"), "cli_failed"),
+        (ProviderUnavailable("claude is not log_events in"), "provider_unavailable"),
+        (RateLimited("claude: rate limit", retry_after=60), "rate_limited"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_stream_failure_after_a_delta_is_an_error_event(gw, error, code):
     """
@@ -1040,8 +1045,7 @@ async def test_stream_disconnect_cancels_the_run(gw, log_events):
     written afterwards, nothing raises, the heartbeat stops, and the slot is
     freed when the process is reaped.
     """
-    d = gw.post("/completions/stream", body_of(), headers={**JSON, "x-request-id": "gone-1"},
-                unbuffered=True)
+    d = gw.post("/completions/stream", body_of(), headers={**JSON, "x-request-id": "gone-1"}, unbuffered=True)
     response = await gw.answered(d)
     seen: list[bytes] = []
 
@@ -1063,8 +1067,9 @@ async def test_stream_disconnect_cancels_the_run(gw, log_events):
     run.reap()
     assert queue.active == 0
     assert not failures(log_events)
-    statuses = [e["status"] for e in log_events
-                if e.get("log_namespace") == "shellm.access" and e.get("request_id") == "gone-1"]
+    statuses = [
+        e["status"] for e in log_events if e.get("log_namespace") == "shellm.access" and e.get("request_id") == "gone-1"
+    ]
     assert statuses == [499]
 
 

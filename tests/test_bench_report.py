@@ -11,10 +11,21 @@ from bench.run import Plan
 
 
 def _point(rate, p50, cpu, first=float("nan"), relay=(float("nan"), float("nan"))):
-    return {"rate": rate, "p50_ms": p50, "p99_ms": p50 * 2, "daemon_cpu_ms": cpu,
-            "upstream_cpu_ms": 0.1, "client_cpu_ms": 0.1, "errors": 0, "completed": 100,
-            "first_event_p50_ms": first, "first_event_p99_ms": first,
-            "relay_p50_ms": relay[0], "relay_p99_ms": relay[1], "relay_events": 10}
+    return {
+        "rate": rate,
+        "p50_ms": p50,
+        "p99_ms": p50 * 2,
+        "daemon_cpu_ms": cpu,
+        "upstream_cpu_ms": 0.1,
+        "client_cpu_ms": 0.1,
+        "errors": 0,
+        "completed": 100,
+        "first_event_p50_ms": first,
+        "first_event_p99_ms": first,
+        "relay_p50_ms": relay[0],
+        "relay_p99_ms": relay[1],
+        "relay_events": 10,
+    }
 
 
 def _results(http_cpu: float, idle: float) -> dict:

@@ -23,15 +23,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
-from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
+from shellm.errors import CliFailed, NotLoggedIn, ProviderUnavailable, RateLimited, ShellmError, Timeout
 from shellm.models import ModelEntry
-from shellm.http_client import ReusedEndpoints, upstream_client
-from shellm.process import CliRunner, SessionSpawner, find_launcher
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.claude import ClaudeProvider
-from shellm.providers.cli import NotLoggedIn
 from shellm.providers.codex import CodexProvider
 from shellm.providers.gemini import GeminiProvider
+from shellm.providers.http_client import ReusedEndpoints, upstream_client
+from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
 
 from .conftest import fake_cli, wait_for_no_processes
 from .fakes.fake_openai_server import FakeOpenAI, start_fake_openai
@@ -56,7 +55,7 @@ def split_text(text: str, n: int) -> list[str]:
     The pieces the fakes send for C{FAKE_CHUNKS=n} (same rule as theirs).
     """
     n = max(1, min(n, len(text)))
-    return [text[i * len(text) // n:(i + 1) * len(text) // n] for i in range(n)]
+    return [text[i * len(text) // n : (i + 1) * len(text) // n] for i in range(n)]
 
 
 def _reactor_state(reactor):
@@ -106,11 +105,15 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-def request(cli: str, prompt: str = "say hi", system: str | None = None,
-            upstream: str | None = None) -> CompletionRequest:
+def request(
+    cli: str, prompt: str = "say hi", system: str | None = None, upstream: str | None = None
+) -> CompletionRequest:
     return CompletionRequest(
-        model=cli, entry=ModelEntry(cli, cli, upstream), prompt=prompt,
-        system=system, request_id="t",
+        model=cli,
+        entry=ModelEntry(cli, cli, upstream),
+        prompt=prompt,
+        system=system,
+        request_id="t",
     )
 
 
@@ -165,13 +168,14 @@ def make_provider(marker, python_path_env, spawner):
     """
     from twisted.internet import reactor
 
-    def make(cli, *, timeout=15.0, kill_grace=2.0, env=None, executable=None,
-             base_env=None):
+    def make(cli, *, timeout=15.0, kill_grace=2.0, env=None, executable=None, base_env=None):
         runner = CliRunner(reactor, spawner, timeout, kill_grace)
         extra = {"SHELLM_TEST_MARKER": marker}
         extra.update(env or {})
         provider = CLI_PROVIDERS[cli](
-            reactor, runner, executable or fake_cli(cli),
+            reactor,
+            runner,
+            executable or fake_cli(cli),
             base_env=python_path_env if base_env is None else base_env,
             extra_env=extra,
         )
@@ -204,8 +208,7 @@ def logged():
     observer = events.append
     globalLogPublisher.addObserver(observer)
     yield lambda: "\n".join(
-        (formatEvent(e) or "") + " " + repr(sorted((k, v) for k, v in e.items()
-                                                   if not k.startswith("log_")))
+        (formatEvent(e) or "") + " " + repr(sorted((k, v) for k, v in e.items() if not k.startswith("log_")))
         for e in events
     )
     globalLogPublisher.removeObserver(observer)
@@ -237,10 +240,16 @@ async def test_success_deltas_and_usage(cli, make_provider, marker):
     claude, the cost).
     """
     text = "Hello there, wörld — this is the answer."
-    provider = make_provider(cli, env={
-        "FAKE_TEXT": text, "FAKE_CHUNKS": "4",
-        "FAKE_INPUT_TOKENS": "123", "FAKE_OUTPUT_TOKENS": "45", "FAKE_COST": "0.0123",
-    })
+    provider = make_provider(
+        cli,
+        env={
+            "FAKE_TEXT": text,
+            "FAKE_CHUNKS": "4",
+            "FAKE_INPUT_TOKENS": "123",
+            "FAKE_OUTPUT_TOKENS": "45",
+            "FAKE_COST": "0.0123",
+        },
+    )
     result, sink = await run_to_end(provider, request(cli))
     assert isinstance(result, ProviderResult), result
     if cli in TOKEN_CLIS:
@@ -367,7 +376,8 @@ async def test_system_prompt_and_model(cli, make_provider, marker, tmp_path):
     prompt = "what is 2+2?"
     provider = make_provider(cli, env={"FAKE_RECORD": str(record)})
     result, _ = await run_to_end(
-        provider, request(cli, prompt=prompt, system=system, upstream="fake-model-7"),
+        provider,
+        request(cli, prompt=prompt, system=system, upstream="fake-model-7"),
         upstream="fake-model-7",
     )
     assert isinstance(result, ProviderResult), result
@@ -404,8 +414,7 @@ async def test_no_model_means_no_model_flag(cli, make_provider, marker, tmp_path
 
 @ALL_CLIS
 @real_reactor_test
-async def test_isolation_session_cwd_env(cli, make_provider, marker, tmp_path,
-                                         python_path_env, monkeypatch):
+async def test_isolation_session_cwd_env(cli, make_provider, marker, tmp_path, python_path_env, monkeypatch):
     """
     The child leads its own session, dies with the daemon (SIGKILL as its
     parent-death signal), runs in an empty private directory that is removed
@@ -474,8 +483,7 @@ async def test_isolation_session_cwd_env(cli, make_provider, marker, tmp_path,
     ],
 )
 @real_reactor_test
-async def test_failures_are_classified(cli, mode, error, status, make_provider, marker,
-                                       logged):
+async def test_failures_are_classified(cli, mode, error, status, make_provider, marker, logged):
     """
     What went wrong reaches the client as the right error and status:
     missing login and refused credentials are 503 (so another provider may
@@ -500,8 +508,7 @@ async def test_failures_are_classified(cli, mode, error, status, make_provider, 
 
 
 @real_reactor_test
-async def test_gemini_500_with_digits_in_stderr_is_not_a_login_error(marker, tmp_path,
-                                                                     python_path_env):
+async def test_gemini_500_with_digits_in_stderr_is_not_a_login_error(marker, tmp_path, python_path_env):
     """
     An upstream 500 from gemini is a 502 whatever ids or numbers its stderr
     happens to contain: a session id with "401" or "429" in it must not
@@ -514,9 +521,13 @@ async def test_gemini_500_with_digits_in_stderr_is_not_a_login_error(marker, tmp
     script = tmp_path / "gemini"
     report = {
         "session_id": "5e1f4401-a429-4c3b-9d2e-0b1c2d3e4f50",
-        "error": {"type": "Error", "code": 500, "message": json.dumps(
-            {"error": {"code": 500, "message": "Internal error encountered.",
-                       "status": "INTERNAL"}})},
+        "error": {
+            "type": "Error",
+            "code": 500,
+            "message": json.dumps(
+                {"error": {"code": 500, "message": "Internal error encountered.", "status": "INTERNAL"}}
+            ),
+        },
     }
     script.write_text(
         f"#!{sys.executable}\n"
@@ -528,8 +539,9 @@ async def test_gemini_500_with_digits_in_stderr_is_not_a_login_error(marker, tmp
     )
     script.chmod(0o755)
     runner = CliRunner(reactor, SessionSpawner(reactor), 15.0, 2.0)
-    provider = GeminiProvider(reactor, runner, str(script), base_env=python_path_env,
-                              extra_env={"SHELLM_TEST_MARKER": marker})
+    provider = GeminiProvider(
+        reactor, runner, str(script), base_env=python_path_env, extra_env={"SHELLM_TEST_MARKER": marker}
+    )
     result, _ = await run_to_end(provider, request("gemini"))
     assert isinstance(result, CliFailed), result
     assert result.status == 502
@@ -585,9 +597,15 @@ async def test_grandchild_does_not_hold_the_run(cli, make_provider, marker, tmp_
     pid_file = tmp_path / "grandchild.pid"
     text = "answer despite a grandchild"
     # A long grace: if only the pipe timer ended the run, it would be slow.
-    provider = make_provider(cli, kill_grace=8.0, env={
-        "FAKE_MODE": "grandchild", "FAKE_GRANDCHILD_PID": str(pid_file), "FAKE_TEXT": text,
-    })
+    provider = make_provider(
+        cli,
+        kill_grace=8.0,
+        env={
+            "FAKE_MODE": "grandchild",
+            "FAKE_GRANDCHILD_PID": str(pid_file),
+            "FAKE_TEXT": text,
+        },
+    )
     started = reactor.seconds()
     result, sink = await run_to_end(provider, request(cli))
     elapsed = reactor.seconds() - started
@@ -668,8 +686,7 @@ async def test_invalid_utf8_is_replaced(cli, make_provider, marker):
     succeeds with the rest of the text intact.
     """
     text = "abcdefghi"
-    provider = make_provider(cli, env={"FAKE_MODE": "invalid_utf8", "FAKE_TEXT": text,
-                                       "FAKE_CHUNKS": "3"})
+    provider = make_provider(cli, env={"FAKE_MODE": "invalid_utf8", "FAKE_TEXT": text, "FAKE_CHUNKS": "3"})
     result, sink = await run_to_end(provider, request(cli))
     assert isinstance(result, ProviderResult), result
     if cli in TOKEN_CLIS:
@@ -687,8 +704,9 @@ async def test_garbage_lines_are_ignored(cli, make_provider, marker):
     skipped; the answer is unaffected.
     """
     text = "clean answer"
-    provider = make_provider(cli, env={"FAKE_MODE": "garbage", "FAKE_TEXT": text,
-                                       "FAKE_INPUT_TOKENS": "7", "FAKE_OUTPUT_TOKENS": "2"})
+    provider = make_provider(
+        cli, env={"FAKE_MODE": "garbage", "FAKE_TEXT": text, "FAKE_INPUT_TOKENS": "7", "FAKE_OUTPUT_TOKENS": "2"}
+    )
     result, sink = await run_to_end(provider, request(cli))
     assert isinstance(result, ProviderResult), result
     assert sink.text == text
@@ -762,8 +780,7 @@ async def test_health_not_installed(cli, make_provider, marker, tmp_path):
     """
     A missing executable is reported as not installed (and so not usable).
     """
-    provider = make_provider(cli, executable=str(tmp_path / "missing"),
-                             env={KEYS[cli]: "key-for-health"})
+    provider = make_provider(cli, executable=str(tmp_path / "missing"), env={KEYS[cli]: "key-for-health"})
     health = await provider.check_health()
     assert health.installed is False
     assert not health.usable
@@ -779,12 +796,7 @@ async def test_health_runs_version_again_only_when_the_cli_changes(make_provider
     """
     script = tmp_path / "claude"
     counter = tmp_path / "runs"
-    body = (
-        "#!/usr/bin/env python3\n"
-        "import sys\n"
-        f"open({str(counter)!r}, 'a').write('x')\n"
-        "print('{version}')\n"
-    )
+    body = f"#!/usr/bin/env python3\nimport sys\nopen({str(counter)!r}, 'a').write('x')\nprint('{{version}}')\n"
     script.write_text(body.format(version="1.0"))
     script.chmod(0o755)
     provider = make_provider("claude", executable=str(script), env={"ANTHROPIC_API_KEY": "k"})
@@ -866,8 +878,13 @@ async def test_cerebras_success(cerebras):
     cerebras.text, cerebras.chunks = text, 4
     cerebras.input_tokens, cerebras.output_tokens = 21, 8
     provider = cerebras.make()
-    req = CompletionRequest(model="cerebras", entry=ModelEntry("cerebras", "cerebras", "gpt-oss-120b"),
-                            prompt="what is 2+2?", system="be brief", request_id="t")
+    req = CompletionRequest(
+        model="cerebras",
+        entry=ModelEntry("cerebras", "cerebras", "gpt-oss-120b"),
+        prompt="what is 2+2?",
+        system="be brief",
+        request_id="t",
+    )
     result, sink = await cerebras_run(provider, req)
     await cerebras.close()
     assert isinstance(result, ProviderResult), result
@@ -949,16 +966,15 @@ async def test_cerebras_refuses_an_untrusted_certificate():
     Over HTTPS the upstream's certificate is verified: a self-signed one
     means the provider cannot be reached (503), and no request is sent.
     """
-    from twisted.internet import reactor, ssl
     import twisted.test
+    from twisted.internet import reactor, ssl
 
     fake = FakeOpenAI(reactor)
     with open(os.path.join(os.path.dirname(twisted.test.__file__), "server.pem"), "rb") as f:
         certificate = ssl.PrivateCertificate.loadPEM(f.read())
     port = reactor.listenSSL(0, fake.site(), certificate.options(), interface="127.0.0.1")
     http, pool = upstream_client(reactor)
-    provider = CerebrasProvider(reactor, http, "csk-test-key",
-                                f"https://127.0.0.1:{port.getHost().port}/v1", 10.0)
+    provider = CerebrasProvider(reactor, http, "csk-test-key", f"https://127.0.0.1:{port.getHost().port}/v1", 10.0)
     try:
         result, _ = await cerebras_run(provider, request("cerebras"))
     finally:

@@ -18,13 +18,13 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
-from shellm import auth
-from shellm.auth import ANONYMOUS, Authenticator, AuthRequired, Client, parse_clients, token_from_headers
 from shellm.config import ConfigError, load_config
 from shellm.errors import RateLimited
-from shellm import ledger as ledger_module
-from shellm.ledger import Ledger, UsageRecord
-from shellm.limits import RateLimiter, SlidingWindow
+from shellm.routing import auth
+from shellm.routing.auth import ANONYMOUS, Authenticator, AuthRequired, Client, parse_clients, token_from_headers
+from shellm.routing.limits import RateLimiter, SlidingWindow
+from shellm.state import ledger as ledger_module
+from shellm.state.ledger import Ledger, UsageRecord
 from tests.conftest import fake_cli, wait_for_no_processes
 from tests.daemon import Daemon, sleep
 
@@ -51,9 +51,15 @@ def test_every_key_is_compared_whatever_matches(monkeypatch):
     Authentication compares the token with every configured key, even after
     a match, and only fixed-length digests: no early exit to time.
     """
-    clients = parse_clients(json.dumps({
-        "a": {"key": KEY_A}, "b": {"key": KEY_B}, "c": {"key": "key-c-0123456789abcdef"},
-    }))
+    clients = parse_clients(
+        json.dumps(
+            {
+                "a": {"key": KEY_A},
+                "b": {"key": KEY_B},
+                "c": {"key": "key-c-0123456789abcdef"},
+            }
+        )
+    )
     lengths = []
     real = auth.hmac.compare_digest
 
@@ -84,11 +90,18 @@ def test_no_clients_means_anonymous_and_bad_tokens_are_refused():
         assert raised.value.status == 401 and raised.value.code == "auth_required"
 
 
-@pytest.mark.parametrize("value", [
-    "{not json", "[]", '{"a": "k"}', '{"a": {"key": "short"}}',
-    '{"a": {"key": "%s", "rpm": 0}}' % KEY_A, '{"a": {"key": "%s", "models": "claude"}}' % KEY_A,
-    '{"a": {"key": "%s"}, "b": {"key": "%s"}}' % (KEY_A, KEY_A),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "{not json",
+        "[]",
+        '{"a": "k"}',
+        '{"a": {"key": "short"}}',
+        '{"a": {"key": "%s", "rpm": 0}}' % KEY_A,
+        '{"a": {"key": "%s", "models": "claude"}}' % KEY_A,
+        '{"a": {"key": "%s"}, "b": {"key": "%s"}}' % (KEY_A, KEY_A),
+    ],
+)
 def test_invalid_clients_stop_start_up(value):
     """
     Invalid SHELLM_CLIENTS stops start-up with an error naming it; auth is
@@ -108,8 +121,9 @@ def test_open_listener_needs_keys_or_explicit_consent():
     with pytest.raises(ConfigError):
         load_config({}, {"SHELLM_LISTEN": "tcp:6100:interface=0.0.0.0"}, None)
     assert load_config({}, {"SHELLM_LISTEN": "tcp:6100", "SHELLM_ALLOW_OPEN": "1"}, None)
-    assert load_config({}, {"SHELLM_LISTEN": "tcp:6100",
-                            "SHELLM_CLIENTS": json.dumps({"a": {"key": KEY_A}})}, None).clients
+    assert load_config(
+        {}, {"SHELLM_LISTEN": "tcp:6100", "SHELLM_CLIENTS": json.dumps({"a": {"key": KEY_A}})}, None
+    ).clients
     assert load_config({}, {}, None).listen == "tcp:6100:interface=127.0.0.1"
 
 
@@ -212,11 +226,19 @@ async def test_ledger_aggregates_by_provider_and_model(tmp_path):
         everyone = await ledger.totals(500.0, None)
     finally:
         await ledger.close()
-    assert mine["totals"] == {"requests": 2, "input_tokens": 10, "output_tokens": 5,
-                              "cost_usd": 0.5, "errors": 1}
+    assert mine["totals"] == {"requests": 2, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5, "errors": 1}
     assert everyone["totals"]["requests"] == 3 and everyone["totals"]["input_tokens"] == 11
-    assert mine["by_model"] == [{"provider": "claude", "model": "m", "requests": 2, "input_tokens": 10,
-                                 "output_tokens": 5, "cost_usd": 0.5, "errors": 1}]
+    assert mine["by_model"] == [
+        {
+            "provider": "claude",
+            "model": "m",
+            "requests": 2,
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cost_usd": 0.5,
+            "errors": 1,
+        }
+    ]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
@@ -317,8 +339,7 @@ async def test_ledger_survives_an_unexpected_write_error(tmp_path, monkeypatch, 
     ledger = Ledger(path, Clock())
     await ledger.open()
     real = ledger._pool.runInteraction
-    monkeypatch.setattr(ledger._pool, "runInteraction",
-                        lambda *args: fail(RuntimeError("driver bug")))
+    monkeypatch.setattr(ledger._pool, "runInteraction", lambda *args: fail(RuntimeError("driver bug")))
     ledger.record(_row())
     await ledger.flush()
     monkeypatch.setattr(ledger._pool, "runInteraction", real)
@@ -347,8 +368,7 @@ async def _post(daemon, key=None, model="claude", header="authorization"):
     headers = {}
     if key:
         headers = {"Authorization": f"Bearer {key}"} if header == "authorization" else {"x-api-key": key}
-    response = await treq.post(daemon.url + "/completions", json={"model": model, "prompt": "hi"},
-                               headers=headers)
+    response = await treq.post(daemon.url + "/completions", json={"model": model, "prompt": "hi"}, headers=headers)
     return response, json.loads(await response.content())
 
 
@@ -360,8 +380,11 @@ async def test_keys_limits_usage_and_metrics_end_to_end(tmp_path, marker):
     Retry-After past the client's rpm; /usage shows the caller's own totals,
     which survive a restart; /metrics counts the requests and tokens.
     """
-    clients = {"alpha": {"key": KEY_A, "rpm": 2, "models": ["claude"]}, "beta": {"key": KEY_B},
-               "gamma": {"key": "key-g-0123456789abcdef", "models": ["gemini"]}}
+    clients = {
+        "alpha": {"key": KEY_A, "rpm": 2, "models": ["claude"]},
+        "beta": {"key": KEY_B},
+        "gamma": {"key": "key-g-0123456789abcdef", "models": ["gemini"]},
+    }
     env = _env(marker, tmp_path, clients)
     daemon = Daemon(env, marker, str(tmp_path))
     try:
@@ -385,20 +408,31 @@ async def test_keys_limits_usage_and_metrics_end_to_end(tmp_path, marker):
         assert response.code == 503  # no fallback to a provider gamma may not use
         response, body = await _post(daemon, KEY_A, model="gemini")
         assert response.code == 403 and body["error"] == "model_not_allowed"
-        usage = json.loads(await (await treq.get(
-            daemon.url + "/usage?period=24h", headers={"x-api-key": KEY_A})).content())
+        usage = json.loads(
+            await (await treq.get(daemon.url + "/usage?period=24h", headers={"x-api-key": KEY_A})).content()
+        )
         assert usage["client"] == "alpha"
         assert usage["totals"]["requests"] == 2
         assert usage["totals"]["input_tokens"] == 20 and usage["totals"]["output_tokens"] == 10
         metrics = (await (await treq.get(daemon.url + "/metrics")).content()).decode()
         samples = {
             (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(metrics) for s in family.samples
+            for family in text_string_to_metric_families(metrics)
+            for s in family.samples
         }
-        assert samples[("shellm_requests_total", (("client", "alpha"), ("model", "claude"),
-                                                  ("provider", "claude"), ("status", "200")))] == 2
-        assert samples[("shellm_tokens_total", (("client", "alpha"), ("direction", "output"),
-                                                ("provider", "claude")))] == 10
+        assert (
+            samples[
+                (
+                    "shellm_requests_total",
+                    (("client", "alpha"), ("model", "claude"), ("provider", "claude"), ("status", "200")),
+                )
+            ]
+            == 2
+        )
+        assert (
+            samples[("shellm_tokens_total", (("client", "alpha"), ("direction", "output"), ("provider", "claude")))]
+            == 10
+        )
         assert samples[("shellm_in_flight", (("queue", "cli"),))] == 0
         response = await treq.get(daemon.url + "/usage?period=1y", headers={"x-api-key": KEY_A})
         assert response.code == 400
@@ -408,8 +442,9 @@ async def test_keys_limits_usage_and_metrics_end_to_end(tmp_path, marker):
     again = Daemon(env, marker, str(tmp_path))
     try:
         await again.started()
-        usage = json.loads(await (await treq.get(
-            again.url + "/usage?period=7d", headers={"x-api-key": KEY_A})).content())
+        usage = json.loads(
+            await (await treq.get(again.url + "/usage?period=7d", headers={"x-api-key": KEY_A})).content()
+        )
         assert usage["totals"]["requests"] == 2
     finally:
         await again.stop()

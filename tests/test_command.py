@@ -22,7 +22,9 @@ import urllib.request
 import pytest
 
 from shellm import __version__
-from shellm.command import Listener, Paths, last_exception, render_log_line
+from shellm.admin.common import Listener, Paths
+from shellm.admin.lifecycle import last_exception
+from shellm.admin.logs import render_log_line
 from tests.conftest import fake_cli, processes_with_marker
 from tests.daemon import free_port
 
@@ -32,7 +34,7 @@ COMMANDS = ("start", "stop", "restart", "status", "logs", "check", "version", "e
 
 class Shellm:
     """
-    Runs C{python -m shellm.command} in a private environment: its own
+    Runs C{python -m shellm.admin} in a private environment: its own
     SHELLM_HOME, HOME, port and (empty) settings file, the fake claude.
     """
 
@@ -44,9 +46,11 @@ class Shellm:
         self.home.mkdir(exist_ok=True)
         self.env_file = tmp_path / "settings.env"
         self.env_file.write_text("")
-        self.paths = Paths(str(tmp_path / "shellm-home"),
-                           str(tmp_path / "shellm-home" / "shellm.pid"),
-                           str(tmp_path / "shellm-home" / "logs" / "shellm.log"))
+        self.paths = Paths(
+            str(tmp_path / "shellm-home"),
+            str(tmp_path / "shellm-home" / "shellm.pid"),
+            str(tmp_path / "shellm-home" / "logs" / "shellm.log"),
+        )
         self.env = {
             "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
             "HOME": str(self.home),
@@ -65,12 +69,18 @@ class Shellm:
         }
 
     def argv(self, *args) -> list[str]:
-        return [sys.executable, "-m", "shellm.command", args[0], "--env-file", str(self.env_file),
-                *args[1:]]
+        return [sys.executable, "-m", "shellm.admin", args[0], "--env-file", str(self.env_file), *args[1:]]
 
     def __call__(self, *args, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*args), env=self.env, cwd=self.cwd, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self.argv(*args),
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def pid(self):
         try:
@@ -338,9 +348,14 @@ def test_foreground_daemon_is_managed_elsewhere(shellm, marker):
     ("managed elsewhere", as under systemd) and C{stop} leaves it alone
     (exit 5).  SIGTERM stops it.
     """
-    foreground = subprocess.Popen(shellm.argv("start"), env=shellm.env, cwd=shellm.cwd,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL)
+    foreground = subprocess.Popen(
+        shellm.argv("start"),
+        env=shellm.env,
+        cwd=shellm.cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         wait_until(shellm.answers, 30, "the foreground daemon")
         assert shellm.pid() is None
@@ -398,9 +413,14 @@ def test_log_file_reopened_after_logrotate(shellm, tmp_path):
     if shutil.which("logrotate") is None:
         pytest.skip("logrotate is not installed")
     assert shellm("start", "-d").returncode == 0
-    follower = subprocess.Popen(shellm.argv("logs", "-f", "-n", "1"), env=shellm.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, bufsize=0)
+    follower = subprocess.Popen(
+        shellm.argv("logs", "-f", "-n", "1"),
+        env=shellm.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        bufsize=0,
+    )
     try:
         read_line(follower.stdout)  # the last line so far: it has the file open
         assert shellm.get("/providers") == 200
@@ -409,12 +429,12 @@ def test_log_file_reopened_after_logrotate(shellm, tmp_path):
         config = tmp_path / "logrotate.conf"
         text = open(os.path.join(ROOT, "etc", "logrotate.conf")).read()
         user, group = current_user_and_group()
-        text = text.replace("/home/shellm/.shellm", shellm.paths.home) \
-                   .replace("su shellm shellm", f"su {user} {group}")
+        text = text.replace("/home/shellm/.shellm", shellm.paths.home).replace("su shellm shellm", f"su {user} {group}")
         assert shellm.paths.home in text
         config.write_text(text)
-        rotated = subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "state"), str(config)],
-                                 capture_output=True, text=True, timeout=60)
+        rotated = subprocess.run(
+            ["logrotate", "-f", "-s", str(tmp_path / "state"), str(config)], capture_output=True, text=True, timeout=60
+        )
         assert rotated.returncode == 0, rotated.stderr
         old = shellm.paths.log_file + ".1"
         assert os.path.exists(old)
@@ -454,12 +474,15 @@ def current_user_and_group() -> tuple[str, str]:
     return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
 
 
-@pytest.mark.parametrize("listen, url, moved", [
-    ("tcp:6100:interface=127.0.0.1", "http://127.0.0.1:6100", "tcp:7000:interface=127.0.0.1"),
-    ("tcp:6100:interface=0.0.0.0", "http://127.0.0.1:6100", "tcp:7000:interface=0.0.0.0"),
-    ("tcp:6100", "http://127.0.0.1:6100", "tcp:7000"),
-    ("tcp6:6100:interface=\\:\\:1", "http://[::1]:6100", "tcp6:7000:interface=\\:\\:1"),
-])
+@pytest.mark.parametrize(
+    "listen, url, moved",
+    [
+        ("tcp:6100:interface=127.0.0.1", "http://127.0.0.1:6100", "tcp:7000:interface=127.0.0.1"),
+        ("tcp:6100:interface=0.0.0.0", "http://127.0.0.1:6100", "tcp:7000:interface=0.0.0.0"),
+        ("tcp:6100", "http://127.0.0.1:6100", "tcp:7000"),
+        ("tcp6:6100:interface=\\:\\:1", "http://[::1]:6100", "tcp6:7000:interface=\\:\\:1"),
+    ],
+)
 def test_listener(listen, url, moved):
     """
     The command reaches a wildcard listener on loopback, and C{--port}
@@ -475,8 +498,7 @@ def test_render_log_line():
     A JSON log line reads as time, level and message; anything else is
     printed as it is.
     """
-    line = json.dumps({"time": "2026-01-01T00:00:00.000+00:00", "level": "warn", "message": "hi",
-                       "namespace": "x"})
+    line = json.dumps({"time": "2026-01-01T00:00:00.000+00:00", "level": "warn", "message": "hi", "namespace": "x"})
     assert render_log_line(line, raw=False) == "2026-01-01T00:00:00.000+00:00 warn  hi"
     assert render_log_line(line, raw=True) == line
     assert render_log_line("not json", raw=False) == "not json"
@@ -498,7 +520,10 @@ def fake_cerebras(marker):
     """
     server = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "tests", "fakes", "fake_openai_server.py"), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, bufsize=0,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        bufsize=0,
         env={**os.environ, "SHELLM_TEST_MARKER": marker, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     try:
@@ -617,8 +642,7 @@ def test_every_command_has_help(shellm):
         assert result.returncode == 0, command
         assert f"usage: shellm {command}" in result.stdout
         assert "exit codes:" in result.stdout
-    top = subprocess.run([sys.executable, "-m", "shellm.command", "--help"], capture_output=True,
-                         text=True, timeout=60)
+    top = subprocess.run([sys.executable, "-m", "shellm.admin", "--help"], capture_output=True, text=True, timeout=60)
     assert all(command in top.stdout for command in COMMANDS)
 
 
@@ -630,8 +654,9 @@ def test_version_and_wrapper(shellm):
     wrapper = os.path.join(ROOT, "bin", "shellm")
     assert os.access(wrapper, os.X_OK)
     for args in (["version"], ["--version"]):
-        result = subprocess.run([sys.executable, wrapper, *args], capture_output=True, text=True,
-                                timeout=60, cwd=shellm.cwd, env=shellm.env)
+        result = subprocess.run(
+            [sys.executable, wrapper, *args], capture_output=True, text=True, timeout=60, cwd=shellm.cwd, env=shellm.env
+        )
         assert result.stdout == f"shellm {__version__}\n"
 
 
@@ -639,8 +664,9 @@ def test_unknown_command_is_a_usage_error(shellm):
     """
     An unknown command is argparse's usage error, exit 2.
     """
-    result = subprocess.run([sys.executable, "-m", "shellm.command", "launch"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "shellm.admin", "launch"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
@@ -649,7 +675,10 @@ def test_missing_env_file_is_an_error(shellm):
     An --env-file that does not exist is reported, not silently ignored.
     """
     result = subprocess.run(
-        [sys.executable, "-m", "shellm.command", "status", "--env-file", "/nonexistent/shellm.env"],
-        capture_output=True, text=True, timeout=60, env=shellm.env,
+        [sys.executable, "-m", "shellm.admin", "status", "--env-file", "/nonexistent/shellm.env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=shellm.env,
     )
     assert result.returncode == 1 and "no such file: /nonexistent/shellm.env" in result.stderr

@@ -66,18 +66,23 @@ def test_precedence_options_environment_file_defaults(tmp_path):
     Each source wins over the ones below it: options > environment >
     .env file > defaults, setting by setting.
     """
-    env_file = write_env(tmp_path, "\n".join([
-        "SHELLM_MAX_CONCURRENT=4",
-        "SHELLM_MAX_QUEUE_DEPTH=40",
-        "SHELLM_TIMEOUT=44",
-    ]))
+    env_file = write_env(
+        tmp_path,
+        "\n".join(
+            [
+                "SHELLM_MAX_CONCURRENT=4",
+                "SHELLM_MAX_QUEUE_DEPTH=40",
+                "SHELLM_TIMEOUT=44",
+            ]
+        ),
+    )
     environ = {"SHELLM_MAX_CONCURRENT": "5", "SHELLM_MAX_QUEUE_DEPTH": "50"}
     options = {"max_concurrent": "6", "timeout": None}
     config = load_config(options, environ, env_file)
-    assert config.max_concurrent == 6      # option over environment and file
-    assert config.max_queue_depth == 50    # environment over file
-    assert config.timeout == 44            # file over default (None option = not given)
-    assert config.kill_grace == 5          # default
+    assert config.max_concurrent == 6  # option over environment and file
+    assert config.max_queue_depth == 50  # environment over file
+    assert config.timeout == 44  # file over default (None option = not given)
+    assert config.kill_grace == 5  # default
 
 
 def test_missing_env_file_is_empty(tmp_path):
@@ -204,15 +209,17 @@ def test_values_are_parsed():
     Good values become typed settings: integers, seconds as floats, JSON
     objects, lists, normalised URL and log level.
     """
-    config = load({
-        "SHELLM_MAX_CONCURRENT": " 7 ",
-        "SHELLM_TIMEOUT": "2.5",
-        "SHELLM_KILL_GRACE": "0",
-        "SHELLM_CLAUDE_ENV": '{"CLAUDE_CONFIG_DIR": "/srv/claude"}',
-        "SHELLM_FALLBACK_CHAIN": " gemini , cerebras ",
-        "SHELLM_CEREBRAS_BASE_URL": "http://127.0.0.1:9999/v1/",
-        "LOG_LEVEL": "DEBUG",
-    })
+    config = load(
+        {
+            "SHELLM_MAX_CONCURRENT": " 7 ",
+            "SHELLM_TIMEOUT": "2.5",
+            "SHELLM_KILL_GRACE": "0",
+            "SHELLM_CLAUDE_ENV": '{"CLAUDE_CONFIG_DIR": "/srv/claude"}',
+            "SHELLM_FALLBACK_CHAIN": " gemini , cerebras ",
+            "SHELLM_CEREBRAS_BASE_URL": "http://127.0.0.1:9999/v1/",
+            "LOG_LEVEL": "DEBUG",
+        }
+    )
     assert config.max_concurrent == 7
     assert config.timeout == 2.5 and config.kill_grace == 0
     assert config.claude_env == {"CLAUDE_CONFIG_DIR": "/srv/claude"}
@@ -229,18 +236,23 @@ def test_env_file_syntax(tmp_path):
     Comments, blank lines, a leading C{export}, spaces around C{=} and one
     pair of matching quotes are understood.
     """
-    path = write_env(tmp_path, "\n".join([
-        "# a comment",
-        "",
-        "   # an indented comment",
-        "export SHELLM_TIMEOUT=9",
-        "SHELLM_LISTEN = tcp:7000:interface=127.0.0.1",
-        'CEREBRAS_API_KEY="key with # hash"',
-        "SHELLM_CLAUDE_BIN='/opt/claude bin/claude'",
-        'SHELLM_GEMINI_BIN="unbalanced',
-        "EMPTY=",
-        "EQUALS=a=b=c",
-    ]))
+    path = write_env(
+        tmp_path,
+        "\n".join(
+            [
+                "# a comment",
+                "",
+                "   # an indented comment",
+                "export SHELLM_TIMEOUT=9",
+                "SHELLM_LISTEN = tcp:7000:interface=127.0.0.1",
+                'CEREBRAS_API_KEY="key with # hash"',
+                "SHELLM_CLAUDE_BIN='/opt/claude bin/claude'",
+                'SHELLM_GEMINI_BIN="unbalanced',
+                "EMPTY=",
+                "EQUALS=a=b=c",
+            ]
+        ),
+    )
     values = read_env_file(path)
     assert values == {
         "SHELLM_TIMEOUT": "9",
@@ -291,10 +303,16 @@ def test_models_replaces_an_alias():
     """
     An existing alias can be pointed at another model (or provider).
     """
-    config = load({"SHELLM_MODELS": json.dumps({
-        "claude-opus": {"provider": "claude", "model": "claude-opus-4-5"},
-        "codex-mini": {"provider": "cerebras"},
-    })})
+    config = load(
+        {
+            "SHELLM_MODELS": json.dumps(
+                {
+                    "claude-opus": {"provider": "claude", "model": "claude-opus-4-5"},
+                    "codex-mini": {"provider": "cerebras"},
+                }
+            )
+        }
+    )
     table = entries(config)
     assert table["claude-opus"] == ModelEntry("claude-opus", "claude", "claude-opus-4-5")
     assert table["codex-mini"] == ModelEntry("codex-mini", "cerebras", None)
@@ -353,16 +371,17 @@ def test_secrets_are_not_in_repr():
     repr(Config) (which may reach a log) shows neither the API key nor the
     per-CLI environments nor the inherited environment.
     """
-    config = load({
-        "CEREBRAS_API_KEY": "csk-topsecret-123",
-        "SHELLM_CLAUDE_ENV": '{"ANTHROPIC_API_KEY": "sk-ant-hidden-456"}',
-        "SHELLM_GEMINI_ENV": '{"GEMINI_API_KEY": "gm-hidden-789"}',
-        "SHELLM_CODEX_ENV": '{"OPENAI_API_KEY": "sk-oai-hidden-000"}',
-        "HOME": "/home/svc-hidden-home",
-    })
+    config = load(
+        {
+            "CEREBRAS_API_KEY": "csk-topsecret-123",
+            "SHELLM_CLAUDE_ENV": '{"ANTHROPIC_API_KEY": "sk-ant-hidden-456"}',
+            "SHELLM_GEMINI_ENV": '{"GEMINI_API_KEY": "gm-hidden-789"}',
+            "SHELLM_CODEX_ENV": '{"OPENAI_API_KEY": "sk-oai-hidden-000"}',
+            "HOME": "/home/svc-hidden-home",
+        }
+    )
     text = repr(config)
-    for secret in ("csk-topsecret-123", "sk-ant-hidden-456", "gm-hidden-789",
-                   "sk-oai-hidden-000", "svc-hidden-home"):
+    for secret in ("csk-topsecret-123", "sk-ant-hidden-456", "gm-hidden-789", "sk-oai-hidden-000", "svc-hidden-home"):
         assert secret not in text
     assert config.cerebras_api_key == "csk-topsecret-123"
     assert config.claude_env == {"ANTHROPIC_API_KEY": "sk-ant-hidden-456"}
@@ -373,8 +392,15 @@ def test_inherited_environment_is_an_allow_list():
     Only the allow-listed variables of the daemon's environment reach the
     CLIs' base environment; other secrets stay out.
     """
-    config = load({"PATH": "/usr/bin", "HOME": "/home/svc", "AWS_SECRET_ACCESS_KEY": "x",
-                   "CEREBRAS_API_KEY": "y", "LANG": "C.UTF-8"})
+    config = load(
+        {
+            "PATH": "/usr/bin",
+            "HOME": "/home/svc",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "CEREBRAS_API_KEY": "y",
+            "LANG": "C.UTF-8",
+        }
+    )
     assert config.base_env == {"PATH": "/usr/bin", "HOME": "/home/svc", "LANG": "C.UTF-8"}
 
 
@@ -387,8 +413,9 @@ def test_options_build_the_config(clean_environ):
     from them.
     """
     options = Options()
-    options.parseOptions(["--max-concurrent", "3", "--listen", "tcp:0:interface=127.0.0.1",
-                          "--fallback-chain", "gemini"])
+    options.parseOptions(
+        ["--max-concurrent", "3", "--listen", "tcp:0:interface=127.0.0.1", "--fallback-chain", "gemini"]
+    )
     config = options["config"]
     assert config.max_concurrent == 3
     assert config.listen == "tcp:0:interface=127.0.0.1"
@@ -420,14 +447,17 @@ def test_env_file_option(clean_environ, tmp_path):
     assert options["config"].health_ttl == 12
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--max-concurrent", "0"], "--max-concurrent"),
-    (["--timeout", "forever"], "--timeout"),
-    (["--fallback-chain", "claude,mystery"], "--fallback-chain"),
-    (["--cerebras-base-url", "localhost:8080"], "--cerebras-base-url"),
-    (["--log-level", "loud"], "--log-level"),
-    (["--models", '{"x": {"provider": "nobody"}}'], "--models"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--max-concurrent", "0"], "--max-concurrent"),
+        (["--timeout", "forever"], "--timeout"),
+        (["--fallback-chain", "claude,mystery"], "--fallback-chain"),
+        (["--cerebras-base-url", "localhost:8080"], "--cerebras-base-url"),
+        (["--log-level", "loud"], "--log-level"),
+        (["--models", '{"x": {"provider": "nobody"}}'], "--models"),
+    ],
+)
 def test_bad_option_is_a_usage_error_naming_it(clean_environ, args, named):
     """
     A bad option value is a UsageError (twistd prints it with the usage)

@@ -15,14 +15,16 @@ from tests.conftest import fake_cli, processes_with_marker, wait_for_no_processe
 from tests.daemon import Daemon, eventually, health_of, open_stream, sleep
 
 
-
 def claude_env(marker, **fake):
     """
     Settings that make the fake claude the daemon's claude; the marker goes
     into the CLI's own environment so its processes can be found.
     """
-    env = {"ANTHROPIC_API_KEY": "fake", "SHELLM_TEST_MARKER": marker,
-           **{f"FAKE_{k.upper()}": str(v) for k, v in fake.items()}}
+    env = {
+        "ANTHROPIC_API_KEY": "fake",
+        "SHELLM_TEST_MARKER": marker,
+        **{f"FAKE_{k.upper()}": str(v) for k, v in fake.items()},
+    }
     return {"SHELLM_CLAUDE_BIN": fake_cli("claude"), "SHELLM_CLAUDE_ENV": json.dumps(env)}
 
 
@@ -31,8 +33,10 @@ def cli_running(record):
     The fake CLI has started on a request (it records it; a health check's
     C{--version} does not).
     """
+
     async def check():
         return record.exists() and record.stat().st_size > 0
+
     return check
 
 
@@ -132,9 +136,7 @@ async def test_stream_events_arrive_while_the_cli_runs(tmp_path, marker):
     daemon = Daemon(claude_env(marker, text="one two three", chunks=3, gate=gate), marker, str(tmp_path))
     try:
         await daemon.started()
-        response, reader = await open_stream(
-            daemon.url + "/completions/stream", {"model": "claude", "prompt": "hi"}
-        )
+        response, reader = await open_stream(daemon.url + "/completions/stream", {"model": "claude", "prompt": "hi"})
         assert response.code == 200
         assert response.headers.getRawHeaders("content-type")[0].startswith("text/event-stream")
         first = await reader.next_data()
@@ -159,15 +161,17 @@ async def test_disconnect_mid_stream_kills_the_process_group(tmp_path, marker):
     """
     record = tmp_path / "record.jsonl"
     daemon = Daemon(
-        {**claude_env(marker, mode="ignore_term", record=record), "SHELLM_KILL_GRACE": "0.5",
-         "SHELLM_MAX_CONCURRENT": "1"},
-        marker, str(tmp_path),
+        {
+            **claude_env(marker, mode="ignore_term", record=record),
+            "SHELLM_KILL_GRACE": "0.5",
+            "SHELLM_MAX_CONCURRENT": "1",
+        },
+        marker,
+        str(tmp_path),
     )
     try:
         await daemon.started()
-        response, reader = await open_stream(
-            daemon.url + "/completions/stream", {"model": "claude", "prompt": "hi"}
-        )
+        response, reader = await open_stream(daemon.url + "/completions/stream", {"model": "claude", "prompt": "hi"})
         await reader.next_frame()  # the opening comment
         assert await eventually(cli_running(record))
         assert len(processes_with_marker(marker)) > 1  # the daemon and the CLI
@@ -197,9 +201,9 @@ async def test_disconnect_while_queued_never_starts_a_process(tmp_path, marker):
     """
     record = tmp_path / "record.jsonl"
     daemon = Daemon(
-        {**claude_env(marker, mode="hang", record=record), "SHELLM_MAX_CONCURRENT": "1",
-         "SHELLM_KILL_GRACE": "0.5"},
-        marker, str(tmp_path),
+        {**claude_env(marker, mode="hang", record=record), "SHELLM_MAX_CONCURRENT": "1", "SHELLM_KILL_GRACE": "0.5"},
+        marker,
+        str(tmp_path),
     )
     try:
         await daemon.started()
@@ -237,7 +241,8 @@ async def test_failure_mid_stream_ends_with_an_error_event(tmp_path, marker):
     """
     daemon = Daemon(
         {**claude_env(marker, mode="hang"), "SHELLM_TIMEOUT": "1", "SHELLM_KILL_GRACE": "0.2"},
-        marker, str(tmp_path),
+        marker,
+        str(tmp_path),
     )
     try:
         await daemon.started()
@@ -279,9 +284,13 @@ async def test_sigterm_kills_what_outlives_the_drain_limit(tmp_path, marker):
     """
     record = tmp_path / "record.jsonl"
     daemon = Daemon(
-        {**claude_env(marker, mode="ignore_term", record=record), "SHELLM_DRAIN_TIMEOUT": "0.5",
-         "SHELLM_KILL_GRACE": "0.5"},
-        marker, str(tmp_path),
+        {
+            **claude_env(marker, mode="ignore_term", record=record),
+            "SHELLM_DRAIN_TIMEOUT": "0.5",
+            "SHELLM_KILL_GRACE": "0.5",
+        },
+        marker,
+        str(tmp_path),
     )
     await daemon.started()
     pending = treq.post(daemon.url + "/completions", json={"model": "claude", "prompt": "x"})
@@ -302,8 +311,9 @@ async def test_kill_9_of_the_daemon_takes_its_clis_along(tmp_path, marker):
     the CLIs it was running.
     """
     record = tmp_path / "record.jsonl"
-    daemon = Daemon({**claude_env(marker, mode="hang", record=record), "SHELLM_MAX_CONCURRENT": "4"},
-                    marker, str(tmp_path))
+    daemon = Daemon(
+        {**claude_env(marker, mode="hang", record=record), "SHELLM_MAX_CONCURRENT": "4"}, marker, str(tmp_path)
+    )
     await daemon.started()
     for prompt in "abcd":
         treq.post(daemon.url + "/completions", json={"model": "claude", "prompt": prompt}).addErrback(lambda f: None)
@@ -327,8 +337,10 @@ async def test_malformed_form_body_gets_a_json_error(tmp_path, marker):
     try:
         await daemon.started()
         response = await treq.post(
-            daemon.url + "/completions", data=b"--x\r\ngarbage",
-            headers={"content-type": "multipart/form-data; boundary=zzz"})
+            daemon.url + "/completions",
+            data=b"--x\r\ngarbage",
+            headers={"content-type": "multipart/form-data; boundary=zzz"},
+        )
         body = json.loads(await response.content())
         assert response.code == 415 and body["error"] == "unsupported_media_type"
     finally:

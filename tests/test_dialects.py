@@ -10,10 +10,7 @@ import json
 
 import pytest
 
-from shellm import conversation
 from shellm.completion import Completion, Usage
-from shellm.conversation import InvalidField, ModelNotFound, Turn, render
-from shellm.dialects import anthropic, openai
 from shellm.errors import (
     CliFailed,
     InternalError,
@@ -28,6 +25,8 @@ from shellm.errors import (
     Timeout,
     UnsupportedMediaType,
 )
+from shellm.http.dialects import anthropic, conversation, openai
+from shellm.http.dialects.conversation import InvalidField, ModelNotFound, Turn, render
 from shellm.models import DEFAULT_MODELS, ModelEntry, ModelTable
 
 MODELS = ModelTable(DEFAULT_MODELS)
@@ -38,8 +37,15 @@ NOW = 1_700_000_000.7
 
 def completion(content="Hello there", usage=Usage(12, 3), finish_reason="stop", model="claude-opus-5-5"):
     return Completion(
-        content=content, provider="claude", model=model, duration_ms=5, queued_ms=0,
-        request_id=RID, usage=usage, cost_usd=None, finish_reason=finish_reason,
+        content=content,
+        provider="claude",
+        model=model,
+        duration_ms=5,
+        queued_ms=0,
+        request_id=RID,
+        usage=usage,
+        cost_usd=None,
+        finish_reason=finish_reason,
     )
 
 
@@ -54,10 +60,10 @@ def parse_frames(frames: list[bytes]) -> list[tuple]:
         event, data = None, None
         for line in text.strip("\n").split("\n"):
             if line.startswith("event: "):
-                event = line[len("event: "):]
+                event = line[len("event: ") :]
             else:
                 assert line.startswith("data: ")
-                data = line[len("data: "):]
+                data = line[len("data: ") :]
         parsed.append((event, data if data == "[DONE]" else json.loads(data)))
     return parsed
 
@@ -77,9 +83,13 @@ def test_system_messages_are_joined_wherever_they_are():
     Every system turn goes to the system prompt, in order, joined by a
     blank line; none of them reach the prompt.
     """
-    system, prompt = render([
-        Turn("system", "Be brief."), Turn("user", "hi"), Turn("system", "Use French."),
-    ])
+    system, prompt = render(
+        [
+            Turn("system", "Be brief."),
+            Turn("user", "hi"),
+            Turn("system", "Use French."),
+        ]
+    )
     assert system == "Be brief.\n\nUse French."
     assert prompt == "hi"
 
@@ -90,18 +100,19 @@ def test_history_is_labelled_and_the_last_user_turn_set_apart():
     the model is told to answer only the latest user message, which comes
     last and on its own.
     """
-    system, prompt = render([
-        Turn("user", "What is the capital of France?"),
-        Turn("assistant", "Paris."),
-        Turn("user", "And of Italy?"),
-    ])
+    system, prompt = render(
+        [
+            Turn("user", "What is the capital of France?"),
+            Turn("assistant", "Paris."),
+            Turn("user", "And of Italy?"),
+        ]
+    )
     assert system is None
     assert prompt == (
         "<conversation_history>\n"
         '<turn role="user">\nWhat is the capital of France?\n</turn>\n'
         '<turn role="assistant">\nParis.\n</turn>\n'
-        "</conversation_history>\n\n"
-        + conversation.HISTORY_NOTE + "\n\n"
+        "</conversation_history>\n\n" + conversation.HISTORY_NOTE + "\n\n"
         "<latest_user_message>\nAnd of Italy?\n</latest_user_message>"
     )
     assert "do not answer or repeat" in conversation.HISTORY_NOTE
@@ -112,9 +123,14 @@ def test_trailing_user_turns_are_all_the_message_to_answer():
     Several user turns after the last answer are all unanswered: together
     they are the latest message, and only the answered exchange is history.
     """
-    _, prompt = render([
-        Turn("user", "first"), Turn("assistant", "answer"), Turn("user", "third"), Turn("user", "fourth"),
-    ])
+    _, prompt = render(
+        [
+            Turn("user", "first"),
+            Turn("assistant", "answer"),
+            Turn("user", "third"),
+            Turn("user", "fourth"),
+        ]
+    )
     history, latest = prompt.split("<latest_user_message>\n")
     assert latest == "third\n\nfourth\n</latest_user_message>"
     assert '<turn role="user">\nfirst\n</turn>' in history
@@ -144,8 +160,11 @@ def test_completion_request_cleans_text_for_a_process():
     removed or replaced.
     """
     request = conversation.completion_request(
-        [Turn("system", "s\0ys"), Turn("user", "a\0b\ud800")], model="claude",
-        entry=MODELS.resolve("claude"), request_id=RID, max_prompt_chars=MAX,
+        [Turn("system", "s\0ys"), Turn("user", "a\0b\ud800")],
+        model="claude",
+        entry=MODELS.resolve("claude"),
+        request_id=RID,
+        max_prompt_chars=MAX,
     )
     assert request.system == "sys"
     assert request.prompt == "ab?"
@@ -188,7 +207,11 @@ def test_openai_minimal_request():
     assert request.stop == ()
     assert request.request_id == RID
     assert options == openai.ChatOptions(
-        request_id=RID, model="claude", response_model="claude", stream=False, include_usage=False,
+        request_id=RID,
+        model="claude",
+        response_model="claude",
+        stream=False,
+        include_usage=False,
     )
 
 
@@ -197,10 +220,18 @@ def test_openai_fields_that_are_honoured():
     Sampling, limits, stop sequences and stream options reach the request
     and the options.
     """
-    request, options = parse_chat(chat(
-        model="claude-sonnet", max_tokens=100, temperature=1.5, top_p=0.5, stop=["END", "##"],
-        stream=True, stream_options={"include_usage": True}, user="u-1",
-    ))
+    request, options = parse_chat(
+        chat(
+            model="claude-sonnet",
+            max_tokens=100,
+            temperature=1.5,
+            top_p=0.5,
+            stop=["END", "##"],
+            stream=True,
+            stream_options={"include_usage": True},
+            user="u-1",
+        )
+    )
     assert request.max_tokens == 100
     assert request.temperature == 1.5 and request.top_p == 0.5
     assert request.stop == ("END", "##")
@@ -225,23 +256,54 @@ def test_openai_null_fields_are_absent():
     Clients that send every field, null when unset, are served as if they
     had left them out.
     """
-    request, options = parse_chat(chat(
-        max_tokens=None, max_completion_tokens=None, temperature=None, top_p=None, stop=None,
-        stream=None, stream_options=None, user=None, n=None, tools=None, tool_choice=None,
-        logprobs=None, top_logprobs=None, logit_bias=None, response_format=None, seed=None,
-    ))
+    request, options = parse_chat(
+        chat(
+            max_tokens=None,
+            max_completion_tokens=None,
+            temperature=None,
+            top_p=None,
+            stop=None,
+            stream=None,
+            stream_options=None,
+            user=None,
+            n=None,
+            tools=None,
+            tool_choice=None,
+            logprobs=None,
+            top_logprobs=None,
+            logit_bias=None,
+            response_format=None,
+            seed=None,
+        )
+    )
     assert request.max_tokens is None and request.stop == ()
     assert not options.stream
 
 
-@pytest.mark.parametrize("fields", [
-    {"n": 1}, {"seed": 42}, {"user": "someone"}, {"frequency_penalty": 0.5},
-    {"presence_penalty": -1}, {"logit_bias": {}}, {"tools": []}, {"functions": []},
-    {"tool_choice": "none"}, {"function_call": "none"}, {"logprobs": False},
-    {"top_logprobs": 0}, {"modalities": ["text"]}, {"response_format": {"type": "text"}},
-    {"parallel_tool_calls": False}, {"store": False}, {"metadata": {"a": "b"}},
-    {"service_tier": "auto"}, {"some_client_extension": {"x": 1}},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"n": 1},
+        {"seed": 42},
+        {"user": "someone"},
+        {"frequency_penalty": 0.5},
+        {"presence_penalty": -1},
+        {"logit_bias": {}},
+        {"tools": []},
+        {"functions": []},
+        {"tool_choice": "none"},
+        {"function_call": "none"},
+        {"logprobs": False},
+        {"top_logprobs": 0},
+        {"modalities": ["text"]},
+        {"response_format": {"type": "text"}},
+        {"parallel_tool_calls": False},
+        {"store": False},
+        {"metadata": {"a": "b"}},
+        {"service_tier": "auto"},
+        {"some_client_extension": {"x": 1}},
+    ],
+)
 def test_openai_harmless_fields_are_accepted(fields):
     """
     Fields that do not change what the answer means are accepted and ignored.
@@ -254,37 +316,45 @@ def test_openai_json_object_mode_asks_for_json_in_the_system_prompt():
     """
     JSON mode is best effort: an instruction appended to the system prompt.
     """
-    request, _ = parse_chat(chat(
-        messages=[{"role": "system", "content": "Be terse."}, {"role": "user", "content": "List"}],
-        response_format={"type": "json_object"},
-    ))
+    request, _ = parse_chat(
+        chat(
+            messages=[{"role": "system", "content": "Be terse."}, {"role": "user", "content": "List"}],
+            response_format={"type": "json_object"},
+        )
+    )
     assert request.system == "Be terse.\n\n" + openai.JSON_MODE_INSTRUCTION
     request, _ = parse_chat(chat(response_format={"type": "json_object"}))
     assert request.system == openai.JSON_MODE_INSTRUCTION
 
 
-@pytest.mark.parametrize("fields, param, word", [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools"),
-    ({"tool_choice": "auto"}, "tool_choice", "tool_choice"),
-    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice", "tool"),
-    ({"functions": [{"name": "f"}]}, "functions", "functions"),
-    ({"function_call": "auto"}, "function_call", "function_call"),
-    ({"n": 2}, "n", "n"),
-    ({"n": 0}, "n", "n"),
-    ({"n": "1"}, "n", "n"),
-    ({"logprobs": True}, "logprobs", "logprobs"),
-    ({"logprobs": "yes"}, "logprobs", "logprobs"),
-    ({"top_logprobs": 3}, "top_logprobs", "top_logprobs"),
-    ({"logit_bias": {"50256": -100}}, "logit_bias", "logit_bias"),
-    ({"logit_bias": [1]}, "logit_bias", "logit_bias"),
-    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio"),
-    ({"modalities": ["text", "audio"]}, "modalities", "modalities"),
-    ({"web_search_options": {}}, "web_search_options", "web_search_options"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
-     "response_format", "json_schema"),
-    ({"response_format": {"type": "yaml"}}, "response_format", "response_format"),
-    ({"response_format": "json"}, "response_format", "response_format"),
-])
+@pytest.mark.parametrize(
+    "fields, param, word",
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools"),
+        ({"tool_choice": "auto"}, "tool_choice", "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice", "tool"),
+        ({"functions": [{"name": "f"}]}, "functions", "functions"),
+        ({"function_call": "auto"}, "function_call", "function_call"),
+        ({"n": 2}, "n", "n"),
+        ({"n": 0}, "n", "n"),
+        ({"n": "1"}, "n", "n"),
+        ({"logprobs": True}, "logprobs", "logprobs"),
+        ({"logprobs": "yes"}, "logprobs", "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs", "top_logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias", "logit_bias"),
+        ({"logit_bias": [1]}, "logit_bias", "logit_bias"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio"),
+        ({"modalities": ["text", "audio"]}, "modalities", "modalities"),
+        ({"web_search_options": {}}, "web_search_options", "web_search_options"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+            "response_format",
+            "json_schema",
+        ),
+        ({"response_format": {"type": "yaml"}}, "response_format", "response_format"),
+        ({"response_format": "json"}, "response_format", "response_format"),
+    ],
+)
 def test_openai_fields_that_change_meaning_are_refused(fields, param, word):
     """
     Fields SheLLM cannot honour and that change what the answer means get a
@@ -293,28 +363,31 @@ def test_openai_fields_that_change_meaning_are_refused(fields, param, word):
     refused(chat(**fields), param, word)
 
 
-@pytest.mark.parametrize("fields, param", [
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": 128001}, "max_tokens"),
-    ({"max_tokens": 1.5}, "max_tokens"),
-    ({"max_tokens": True}, "max_tokens"),
-    ({"max_tokens": "10"}, "max_tokens"),
-    ({"max_completion_tokens": 0}, "max_completion_tokens"),
-    ({"temperature": -0.1}, "temperature"),
-    ({"temperature": 2.01}, "temperature"),
-    ({"temperature": "1"}, "temperature"),
-    ({"temperature": True}, "temperature"),
-    ({"top_p": 1.1}, "top_p"),
-    ({"top_p": -1}, "top_p"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"stop": [1]}, "stop"),
-    ({"stop": [""]}, "stop"),
-    ({"stop": {"a": 1}}, "stop"),
-    ({"stream": "true"}, "stream"),
-    ({"stream_options": "usage"}, "stream_options"),
-    ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
-    ({"user": 7}, "user"),
-])
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 128001}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": "10"}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": 2.01}, "temperature"),
+        ({"temperature": "1"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_p": 1.1}, "top_p"),
+        ({"top_p": -1}, "top_p"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [1]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"stop": {"a": 1}}, "stop"),
+        ({"stream": "true"}, "stream"),
+        ({"stream_options": "usage"}, "stream_options"),
+        ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+        ({"user": 7}, "user"),
+    ],
+)
 def test_openai_bad_values_name_the_field(fields, param):
     refused(chat(**fields), param, param.split(".")[0])
 
@@ -326,46 +399,62 @@ def test_openai_range_limits_are_inclusive():
     assert request.max_tokens == 128000
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-    (chat(model=5), "model"),
-    (chat(model=""), "model"),
-    ({"model": "claude"}, "messages"),
-    (chat(messages=[]), "messages"),
-    (chat(messages={"role": "user"}), "messages"),
-    (chat(messages=["hello"]), "messages[0]"),
-    (chat(messages=[{"content": "x"}]), "messages[0].role"),
-    (chat(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
-    (chat(messages=[{"role": "user"}]), "messages[0].content"),
-    (chat(messages=[{"role": "user", "content": None}]), "messages[0].content"),
-    (chat(messages=[{"role": "user", "content": 5}]), "messages[0].content"),
-    (chat(messages=[{"role": "user", "content": ["x"]}]), "messages[0].content[0]"),
-    (chat(messages=[{"role": "user", "content": [{"type": "text"}]}]), "messages[0].content[0]"),
-    (chat(messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        (chat(model=5), "model"),
+        (chat(model=""), "model"),
+        ({"model": "claude"}, "messages"),
+        (chat(messages=[]), "messages"),
+        (chat(messages={"role": "user"}), "messages"),
+        (chat(messages=["hello"]), "messages[0]"),
+        (chat(messages=[{"content": "x"}]), "messages[0].role"),
+        (chat(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
+        (chat(messages=[{"role": "user"}]), "messages[0].content"),
+        (chat(messages=[{"role": "user", "content": None}]), "messages[0].content"),
+        (chat(messages=[{"role": "user", "content": 5}]), "messages[0].content"),
+        (chat(messages=[{"role": "user", "content": ["x"]}]), "messages[0].content[0]"),
+        (chat(messages=[{"role": "user", "content": [{"type": "text"}]}]), "messages[0].content[0]"),
+        (chat(messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
+    ],
+)
 def test_openai_malformed_requests_name_the_field(body, param):
     refused(body, param)
 
 
-@pytest.mark.parametrize("part", [
-    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
-    {"type": "file", "file": {"file_id": "file-1"}},
-])
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-1"}},
+    ],
+)
 def test_openai_non_text_parts_are_refused_naming_the_type(part):
     body = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "see"}, part]}])
     refused(body, "messages[0].content[1].type", part["type"])
 
 
-@pytest.mark.parametrize("message, param", [
-    ({"role": "tool", "tool_call_id": "c1", "content": "42"}, "messages[1].role"),
-    ({"role": "function", "name": "f", "content": "42"}, "messages[1].role"),
-    ({"role": "assistant", "content": None,
-      "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-     "messages[1].tool_calls"),
-    ({"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
-     "messages[1].function_call"),
-])
+@pytest.mark.parametrize(
+    "message, param",
+    [
+        ({"role": "tool", "tool_call_id": "c1", "content": "42"}, "messages[1].role"),
+        ({"role": "function", "name": "f", "content": "42"}, "messages[1].role"),
+        (
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            "messages[1].tool_calls",
+        ),
+        (
+            {"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
+            "messages[1].function_call",
+        ),
+    ],
+)
 def test_openai_tool_turns_are_refused(message, param):
     body = chat(messages=[{"role": "user", "content": "hi"}, message, {"role": "user", "content": "and?"}])
     refused(body, param, "tool")
@@ -381,9 +470,14 @@ def test_openai_a_conversation_must_end_with_a_user_message():
 
 
 def test_openai_a_trailing_system_message_does_not_hide_the_user_turn():
-    request, _ = parse_chat(chat(messages=[
-        {"role": "user", "content": "hi"}, {"role": "system", "content": "Be brief."},
-    ]))
+    request, _ = parse_chat(
+        chat(
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": "Be brief."},
+            ]
+        )
+    )
     assert request.prompt == "hi" and request.system == "Be brief."
 
 
@@ -392,17 +486,28 @@ def test_openai_multi_turn_is_rendered():
     System and developer messages become the system prompt; text parts are
     joined; the conversation is rendered with the last user turn set apart.
     """
-    request, _ = parse_chat(chat(messages=[
-        {"role": "system", "content": "Be brief."},
-        {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
-        {"role": "user", "content": "Capital of France?", "name": "alice"},
-        {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
-        {"role": "user", "content": [{"type": "text", "text": "And"}, {"type": "text", "text": "Italy?"}]},
-    ]))
+    request, _ = parse_chat(
+        chat(
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+                {"role": "user", "content": "Capital of France?", "name": "alice"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
+                {"role": "user", "content": [{"type": "text", "text": "And"}, {"type": "text", "text": "Italy?"}]},
+            ]
+        )
+    )
     assert request.system == "Be brief.\n\nAnswer in French."
-    assert request.prompt == render([
-        Turn("user", "Capital of France?"), Turn("assistant", "Paris."), Turn("user", "And\nItaly?"),
-    ])[1]
+    assert (
+        request.prompt
+        == render(
+            [
+                Turn("user", "Capital of France?"),
+                Turn("assistant", "Paris."),
+                Turn("user", "And\nItaly?"),
+            ]
+        )[1]
+    )
     assert request.prompt.endswith("<latest_user_message>\nAnd\nItaly?\n</latest_user_message>")
 
 
@@ -418,8 +523,11 @@ def test_openai_prompt_limit_counts_the_rendered_conversation():
     refused(chat(messages=[{"role": "user", "content": "x" * (MAX + 1)}]), "messages", str(MAX))
     request, _ = parse_chat(chat(messages=[{"role": "user", "content": "x" * MAX}]))
     assert len(request.prompt) == MAX
-    refused(chat(messages=[{"role": "system", "content": "s" * (MAX + 1)},
-                           {"role": "user", "content": "hi"}]), "system", str(MAX))
+    refused(
+        chat(messages=[{"role": "system", "content": "s" * (MAX + 1)}, {"role": "user", "content": "hi"}]),
+        "system",
+        str(MAX),
+    )
 
 
 def test_openai_unknown_model_is_a_404_naming_the_model():
@@ -452,12 +560,14 @@ def test_openai_completion_shape():
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": "claude-opus-5-5",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": "Hello there", "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello there", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
         "system_fingerprint": None,
     }
@@ -500,8 +610,9 @@ def test_openai_stream_usage_chunk_when_asked():
     With include_usage, chunks carry usage null and a last chunk with no
     choices carries the exact totals, before [DONE].
     """
-    options = openai.ChatOptions(request_id=RID, model="claude", response_model="claude",
-                                 stream=True, include_usage=True)
+    options = openai.ChatOptions(
+        request_id=RID, model="claude", response_model="claude", stream=True, include_usage=True
+    )
     writer = openai.ChatStream(options, NOW)
     parsed = parse_frames(writer.start() + writer.delta("x") + writer.finish(completion()))
     datas = [data for _, data in parsed]
@@ -516,7 +627,9 @@ def test_openai_stream_start_is_implied_and_sent_once():
     writer = openai.ChatStream(OPTIONS, NOW)
     parsed = parse_frames(writer.delta("a") + writer.start() + writer.delta("b"))
     assert [d["choices"][0]["delta"] for _, d in parsed] == [
-        {"role": "assistant"}, {"content": "a"}, {"content": "b"},
+        {"role": "assistant"},
+        {"content": "a"},
+        {"content": "b"},
     ]
     writer = openai.ChatStream(OPTIONS, NOW)
     parsed = parse_frames(writer.finish(completion(finish_reason="length")))
@@ -536,13 +649,16 @@ def test_openai_stream_failure_is_an_error_chunk_then_done():
     frames = writer.start() + writer.delta("partial")
     frames += writer.fail(Timeout("claude did not finish in time and was stopped"))
     parsed = parse_frames(frames)
-    assert parsed[-2][1] == {"error": {
-        "message": "claude did not finish in time and was stopped",
-        "type": "server_error", "code": "timeout", "param": None,
-    }}
+    assert parsed[-2][1] == {
+        "error": {
+            "message": "claude did not finish in time and was stopped",
+            "type": "server_error",
+            "code": "timeout",
+            "param": None,
+        }
+    }
     assert parsed[-1][1] == "[DONE]"
-    assert not any(isinstance(d, dict) and d.get("choices") and d["choices"][0]["finish_reason"]
-                   for _, d in parsed)
+    assert not any(isinstance(d, dict) and d.get("choices") and d["choices"][0]["finish_reason"] for _, d in parsed)
     assert writer.delta("more") == [] and writer.finish(completion()) == [] and writer.fail(Timeout("x")) == []
 
 
@@ -555,32 +671,46 @@ def test_openai_stream_ends_once():
 # ---------------------------------------------------------------- OpenAI errors
 
 
-@pytest.mark.parametrize("error, kind", [
-    (InvalidRequest("bad"), "invalid_request_error"),
-    (UnsupportedMediaType("json please"), "invalid_request_error"),
-    (MethodNotAllowed("no"), "invalid_request_error"),
-    (RequestTooLarge("too big"), "invalid_request_error"),
-    (NotFound("no such endpoint"), "not_found_error"),
-    (RateLimited("slow down", retry_after=3), "rate_limit_error"),
-    (QueueFull("full", retry_after=2), "rate_limit_error"),
-    (CliFailed("claude failed"), "server_error"),
-    (ProviderUnavailable("gemini is not installed"), "server_error"),
-    (Timeout("too slow"), "server_error"),
-    (InternalError("internal error"), "server_error"),
-])
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (InvalidRequest("bad"), "invalid_request_error"),
+        (UnsupportedMediaType("json please"), "invalid_request_error"),
+        (MethodNotAllowed("no"), "invalid_request_error"),
+        (RequestTooLarge("too big"), "invalid_request_error"),
+        (NotFound("no such endpoint"), "not_found_error"),
+        (RateLimited("slow down", retry_after=3), "rate_limit_error"),
+        (QueueFull("full", retry_after=2), "rate_limit_error"),
+        (CliFailed("claude failed"), "server_error"),
+        (ProviderUnavailable("gemini is not installed"), "server_error"),
+        (Timeout("too slow"), "server_error"),
+        (InternalError("internal error"), "server_error"),
+    ],
+)
 def test_openai_error_type_per_status(error, kind):
     """
     The envelope is OpenAI's; only a 5xx is typed server_error.
     """
-    assert openai.error_json(error, RID) == {"error": {
-        "message": error.message, "type": kind, "code": error.code, "param": None,
-    }}
+    assert openai.error_json(error, RID) == {
+        "error": {
+            "message": error.message,
+            "type": kind,
+            "code": error.code,
+            "param": None,
+        }
+    }
 
 
-@pytest.mark.parametrize("status, kind", [
-    (401, "authentication_error"), (403, "permission_error"), (409, "invalid_request_error"),
-    (422, "invalid_request_error"), (499, "invalid_request_error"),
-])
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (409, "invalid_request_error"),
+        (422, "invalid_request_error"),
+        (499, "invalid_request_error"),
+    ],
+)
 def test_openai_client_errors_are_never_server_errors(status, kind):
     error = type("Custom", (ShellmError,), {"status": status, "code": "custom"})("m")
     assert openai.error_json(error)["error"]["type"] == kind
@@ -590,8 +720,12 @@ def test_openai_error_names_the_param():
     body = openai.error_json(InvalidField('"n" greater than 1 is not supported', "n"), RID)
     assert body["error"]["param"] == "n" and body["error"]["code"] == "invalid_request"
     body = openai.error_json(openai.unknown_model("gpt-9"), RID)
-    assert body["error"] == {"message": body["error"]["message"], "type": "not_found_error",
-                             "code": "model_not_found", "param": "model"}
+    assert body["error"] == {
+        "message": body["error"]["message"],
+        "type": "not_found_error",
+        "code": "model_not_found",
+        "param": "model",
+    }
 
 
 # ---------------------------------------------------------------- OpenAI models
@@ -601,11 +735,13 @@ def test_openai_models_list_every_alias_owned_by_its_provider():
     body = openai.models_json(MODELS, NOW)
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == [e.alias for e in DEFAULT_MODELS]
-    assert body["data"][0] == {"id": "claude", "object": "model", "created": 1_700_000_000,
-                               "owned_by": "claude"}
+    assert body["data"][0] == {"id": "claude", "object": "model", "created": 1_700_000_000, "owned_by": "claude"}
     assert {m["owned_by"] for m in body["data"]} == {"claude", "gemini", "codex", "cerebras"}
     assert openai.model_json(ModelEntry("fast", "cerebras", "llama3.1-8b"), 5) == {
-        "id": "fast", "object": "model", "created": 5, "owned_by": "cerebras",
+        "id": "fast",
+        "object": "model",
+        "created": 5,
+        "owned_by": "cerebras",
     }
 
 
@@ -631,15 +767,22 @@ def test_anthropic_minimal_request():
     assert request.prompt == "Hello" and request.system is None
     assert request.max_tokens == 256
     assert request.temperature is None and request.top_p is None and request.stop == ()
-    assert options == anthropic.MessageOptions(request_id=RID, model="claude",
-                                               response_model="claude", stream=False)
+    assert options == anthropic.MessageOptions(request_id=RID, model="claude", response_model="claude", stream=False)
 
 
 def test_anthropic_fields_that_are_honoured():
-    request, options = parse_msg(msg(
-        model="claude-haiku", system="Be brief.", temperature=0.3, top_p=0.9, top_k=40,
-        stop_sequences=["\n\nHuman:"], stream=True, metadata={"user_id": "u-1"},
-    ))
+    request, options = parse_msg(
+        msg(
+            model="claude-haiku",
+            system="Be brief.",
+            temperature=0.3,
+            top_p=0.9,
+            top_k=40,
+            stop_sequences=["\n\nHuman:"],
+            stream=True,
+            metadata={"user_id": "u-1"},
+        )
+    )
     assert request.system == "Be brief."
     assert request.temperature == 0.3 and request.top_p == 0.9
     assert request.stop == ("\n\nHuman:",)
@@ -647,43 +790,71 @@ def test_anthropic_fields_that_are_honoured():
 
 
 def test_anthropic_system_and_content_as_text_blocks():
-    request, _ = parse_msg(msg(
-        system=[{"type": "text", "text": "One."}, {"type": "text", "text": "Two.",
-                                                   "cache_control": {"type": "ephemeral"}}],
-        messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
-    ))
+    request, _ = parse_msg(
+        msg(
+            system=[
+                {"type": "text", "text": "One."},
+                {"type": "text", "text": "Two.", "cache_control": {"type": "ephemeral"}},
+            ],
+            messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        )
+    )
     assert request.system == "One.\nTwo."
     assert request.prompt == "a\nb"
 
 
 def test_anthropic_multi_turn_is_rendered():
-    request, _ = parse_msg(msg(messages=[
-        {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
-        {"role": "user", "content": "And of Italy?"},
-    ]))
-    assert request.prompt == render([
-        Turn("user", "Capital of France?"), Turn("assistant", "Paris."), Turn("user", "And of Italy?"),
-    ])[1]
+    request, _ = parse_msg(
+        msg(
+            messages=[
+                {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
+                {"role": "user", "content": "And of Italy?"},
+            ]
+        )
+    )
+    assert (
+        request.prompt
+        == render(
+            [
+                Turn("user", "Capital of France?"),
+                Turn("assistant", "Paris."),
+                Turn("user", "And of Italy?"),
+            ]
+        )[1]
+    )
 
 
-@pytest.mark.parametrize("fields", [
-    {"metadata": {"user_id": "x"}}, {"top_k": 5}, {"service_tier": "auto"}, {"tools": []},
-    {"tool_choice": {"type": "none"}}, {"thinking": {"type": "disabled"}}, {"temperature": None},
-    {"stop_sequences": None}, {"stream": False}, {"client_extension": 1},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"metadata": {"user_id": "x"}},
+        {"top_k": 5},
+        {"service_tier": "auto"},
+        {"tools": []},
+        {"tool_choice": {"type": "none"}},
+        {"thinking": {"type": "disabled"}},
+        {"temperature": None},
+        {"stop_sequences": None},
+        {"stream": False},
+        {"client_extension": 1},
+    ],
+)
 def test_anthropic_harmless_fields_are_accepted(fields):
     request, _ = parse_msg(msg(**fields))
     assert request.prompt == "Hello"
 
 
-@pytest.mark.parametrize("block", [
-    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
-    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}},
-    {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
-    {"type": "tool_result", "tool_use_id": "t1", "content": "42"},
-    {"type": "thinking", "thinking": "hmm", "signature": "s"},
-])
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}},
+        {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+        {"type": "tool_result", "tool_use_id": "t1", "content": "42"},
+        {"type": "thinking", "thinking": "hmm", "signature": "s"},
+    ],
+)
 def test_anthropic_unsupported_blocks_are_refused_naming_the_type(block):
     """
     Every block but text: 400 naming the block type and where it is.
@@ -698,47 +869,53 @@ def test_anthropic_non_text_system_block_is_refused():
     refused_msg(body, "system.0.type", '"image"')
 
 
-@pytest.mark.parametrize("fields, param", [
-    ({"tools": [{"name": "f", "input_schema": {}}]}, "tools"),
-    ({"tool_choice": {"type": "auto"}}, "tool_choice"),
-    ({"mcp_servers": [{"type": "url", "url": "https://x"}]}, "mcp_servers"),
-    ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
-])
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"tools": [{"name": "f", "input_schema": {}}]}, "tools"),
+        ({"tool_choice": {"type": "auto"}}, "tool_choice"),
+        ({"mcp_servers": [{"type": "url", "url": "https://x"}]}, "mcp_servers"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
+    ],
+)
 def test_anthropic_fields_that_change_meaning_are_refused(fields, param):
     refused_msg(msg(**fields), param, param)
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}, "model"),
-    (msg(model=3), "model"),
-    ({"model": "claude", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
-    (msg(max_tokens=None), "max_tokens"),
-    (msg(max_tokens=0), "max_tokens"),
-    (msg(max_tokens=128001), "max_tokens"),
-    (msg(max_tokens=10.0), "max_tokens"),
-    (msg(max_tokens=True), "max_tokens"),
-    (msg(temperature=1.5), "temperature"),
-    (msg(temperature=-0.5), "temperature"),
-    (msg(temperature="0.5"), "temperature"),
-    (msg(top_p=2), "top_p"),
-    (msg(top_k=-1), "top_k"),
-    (msg(top_k=1.5), "top_k"),
-    (msg(stop_sequences="END"), "stop_sequences"),
-    (msg(stop_sequences=[1]), "stop_sequences"),
-    (msg(stop_sequences=[""]), "stop_sequences"),
-    (msg(stream="yes"), "stream"),
-    (msg(metadata="x"), "metadata"),
-    (msg(messages=None), "messages"),
-    (msg(messages=[]), "messages"),
-    (msg(messages="hi"), "messages"),
-    (msg(messages=["hi"]), "messages.0"),
-    (msg(messages=[{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]), "messages.0.role"),
-    (msg(messages=[{"role": "user"}]), "messages.0.content"),
-    (msg(messages=[{"role": "user", "content": 5}]), "messages.0.content"),
-    (msg(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages.0.content.0"),
-    (msg(system=5), "system"),
-    (msg(system=[{"text": "no type"}]), "system.0"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}, "model"),
+        (msg(model=3), "model"),
+        ({"model": "claude", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        (msg(max_tokens=None), "max_tokens"),
+        (msg(max_tokens=0), "max_tokens"),
+        (msg(max_tokens=128001), "max_tokens"),
+        (msg(max_tokens=10.0), "max_tokens"),
+        (msg(max_tokens=True), "max_tokens"),
+        (msg(temperature=1.5), "temperature"),
+        (msg(temperature=-0.5), "temperature"),
+        (msg(temperature="0.5"), "temperature"),
+        (msg(top_p=2), "top_p"),
+        (msg(top_k=-1), "top_k"),
+        (msg(top_k=1.5), "top_k"),
+        (msg(stop_sequences="END"), "stop_sequences"),
+        (msg(stop_sequences=[1]), "stop_sequences"),
+        (msg(stop_sequences=[""]), "stop_sequences"),
+        (msg(stream="yes"), "stream"),
+        (msg(metadata="x"), "metadata"),
+        (msg(messages=None), "messages"),
+        (msg(messages=[]), "messages"),
+        (msg(messages="hi"), "messages"),
+        (msg(messages=["hi"]), "messages.0"),
+        (msg(messages=[{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]), "messages.0.role"),
+        (msg(messages=[{"role": "user"}]), "messages.0.content"),
+        (msg(messages=[{"role": "user", "content": 5}]), "messages.0.content"),
+        (msg(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages.0.content.0"),
+        (msg(system=5), "system"),
+        (msg(system=[{"text": "no type"}]), "system.0"),
+    ],
+)
 def test_anthropic_bad_values_name_the_field(body, param):
     refused_msg(body, param, param)
 
@@ -804,21 +981,32 @@ def test_anthropic_stream_frames():
     frames += writer.finish(completion())
     parsed = parse_frames(frames)
     assert [event for event, _ in parsed] == [
-        "message_start", "content_block_start", "ping", "content_block_delta",
-        "content_block_delta", "content_block_stop", "message_delta", "message_stop",
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]
     assert all(data["type"] == event for event, data in parsed)
     assert parsed[0][1]["message"] == {
-        "id": "msg_req-1", "type": "message", "role": "assistant", "content": [], "model": "claude",
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0},
+        "id": "msg_req-1",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": "claude",
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
     }
-    assert parsed[1][1] == {"type": "content_block_start", "index": 0,
-                            "content_block": {"type": "text", "text": ""}}
-    assert parsed[3][1] == {"type": "content_block_delta", "index": 0,
-                            "delta": {"type": "text_delta", "text": "Hel"}}
+    assert parsed[1][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    assert parsed[3][1] == {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}
     assert parsed[5][1] == {"type": "content_block_stop", "index": 0}
     assert parsed[6][1] == {
-        "type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
         "usage": {"input_tokens": 12, "output_tokens": 3},
     }
     assert parsed[7][1] == {"type": "message_stop"}
@@ -827,20 +1015,22 @@ def test_anthropic_stream_frames():
 def test_anthropic_stream_start_is_implied_and_sent_once():
     writer = anthropic.MessageStream(MSG_OPTIONS)
     events = [e for e, _ in parse_frames(writer.delta("a") + writer.start() + writer.delta("b"))]
-    assert events == ["message_start", "content_block_start", "ping",
-                      "content_block_delta", "content_block_delta"]
+    assert events == ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta"]
     writer = anthropic.MessageStream(MSG_OPTIONS)
     parsed = parse_frames(writer.finish(completion(finish_reason="length")))
     assert [e for e, _ in parsed][0] == "message_start"
     assert parsed[-2][1]["delta"]["stop_reason"] == "max_tokens"
 
 
-@pytest.mark.parametrize("error, kind", [
-    (CliFailed("claude failed"), "api_error"),
-    (Timeout("too slow"), "timeout_error"),
-    (RateLimited("upstream limit", retry_after=60), "rate_limit_error"),
-    (ProviderUnavailable("gone"), "overloaded_error"),
-])
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (CliFailed("claude failed"), "api_error"),
+        (Timeout("too slow"), "timeout_error"),
+        (RateLimited("upstream limit", retry_after=60), "rate_limit_error"),
+        (ProviderUnavailable("gone"), "overloaded_error"),
+    ],
+)
 def test_anthropic_stream_failure_is_an_error_event(error, kind):
     """
     A failure mid-stream is an error event in Anthropic's envelope and the
@@ -848,9 +1038,14 @@ def test_anthropic_stream_failure_is_an_error_event(error, kind):
     """
     writer = anthropic.MessageStream(MSG_OPTIONS)
     parsed = parse_frames(writer.start() + writer.delta("partial") + writer.fail(error))
-    assert parsed[-1] == ("error", {
-        "type": "error", "error": {"type": kind, "message": error.message}, "request_id": RID,
-    })
+    assert parsed[-1] == (
+        "error",
+        {
+            "type": "error",
+            "error": {"type": kind, "message": error.message},
+            "request_id": RID,
+        },
+    )
     assert "message_stop" not in [e for e, _ in parsed]
     assert writer.delta("x") == [] and writer.finish(completion()) == [] and writer.fail(error) == []
 
@@ -858,22 +1053,27 @@ def test_anthropic_stream_failure_is_an_error_event(error, kind):
 # ---------------------------------------------------------------- Anthropic errors and models
 
 
-@pytest.mark.parametrize("error, kind", [
-    (InvalidRequest("bad"), "invalid_request_error"),
-    (UnsupportedMediaType("json please"), "invalid_request_error"),
-    (MethodNotAllowed("no"), "invalid_request_error"),
-    (NotFound("no such endpoint"), "not_found_error"),
-    (RequestTooLarge("too big"), "request_too_large"),
-    (RateLimited("slow down"), "rate_limit_error"),
-    (QueueFull("full"), "rate_limit_error"),
-    (CliFailed("failed"), "api_error"),
-    (InternalError("internal error"), "api_error"),
-    (ProviderUnavailable("gone"), "overloaded_error"),
-    (Timeout("slow"), "timeout_error"),
-])
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (InvalidRequest("bad"), "invalid_request_error"),
+        (UnsupportedMediaType("json please"), "invalid_request_error"),
+        (MethodNotAllowed("no"), "invalid_request_error"),
+        (NotFound("no such endpoint"), "not_found_error"),
+        (RequestTooLarge("too big"), "request_too_large"),
+        (RateLimited("slow down"), "rate_limit_error"),
+        (QueueFull("full"), "rate_limit_error"),
+        (CliFailed("failed"), "api_error"),
+        (InternalError("internal error"), "api_error"),
+        (ProviderUnavailable("gone"), "overloaded_error"),
+        (Timeout("slow"), "timeout_error"),
+    ],
+)
 def test_anthropic_error_type_per_status(error, kind):
     assert anthropic.error_json(error, RID) == {
-        "type": "error", "error": {"type": kind, "message": error.message}, "request_id": RID,
+        "type": "error",
+        "error": {"type": kind, "message": error.message},
+        "request_id": RID,
     }
 
 
@@ -887,8 +1087,13 @@ def test_anthropic_models_listing():
     body = anthropic.models_json(MODELS, 0)
     assert body["has_more"] is False
     assert body["first_id"] == "claude" and body["last_id"] == DEFAULT_MODELS[-1].alias
-    assert body["data"][0] == {"type": "model", "id": "claude", "display_name": "claude (claude)",
-                               "created_at": "1970-01-01T00:00:00Z", "lifecycle": "active"}
+    assert body["data"][0] == {
+        "type": "model",
+        "id": "claude",
+        "display_name": "claude (claude)",
+        "created_at": "1970-01-01T00:00:00Z",
+        "lifecycle": "active",
+    }
     assert len(body["data"]) == len(DEFAULT_MODELS)
 
 
@@ -905,8 +1110,9 @@ def test_shapes_validate_as_the_openai_sdk_types():
 
     body = ChatCompletion.model_validate(openai.completion_json(completion(), OPTIONS, NOW))
     assert body.choices[0].message.content == "Hello there" and body.usage.total_tokens == 15
-    options = openai.ChatOptions(request_id=RID, model="claude", response_model="claude",
-                                 stream=True, include_usage=True)
+    options = openai.ChatOptions(
+        request_id=RID, model="claude", response_model="claude", stream=True, include_usage=True
+    )
     writer = openai.ChatStream(options, NOW)
     frames = writer.start() + writer.delta("x") + writer.finish(completion())
     chunks = [ChatCompletionChunk.model_validate(d) for _, d in parse_frames(frames)[:-1]]
@@ -922,6 +1128,7 @@ def test_shapes_validate_as_the_anthropic_sdk_types():
     writer = anthropic.MessageStream(MSG_OPTIONS)
     frames = writer.start() + writer.delta("x") + writer.finish(completion())
     from pydantic import TypeAdapter
+
     adapter = TypeAdapter(types.RawMessageStreamEvent)
     events = [adapter.validate_python(d) for e, d in parse_frames(frames) if e != "ping"]
     assert events[-2].usage.output_tokens == 3 and events[-2].usage.input_tokens == 12

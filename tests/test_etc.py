@@ -16,7 +16,8 @@ import sys
 
 import pytest
 
-from shellm.command import ENV_EXAMPLES, Paths, render_env_example
+from shellm.admin.common import Paths
+from shellm.admin.env_example import ENV_EXAMPLES, render_env_example
 from shellm.config import SETTINGS, load_config, read_env_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +76,7 @@ def test_env_example_is_generated_from_the_settings():
     """
     The example file is exactly what C{shellm env-example} prints from
     L{SETTINGS}: regenerate it with
-    C{python -m shellm.command env-example > etc/shellm.env.example}.
+    C{python -m shellm.admin env-example > etc/shellm.env.example}.
     """
     assert read(ENV_EXAMPLE) == render_env_example()
 
@@ -103,8 +104,7 @@ def test_env_example_values_are_valid(tmp_path):
     assert set(read_env_file(str(defaults))) == {s.env for s in SETTINGS} | {"SHELLM_HOME"}
     load_config({}, {}, str(defaults))
     examples = tmp_path / "examples.env"
-    examples.write_text("\n".join(l[len("# e.g. "):] for l in text.splitlines()
-                                  if l.startswith("# e.g. ")))
+    examples.write_text("\n".join(l[len("# e.g. ") :] for l in text.splitlines() if l.startswith("# e.g. ")))
     parsed = read_env_file(str(examples))
     assert set(parsed) == set(ENV_EXAMPLES)
     for s in SETTINGS:
@@ -123,7 +123,7 @@ def test_unit_runs_twistd_in_the_foreground_as_the_service_user():
     assert service["User"] == ["shellm"]
     assert service["EnvironmentFile"] == ["/etc/shellm/shellm.env"]
     assert service["Restart"] == ["on-failure"]
-    (path,) = [v[len("PATH="):] for v in service["Environment"] if v.startswith("PATH=")]
+    (path,) = [v[len("PATH=") :] for v in service["Environment"] if v.startswith("PATH=")]
     assert f"{SERVICE_HOME}/.npm-global/bin" in path.split(":")
     assert os.path.dirname(exec_start.split()[0]) in path.split(":")
     assert unit_section("Install")["WantedBy"] == ["multi-user.target"]
@@ -143,9 +143,17 @@ def test_unit_stop_lets_the_daemon_drain_then_kills_the_control_group():
 
 def test_unit_sandbox_leaves_the_service_home_writable():
     service = unit_section("Service")
-    for directive in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
-                      "ProtectKernelModules", "ProtectControlGroups", "RestrictSUIDSGID",
-                      "LockPersonality", "RestrictRealtime"):
+    for directive in (
+        "NoNewPrivileges",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectControlGroups",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+        "RestrictRealtime",
+    ):
         assert service[directive] == ["yes"], directive
     assert service["ProtectSystem"] == ["strict"]
     assert service["ProtectHome"] == ["read-only"]
@@ -201,8 +209,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     value.  Skipped where systemd-analyze is not installed.
     """
     tool = systemd_analyze()
-    result = subprocess.run([tool, "verify", executable_unit(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([tool, "verify", executable_unit(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "shellm.service" not in result.stderr, result.stderr  # no warning about it
 
@@ -214,8 +221,9 @@ def test_unit_sandbox_exposure_is_low(tmp_path):
     """
     tool = systemd_analyze()
     unit = executable_unit(tmp_path)
-    probe = subprocess.run([tool, "security", "--offline=yes", "--threshold=50", unit],
-                           capture_output=True, text=True, timeout=120)
+    probe = subprocess.run(
+        [tool, "security", "--offline=yes", "--threshold=50", unit], capture_output=True, text=True, timeout=120
+    )
     if "--offline" in probe.stderr and "unrecognized" in probe.stderr:
         pytest.skip("this systemd-analyze cannot rate unit files offline")
     assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr
@@ -230,8 +238,17 @@ def test_logrotate_directives():
     (which reopens on SIGUSR1), never copytruncate.
     """
     text = read(LOGROTATE)
-    for directive in ("daily", "rotate 7", "maxsize 10M", "compress", "delaycompress",
-                      "missingok", "notifempty", "nocreate", "su shellm shellm"):
+    for directive in (
+        "daily",
+        "rotate 7",
+        "maxsize 10M",
+        "compress",
+        "delaycompress",
+        "missingok",
+        "notifempty",
+        "nocreate",
+        "su shellm shellm",
+    ):
         assert re.search(rf"(?m)^\s+{directive}$", text), directive
     assert not re.search(r"(?m)^\s+copytruncate", text)
     assert re.search(r'(?m)^\s+postrotate\n.*kill -USR1 "\$pid".*\n\s+endscript$', text)
@@ -250,10 +267,12 @@ def test_logrotate_parses_the_file(tmp_path):
     (home / ".shellm" / "logs" / "shellm.log").write_text("{}\n")
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
     config = tmp_path / "logrotate.conf"
-    config.write_text(read(LOGROTATE).replace(SERVICE_HOME, str(home))
-                      .replace("su shellm shellm", f"su {user} {group}"))
-    result = subprocess.run([tool, "-d", "-s", str(tmp_path / "state"), str(config)],
-                            capture_output=True, text=True, timeout=60)
+    config.write_text(
+        read(LOGROTATE).replace(SERVICE_HOME, str(home)).replace("su shellm shellm", f"su {user} {group}")
+    )
+    result = subprocess.run(
+        [tool, "-d", "-s", str(tmp_path / "state"), str(config)], capture_output=True, text=True, timeout=60
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "error" not in output.lower(), output
@@ -285,10 +304,17 @@ def system_state() -> dict:
         user = False
     return {
         "user": user,
-        **{path: exists(path) for path in (
-            "/etc/systemd/system/shellm.service", "/etc/logrotate.d/shellm", "/etc/shellm",
-            "/opt/shellm", "/usr/local/bin/shellm", SERVICE_HOME,
-        )},
+        **{
+            path: exists(path)
+            for path in (
+                "/etc/systemd/system/shellm.service",
+                "/etc/logrotate.d/shellm",
+                "/etc/shellm",
+                "/opt/shellm",
+                "/usr/local/bin/shellm",
+                SERVICE_HOME,
+            )
+        },
     }
 
 
@@ -315,15 +341,17 @@ def test_setup_vps_dry_run_lists_every_action_and_changes_nothing():
     if not os.path.exists(variables["VENV"] + "/bin/python"):
         assert f"python3 -m venv {variables['VENV']}" in actions
     assert f"{variables['VENV']}/bin/pip install --upgrade {ROOT}" in actions
-    assert f"install -m 0644 -o root -g root {ROOT}/etc/shellm.service " \
-           "/etc/systemd/system/shellm.service" in actions
-    assert f"install -m 0644 -o root -g root {ROOT}/etc/logrotate.conf " \
-           "/etc/logrotate.d/shellm" in actions
+    assert f"install -m 0644 -o root -g root {ROOT}/etc/shellm.service /etc/systemd/system/shellm.service" in actions
+    assert f"install -m 0644 -o root -g root {ROOT}/etc/logrotate.conf /etc/logrotate.d/shellm" in actions
     if not os.path.exists("/etc/shellm/shellm.env"):
-        assert f"install -m 0640 -o root -g shellm {ROOT}/etc/shellm.env.example " \
-               "/etc/shellm/shellm.env" in actions
-    for manual in ("sudo -iu shellm claude", "sudo -iu shellm codex login",
-                   "/etc/shellm/shellm.env", "systemctl start shellm", "shellm check"):
+        assert f"install -m 0640 -o root -g shellm {ROOT}/etc/shellm.env.example /etc/shellm/shellm.env" in actions
+    for manual in (
+        "sudo -iu shellm claude",
+        "sudo -iu shellm codex login",
+        "/etc/shellm/shellm.env",
+        "systemctl start shellm",
+        "shellm check",
+    ):
         assert manual in result.stdout, manual
 
 

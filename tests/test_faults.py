@@ -44,8 +44,9 @@ HTTP_FAULTS = {
 
 
 async def _plain(url, model, prompt, expected, problems):
-    response = await treq.post(url + "/completions", json={
-        "model": model, "prompt": prompt, "fallback": False}, timeout=30)
+    response = await treq.post(
+        url + "/completions", json={"model": model, "prompt": prompt, "fallback": False}, timeout=30
+    )
     raw = await response.content()
     try:
         body = json.loads(raw)
@@ -61,8 +62,9 @@ async def _plain(url, model, prompt, expected, problems):
 
 
 async def _stream(url, model, prompt, expected, problems, leave_after):
-    response, reader = await open_stream(url + "/completions/stream", {
-        "model": model, "prompt": prompt, "fallback": False})
+    response, reader = await open_stream(
+        url + "/completions/stream", {"model": model, "prompt": prompt, "fallback": False}
+    )
     if response.code != 200:
         problems.append(f"stream {model} {prompt}: status {response.code}")
         return
@@ -94,24 +96,32 @@ async def test_mixed_faults_leave_nothing_behind(tmp_path, marker):
     child process is left, both queues are empty and /health answers.
     """
     fake, port = start_fake_openai(reactor)
-    cli_env = {"ANTHROPIC_API_KEY": "fake", "SHELLM_TEST_MARKER": marker,
-               "FAKE_MODE": "from_prompt", "FAKE_HUGE_BYTES": "3000000"}
-    daemon = Daemon({
-        "SHELLM_CLAUDE_BIN": fake_cli("claude"),
-        "SHELLM_CLAUDE_ENV": json.dumps(cli_env),
-        "CEREBRAS_API_KEY": "fake-key",
-        "SHELLM_CEREBRAS_BASE_URL": fake.base_url,
-        "SHELLM_TIMEOUT": "1",
-        "SHELLM_KILL_GRACE": "0.3",
-        "SHELLM_MAX_CONCURRENT": "6",
-        "SHELLM_MAX_QUEUE_DEPTH": "200",
-        "SHELLM_CIRCUIT_THRESHOLD": "1000",
-    }, marker, str(tmp_path))
+    cli_env = {
+        "ANTHROPIC_API_KEY": "fake",
+        "SHELLM_TEST_MARKER": marker,
+        "FAKE_MODE": "from_prompt",
+        "FAKE_HUGE_BYTES": "3000000",
+    }
+    daemon = Daemon(
+        {
+            "SHELLM_CLAUDE_BIN": fake_cli("claude"),
+            "SHELLM_CLAUDE_ENV": json.dumps(cli_env),
+            "CEREBRAS_API_KEY": "fake-key",
+            "SHELLM_CEREBRAS_BASE_URL": fake.base_url,
+            "SHELLM_TIMEOUT": "1",
+            "SHELLM_KILL_GRACE": "0.3",
+            "SHELLM_MAX_CONCURRENT": "6",
+            "SHELLM_MAX_QUEUE_DEPTH": "200",
+            "SHELLM_CIRCUIT_THRESHOLD": "1000",
+        },
+        marker,
+        str(tmp_path),
+    )
     rng = random.Random(20261126)
     problems: list[str] = []
     try:
         await daemon.started()
-        for batch in range(10):
+        for _batch in range(10):
             calls = []
             for _ in range(20):
                 if rng.random() < 0.6:
@@ -159,20 +169,30 @@ async def test_sigterm_with_streams_in_flight(tmp_path, marker):
     event within the drain limit, and the daemon exits cleanly with no
     child left.
     """
-    cli_env = {"ANTHROPIC_API_KEY": "fake", "SHELLM_TEST_MARKER": marker,
-               "FAKE_MODE": "from_prompt", "FAKE_DELAY": "0.2", "FAKE_CHUNKS": "5"}
-    daemon = Daemon({
-        "SHELLM_CLAUDE_BIN": fake_cli("claude"),
-        "SHELLM_CLAUDE_ENV": json.dumps(cli_env),
-        "SHELLM_MAX_CONCURRENT": "4",
-        "SHELLM_DRAIN_TIMEOUT": "1.5",
-        "SHELLM_KILL_GRACE": "0.3",
-    }, marker, str(tmp_path))
+    cli_env = {
+        "ANTHROPIC_API_KEY": "fake",
+        "SHELLM_TEST_MARKER": marker,
+        "FAKE_MODE": "from_prompt",
+        "FAKE_DELAY": "0.2",
+        "FAKE_CHUNKS": "5",
+    }
+    daemon = Daemon(
+        {
+            "SHELLM_CLAUDE_BIN": fake_cli("claude"),
+            "SHELLM_CLAUDE_ENV": json.dumps(cli_env),
+            "SHELLM_MAX_CONCURRENT": "4",
+            "SHELLM_DRAIN_TIMEOUT": "1.5",
+            "SHELLM_KILL_GRACE": "0.3",
+        },
+        marker,
+        str(tmp_path),
+    )
     await daemon.started()
     readers = []
     for prompt in ("mode:ok a", "mode:ok b", "mode:hang c", "mode:ignore_term d"):
-        _, reader = await open_stream(daemon.url + "/completions/stream",
-                                      {"model": "claude", "prompt": prompt, "fallback": False})
+        _, reader = await open_stream(
+            daemon.url + "/completions/stream", {"model": "claude", "prompt": prompt, "fallback": False}
+        )
         readers.append(reader)
     for reader in readers:
         await reader.next_frame()

@@ -25,9 +25,17 @@ def test_a_line_holds_time_level_namespace_message_and_fields():
     One JSON object per event: the formatted message, the plain fields, and
     nothing of Twisted's own bookkeeping.
     """
-    [line] = _lines(lambda log: log.info("{method} {path} {status} in {duration_ms} ms",
-                                         method="POST", path="/v1/messages", status=200,
-                                         duration_ms=3, provider=None, ratio=0.5))
+    [line] = _lines(
+        lambda log: log.info(
+            "{method} {path} {status} in {duration_ms} ms",
+            method="POST",
+            path="/v1/messages",
+            status=200,
+            duration_ms=3,
+            provider=None,
+            ratio=0.5,
+        )
+    )
     assert line["message"] == "POST /v1/messages 200 in 3 ms"
     assert line["level"] == "info" and line["namespace"] == "shellm.test"
     assert line["time"].endswith("+00:00") and len(line["time"]) == 29
@@ -40,24 +48,26 @@ def test_formats_beyond_plain_fields_read_as_twisted_would():
     Conversions and format specs, attribute access and Twisted's call syntax
     all give Twisted's own text; a broken format never loses the event.
     """
+
     class Thing:
         size = 3
 
         def describe(self):
             return "called"
 
-    lines = _lines(lambda log: (
-        log.info("{name!r} {ratio:.2f} {thing.size}", name="x", ratio=0.25, thing=Thing()),
-        log.info("{thing.describe()}", thing=Thing()),
-        log.info("{missing} here"),
-    ))
+    lines = _lines(
+        lambda log: (
+            log.info("{name!r} {ratio:.2f} {thing.size}", name="x", ratio=0.25, thing=Thing()),
+            log.info("{thing.describe()}", thing=Thing()),
+            log.info("{missing} here"),
+        )
+    )
     assert [line["message"] for line in lines[:2]] == ["'x' 0.25 3", "called"]
     assert "Unable to format event" in lines[2]["message"]
 
 
 def test_levels_below_the_threshold_are_dropped():
-    lines = _lines(lambda log: (log.debug("quiet"), log.info("said"), log.error("loud")),
-                   level="info")
+    lines = _lines(lambda log: (log.debug("quiet"), log.info("said"), log.error("loud")), level="info")
     assert [line["message"] for line in lines] == ["said", "loud"]
 
 

@@ -25,9 +25,13 @@ def _all_providers_env(marker, cerebras_url="http://127.0.0.1:9/v1"):
     Every provider present and working (fakes), so that any 5xx is a bug.
     """
     keys = {"claude": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY", "codex": "OPENAI_API_KEY"}
-    env = {"SHELLM_MAX_QUEUE_DEPTH": "1000", "SHELLM_GLOBAL_RPM": "1000000",
-           "SHELLM_MAX_CONCURRENT": "4", "CEREBRAS_API_KEY": "fake",
-           "SHELLM_CEREBRAS_BASE_URL": cerebras_url}
+    env = {
+        "SHELLM_MAX_QUEUE_DEPTH": "1000",
+        "SHELLM_GLOBAL_RPM": "1000000",
+        "SHELLM_MAX_CONCURRENT": "4",
+        "CEREBRAS_API_KEY": "fake",
+        "SHELLM_CEREBRAS_BASE_URL": cerebras_url,
+    }
     for name, key in keys.items():
         env[f"SHELLM_{name.upper()}_BIN"] = fake_cli(name)
         env[f"SHELLM_{name.upper()}_ENV"] = json.dumps({key: "fake", "SHELLM_TEST_MARKER": marker})
@@ -49,7 +53,7 @@ async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker
     finally:
         await daemon.stop()
     validator.validate(document)
-    from shellm.api import ShellmAPI
+    from shellm.http.api import ShellmAPI
 
     served = {rule.rule for rule in ShellmAPI.app.url_map.iter_rules()}
     served = {path.replace("<path:", "{").replace("<", "{").replace(">", "}") for path in served}
@@ -75,15 +79,32 @@ async def test_schemathesis_finds_no_undocumented_answer(tmp_path, marker):
         # say (a conversation must end with a user turn, content parts have
         # types), so for them schema-valid bodies may still be refused with
         # a 400: every other check applies.  The SDK tests prove them.
-        for selection in (["--exclude-path-regex", "^/v1/"],
-                          ["--include-path-regex", "^/v1/",
-                           "--exclude-checks", "positive_data_acceptance"]):
+        for selection in (
+            ["--exclude-path-regex", "^/v1/"],
+            ["--include-path-regex", "^/v1/", "--exclude-checks", "positive_data_acceptance"],
+        ):
             out, err, code = await getProcessOutputAndValue(
                 sys.executable,
-                ["-m", "schemathesis.cli", "run", daemon.url + "/openapi.json",
-                 "--checks", "all", *selection, "--max-examples", "25",
-                 "--request-timeout", "20", "--suppress-health-check", "all", "--seed", "1"],
-                env=dict(os.environ), path=str(tmp_path), reactor=reactor,
+                [
+                    "-m",
+                    "schemathesis.cli",
+                    "run",
+                    daemon.url + "/openapi.json",
+                    "--checks",
+                    "all",
+                    *selection,
+                    "--max-examples",
+                    "25",
+                    "--request-timeout",
+                    "20",
+                    "--suppress-health-check",
+                    "all",
+                    "--seed",
+                    "1",
+                ],
+                env=dict(os.environ),
+                path=str(tmp_path),
+                reactor=reactor,
             )
             reports.append((code, out.decode("utf-8", "replace") + err.decode("utf-8", "replace")))
     finally:

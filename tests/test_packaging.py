@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ("shellm", "twisted", "setup.py", "setup.cfg", "README.md", "LICENSE")
+SOURCES = ("shellm", "twisted", "setup.py", "pyproject.toml", "README.md", "LICENSE")
 
 
 def _environment(tmp_path):
@@ -27,7 +27,9 @@ def _environment(tmp_path):
     python = str(venv / "bin" / "python")
     target = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     borrowed = [p for p in site.getsitepackages() if os.path.isdir(p)]
     with open(os.path.join(target, "borrowed.pth"), "w") as f:
@@ -46,7 +48,10 @@ def _environment(tmp_path):
 def _twistd_help(python, cwd) -> str:
     return subprocess.run(
         [python, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()", "--help"],
-        capture_output=True, text=True, cwd=cwd, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     ).stdout
 
 

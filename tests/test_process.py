@@ -1,5 +1,5 @@
 """
-Unit tests of L{shellm.process.CliProcessProtocol} and L{CliRunner}: time is
+Unit tests of L{shellm.providers.process.CliProcessProtocol} and L{CliRunner}: time is
 a L{Clock}, and the "process" is a fake spawner that records what was
 started and which signals its group received.  No real process runs.
 """
@@ -14,7 +14,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from shellm.process import (
+from shellm.providers.process import (
     MAX_LINE_BYTES,
     MAX_STDOUT_BYTES,
     STDERR_TAIL_BYTES,
@@ -49,7 +49,7 @@ class FakeTransport:
 
 class FakeSpawner:
     """
-    Stands in for L{shellm.process.SessionSpawner}: "starts" a process by
+    Stands in for L{shellm.providers.process.SessionSpawner}: "starts" a process by
     connecting the protocol to a L{FakeTransport}, and records group signals.
     """
 
@@ -64,8 +64,9 @@ class FakeSpawner:
             raise self.fail
         transport = FakeTransport(self._next_pid)
         self._next_pid += 1
-        self.spawned.append(dict(protocol=protocol, transport=transport,
-                                 executable=executable, args=args, env=env, path=path))
+        self.spawned.append(
+            dict(protocol=protocol, transport=transport, executable=executable, args=args, env=env, path=path)
+        )
         protocol.makeConnection(transport)
         return transport
 
@@ -159,7 +160,7 @@ def test_stdin_written_then_closed(runner, spawner):
     The stdin bytes are written in full and stdin is closed right after, so a
     CLI that reads its prompt to EOF does not wait for more.
     """
-    prompt = "say hi — ünïcode\n".encode("utf-8")
+    prompt = "say hi — ünïcode\n".encode()
     start(runner, stdin=prompt)
     assert spawner.transport.calls == [("write", prompt), ("closeStdin",)]
 
@@ -231,7 +232,7 @@ def test_one_byte_at_a_time(runner, spawner):
     """
     run, lines = start(runner)
     protocol = spawner.protocol
-    for byte in "Grüße\n世界\n".encode("utf-8"):
+    for byte in "Grüße\n世界\n".encode():
         protocol.outReceived(bytes([byte]))
     end(protocol)
     assert lines == ["Grüße", "世界"]

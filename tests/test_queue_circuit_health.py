@@ -10,10 +10,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from shellm.circuit import Circuit
+from shellm.completion import ProviderHealth
 from shellm.errors import QueueFull
-from shellm.health import HealthMonitor, overall_status
-from shellm.providers.base import ProviderHealth
+from shellm.routing.circuit import Circuit
+from shellm.routing.health import HealthMonitor, overall_status
 from tests.fake_providers import FakeProvider
 
 OK = ProviderHealth(True, True)
@@ -34,7 +34,7 @@ def outcome(d: Deferred):
 
 
 def make_queue(max_concurrent: int = 2, max_waiting: int = 2):
-    from shellm.queue import RequestQueue
+    from shellm.routing.queue import RequestQueue
 
     return RequestQueue("cli", max_concurrent, max_waiting)
 
@@ -480,13 +480,16 @@ def test_refresh_runs_one_check_at_a_time(clock):
     assert providers["claude"].health_checks == 2
 
 
-@pytest.mark.parametrize("healths, status", [
-    ({"a": OK, "b": OK}, "ok"),
-    ({"a": OK, "b": NOT_LOGGED_IN}, "degraded"),
-    ({"a": NOT_INSTALLED, "b": OK}, "degraded"),
-    ({"a": NOT_INSTALLED, "b": NOT_LOGGED_IN}, "down"),
-    ({}, "down"),
-])
+@pytest.mark.parametrize(
+    "healths, status",
+    [
+        ({"a": OK, "b": OK}, "ok"),
+        ({"a": OK, "b": NOT_LOGGED_IN}, "degraded"),
+        ({"a": NOT_INSTALLED, "b": OK}, "degraded"),
+        ({"a": NOT_INSTALLED, "b": NOT_LOGGED_IN}, "down"),
+        ({}, "down"),
+    ],
+)
 def test_overall_status(healths, status):
     """
     ok when every provider is usable, degraded when some are, down when none

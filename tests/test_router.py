@@ -5,17 +5,16 @@ by hand and time on a L{Clock}.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from shellm.completion import Completion, CompletionRequest, TextDelta
+from shellm.completion import Completion, CompletionRequest, ProviderHealth, TextDelta
 from shellm.errors import (
     CliFailed,
     InvalidRequest,
+    NotLoggedIn,
     ProviderUnavailable,
     QueueFull,
     RateLimited,
@@ -23,9 +22,7 @@ from shellm.errors import (
     Timeout,
 )
 from shellm.models import DEFAULT_MODELS, merge_models
-from shellm.providers.base import ProviderHealth
-from shellm.providers.cli import NotLoggedIn
-from shellm.router import Router
+from shellm.routing.router import Router
 from tests.fake_providers import fake_providers, make_router
 
 THRESHOLD = 3
@@ -56,20 +53,16 @@ class Harness:
         settings.setdefault("circuit_cooldown", COOLDOWN)
         self.router: Router = make_router(self.clock, self.providers, **settings)
 
-    def request(self, model: str = "claude", fallback: bool = True,
-                request_id: str = "req-1") -> CompletionRequest:
+    def request(self, model: str = "claude", fallback: bool = True, request_id: str = "req-1") -> CompletionRequest:
         entry = self.router.models.resolve(model)
         assert entry is not None, model
-        return CompletionRequest(model=model, entry=entry, prompt="hello",
-                                 request_id=request_id, fallback=fallback)
+        return CompletionRequest(model=model, entry=entry, prompt="hello", request_id=request_id, fallback=fallback)
 
-    def complete(self, model: str = "claude", fallback: bool = True,
-                 sink=None, streaming: bool = False) -> Deferred:
+    def complete(self, model: str = "claude", fallback: bool = True, sink=None, streaming: bool = False) -> Deferred:
         sink = sink if sink is not None else (lambda event: None)
-        return Deferred.fromCoroutine(self.router.complete(
-            self.request(model, fallback), sink, streaming=streaming))
+        return Deferred.fromCoroutine(self.router.complete(self.request(model, fallback), sink, streaming=streaming))
 
-    def fail_once(self, name: str = "claude", error: Optional[ShellmError] = None) -> ShellmError:
+    def fail_once(self, name: str = "claude", error: ShellmError | None = None) -> ShellmError:
         """
         Send one request for C{name} without fallback and fail its run.
         """
@@ -489,8 +482,7 @@ def test_probe_failure_reopens_the_circuit(h):
     assert h.router.circuits["claude"].state == "closed"
 
 
-@pytest.mark.parametrize("error", [e for e in NOT_PROVIDER_SIDE if not isinstance(e, QueueFull)],
-                         ids=lambda e: e.code)
+@pytest.mark.parametrize("error", [e for e in NOT_PROVIDER_SIDE if not isinstance(e, QueueFull)], ids=lambda e: e.code)
 def test_client_errors_and_rate_limits_never_count(h, error):
     """
     Errors that say nothing about the provider's health never open the

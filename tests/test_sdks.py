@@ -21,7 +21,7 @@ import pytest_twisted  # noqa: E402
 import treq  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
-from shellm.conversation import Turn, render  # noqa: E402
+from shellm.http.dialects.conversation import Turn, render  # noqa: E402
 from shellm.models import DEFAULT_MODELS  # noqa: E402
 from tests.conftest import fake_cli, processes_with_marker, wait_for_no_processes  # noqa: E402
 from tests.daemon import Daemon, eventually, health_of  # noqa: E402
@@ -45,10 +45,13 @@ def cli_env(name: str, marker: str, record, **fake) -> dict:
     Make C{tests/fakes/fake_<name>.py} the daemon's C{name}, with a key in
     its own environment so the health check counts it as logged in.
     """
-    key_variable = {"claude": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY",
-                    "codex": "OPENAI_API_KEY"}[name]
-    env = {key_variable: "fake", "SHELLM_TEST_MARKER": marker, "FAKE_RECORD": str(record),
-           **{f"FAKE_{k.upper()}": str(v) for k, v in fake.items()}}
+    key_variable = {"claude": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY", "codex": "OPENAI_API_KEY"}[name]
+    env = {
+        key_variable: "fake",
+        "SHELLM_TEST_MARKER": marker,
+        "FAKE_RECORD": str(record),
+        **{f"FAKE_{k.upper()}": str(v) for k, v in fake.items()},
+    }
     upper = name.upper()
     return {f"SHELLM_{upper}_BIN": fake_cli(name), f"SHELLM_{upper}_ENV": json.dumps(env)}
 
@@ -58,12 +61,21 @@ class Gateway:
     A daemon with a fake Cerebras in this process, and SDK clients for it.
     """
 
-    def __init__(self, tmp_path, marker: str, fake_mode: str = "echo", clis=CLI_PROVIDERS,
-                 cerebras: bool = True, clients: dict | None = None, **env):
+    def __init__(
+        self,
+        tmp_path,
+        marker: str,
+        fake_mode: str = "echo",
+        clis=CLI_PROVIDERS,
+        cerebras: bool = True,
+        clients: dict | None = None,
+        **env,
+    ):
         self.tmp_path = tmp_path
         self.marker = marker
         self.records = {name: tmp_path / f"{name}.jsonl" for name in CLI_PROVIDERS}
         from twisted.internet import reactor
+
         self.cerebras, self._cerebras_port = start_fake_openai(reactor)
         self.cerebras.text = PROMPT  # as the echoing CLIs answer a single-message PROMPT
         settings = {
@@ -75,15 +87,14 @@ class Gateway:
         for name in clis:
             settings.update(cli_env(name, marker, self.records[name], mode=fake_mode))
         if cerebras:
-            settings.update(SHELLM_CEREBRAS_BASE_URL=self.cerebras.base_url,
-                            CEREBRAS_API_KEY="csk-fake-0123456789")
+            settings.update(SHELLM_CEREBRAS_BASE_URL=self.cerebras.base_url, CEREBRAS_API_KEY="csk-fake-0123456789")
         if clients is not None:
             settings["SHELLM_CLIENTS"] = json.dumps(clients)
         settings.update(env)
         self.daemon = Daemon(settings, marker, str(tmp_path))
         self.url = self.daemon.url
 
-    async def start(self) -> "Gateway":
+    async def start(self) -> Gateway:
         await self.daemon.started()
         return self
 
@@ -116,6 +127,7 @@ async def raised(exception_class, f, *args, **kwargs):
     The exception that C{f(*args, **kwargs)}, run in a thread, raised; it must
     be an instance of C{exception_class}.
     """
+
     def call():
         try:
             result = f(*args, **kwargs)
@@ -155,8 +167,7 @@ def assert_reached_provider(gateway: Gateway, provider: str, answer: str) -> Non
         assert answer.index(SYSTEM) < answer.index("<conversation_history>")
     else:
         messages = gateway.cerebras.requests[-1]["body"]["messages"]
-        assert messages == [{"role": "system", "content": SYSTEM},
-                            {"role": "user", "content": RENDERED}]
+        assert messages == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": RENDERED}]
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
@@ -167,11 +178,15 @@ async def gateway(tmp_path_factory):
     one allowed only cerebras.
     """
     marker = f"shellm-test-{uuid.uuid4().hex}"
-    gateway = Gateway(tmp_path_factory.mktemp("sdk-gateway"), marker, clients={
-        "sdk": {"key": KEY, "rpm": 100000},
-        "limited": {"key": LIMITED_KEY, "rpm": 1},
-        "cerebras-only": {"key": CEREBRAS_ONLY_KEY, "rpm": 100000, "models": ["cerebras"]},
-    })
+    gateway = Gateway(
+        tmp_path_factory.mktemp("sdk-gateway"),
+        marker,
+        clients={
+            "sdk": {"key": KEY, "rpm": 100000},
+            "limited": {"key": LIMITED_KEY, "rpm": 1},
+            "cerebras-only": {"key": CEREBRAS_ONLY_KEY, "rpm": 100000, "models": ["cerebras"]},
+        },
+    )
     try:
         await gateway.start()
         yield gateway
@@ -193,7 +208,8 @@ async def test_openai_chat_completion(gateway, provider):
     """
     client = gateway.openai()
     completion = await in_thread(
-        client.chat.completions.create, model=provider,
+        client.chat.completions.create,
+        model=provider,
         messages=[{"role": "user", "content": PROMPT}],
     )
     assert completion.object == "chat.completion"
@@ -201,8 +217,11 @@ async def test_openai_chat_completion(gateway, provider):
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].message.content == PROMPT
     assert completion.choices[0].finish_reason == "stop"
-    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens,
-            completion.usage.total_tokens) == (10, 5, 15)
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (
+        10,
+        5,
+        15,
+    )
     assert isinstance(completion.created, int) and completion.model
 
 
@@ -218,8 +237,10 @@ async def test_openai_stream_with_usage(gateway, provider):
 
     def collect():
         stream = client.chat.completions.create(
-            model=provider, messages=[{"role": "user", "content": PROMPT}],
-            stream=True, stream_options={"include_usage": True},
+            model=provider,
+            messages=[{"role": "user", "content": PROMPT}],
+            stream=True,
+            stream_options={"include_usage": True},
         )
         return list(stream)
 
@@ -249,7 +270,8 @@ async def test_openai_multi_turn(gateway, provider):
     del gateway.cerebras.requests[:]
     client = gateway.openai()
     completion = await in_thread(
-        client.chat.completions.create, model=provider,
+        client.chat.completions.create,
+        model=provider,
         messages=[{"role": "system", "content": SYSTEM}, *CONVERSATION],
     )
     assert_reached_provider(gateway, provider, completion.choices[0].message.content)
@@ -279,7 +301,10 @@ async def test_openai_tools_are_a_bad_request(gateway, stream):
     """
     client = gateway.openai()
     error = await raised(
-        openai.BadRequestError, client.chat.completions.create, model="claude", stream=stream,
+        openai.BadRequestError,
+        client.chat.completions.create,
+        model="claude",
+        stream=stream,
         messages=[{"role": "user", "content": PROMPT}],
         tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
     )
@@ -292,11 +317,18 @@ async def test_openai_tools_are_a_bad_request(gateway, stream):
 async def test_openai_image_part_is_a_bad_request(gateway):
     client = gateway.openai()
     error = await raised(
-        openai.BadRequestError, client.chat.completions.create, model="claude",
-        messages=[{"role": "user", "content": [
-            {"type": "text", "text": "What is this?"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-        ]}],
+        openai.BadRequestError,
+        client.chat.completions.create,
+        model="claude",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            }
+        ],
     )
     assert error.param == "messages[0].content[1].type" and "image_url" in error.message
 
@@ -307,24 +339,36 @@ async def test_openai_unknown_model_is_not_found(gateway):
     As with OpenAI: a model that does not exist is a 404 model_not_found.
     """
     client = gateway.openai()
-    error = await raised(openai.NotFoundError, client.chat.completions.create, model="gpt-9",
-                         messages=[{"role": "user", "content": PROMPT}])
+    error = await raised(
+        openai.NotFoundError,
+        client.chat.completions.create,
+        model="gpt-9",
+        messages=[{"role": "user", "content": PROMPT}],
+    )
     assert error.code == "model_not_found" and error.param == "model"
 
 
 @pytest_twisted.ensureDeferred
 async def test_openai_wrong_key_is_an_authentication_error(gateway):
     client = gateway.openai(key="sk-not-a-key-of-this-gateway")
-    error = await raised(openai.AuthenticationError, client.chat.completions.create, model="claude",
-                         messages=[{"role": "user", "content": PROMPT}])
+    error = await raised(
+        openai.AuthenticationError,
+        client.chat.completions.create,
+        model="claude",
+        messages=[{"role": "user", "content": PROMPT}],
+    )
     assert error.status_code == 401 and error.type == "authentication_error"
 
 
 @pytest_twisted.ensureDeferred
 async def test_openai_model_not_allowed_is_permission_denied(gateway):
     client = gateway.openai(key=CEREBRAS_ONLY_KEY)
-    error = await raised(openai.PermissionDeniedError, client.chat.completions.create, model="claude",
-                         messages=[{"role": "user", "content": PROMPT}])
+    error = await raised(
+        openai.PermissionDeniedError,
+        client.chat.completions.create,
+        model="claude",
+        messages=[{"role": "user", "content": PROMPT}],
+    )
     assert error.status_code == 403 and error.type == "permission_error"
 
 
@@ -335,19 +379,25 @@ async def test_client_rate_limit_is_a_rate_limit_error_for_both_sdks(gateway):
     raised as that SDK's RateLimitError.
     """
     first = await in_thread(
-        gateway.openai(key=LIMITED_KEY).chat.completions.create, model="cerebras",
+        gateway.openai(key=LIMITED_KEY).chat.completions.create,
+        model="cerebras",
         messages=[{"role": "user", "content": PROMPT}],
     )
     assert first.choices[0].message.content == PROMPT
     error = await raised(
-        openai.RateLimitError, gateway.openai(key=LIMITED_KEY).chat.completions.create,
-        model="cerebras", messages=[{"role": "user", "content": PROMPT}],
+        openai.RateLimitError,
+        gateway.openai(key=LIMITED_KEY).chat.completions.create,
+        model="cerebras",
+        messages=[{"role": "user", "content": PROMPT}],
     )
     assert error.status_code == 429 and error.type == "rate_limit_error"
     assert error.response.headers.get("retry-after")
     error = await raised(
-        anthropic.RateLimitError, gateway.anthropic(key=LIMITED_KEY).messages.create,
-        model="cerebras", max_tokens=100, messages=[{"role": "user", "content": PROMPT}],
+        anthropic.RateLimitError,
+        gateway.anthropic(key=LIMITED_KEY).messages.create,
+        model="cerebras",
+        max_tokens=100,
+        messages=[{"role": "user", "content": PROMPT}],
     )
     assert error.body["error"]["type"] == "rate_limit_error"
 
@@ -361,7 +411,8 @@ async def test_openai_fallback_is_invisible_to_the_sdk(gateway):
     gateway.cerebras.fail_status = 500
     try:
         completion = await in_thread(
-            gateway.openai().chat.completions.create, model="cerebras",
+            gateway.openai().chat.completions.create,
+            model="cerebras",
             messages=[{"role": "user", "content": PROMPT}],
         )
     finally:
@@ -382,7 +433,9 @@ async def test_anthropic_message(gateway, provider):
     stop reason and exact usage; the SDK authenticated with x-api-key.
     """
     message = await in_thread(
-        gateway.anthropic().messages.create, model=provider, max_tokens=256,
+        gateway.anthropic().messages.create,
+        model=provider,
+        max_tokens=256,
         messages=[{"role": "user", "content": PROMPT}],
     )
     assert message.type == "message" and message.role == "assistant"
@@ -405,7 +458,9 @@ async def test_anthropic_stream(gateway, provider):
 
     def collect():
         with client.messages.stream(
-            model=provider, max_tokens=256, system=SYSTEM,
+            model=provider,
+            max_tokens=256,
+            system=SYSTEM,
             messages=[{"role": "user", "content": PROMPT}],
         ) as stream:
             texts = list(stream.text_stream)
@@ -417,9 +472,17 @@ async def test_anthropic_stream(gateway, provider):
     assert message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (10, 5)
 
-    events = await in_thread(lambda: [e.type for e in client.messages.create(
-        model=provider, max_tokens=256, stream=True, messages=[{"role": "user", "content": PROMPT}],
-    )])
+    events = await in_thread(
+        lambda: [
+            e.type
+            for e in client.messages.create(
+                model=provider,
+                max_tokens=256,
+                stream=True,
+                messages=[{"role": "user", "content": PROMPT}],
+            )
+        ]
+    )
     assert events[:2] == ["message_start", "content_block_start"]
     assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(events[2:-3]) == {"content_block_delta"}
@@ -430,8 +493,11 @@ async def test_anthropic_stream(gateway, provider):
 async def test_anthropic_multi_turn(gateway, provider):
     del gateway.cerebras.requests[:]
     message = await in_thread(
-        gateway.anthropic().messages.create, model=provider, max_tokens=256,
-        system=[{"type": "text", "text": SYSTEM}], messages=CONVERSATION,
+        gateway.anthropic().messages.create,
+        model=provider,
+        max_tokens=256,
+        system=[{"type": "text", "text": SYSTEM}],
+        messages=CONVERSATION,
     )
     assert_reached_provider(gateway, provider, message.content[0].text)
 
@@ -443,11 +509,19 @@ async def test_anthropic_image_block_is_a_bad_request(gateway):
     the SDK's BadRequestError.
     """
     error = await raised(
-        anthropic.BadRequestError, gateway.anthropic().messages.create,
-        model="claude", max_tokens=100, messages=[{"role": "user", "content": [
-            {"type": "text", "text": "What is this?"},
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
-        ]}],
+        anthropic.BadRequestError,
+        gateway.anthropic().messages.create,
+        model="claude",
+        max_tokens=100,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+                ],
+            }
+        ],
     )
     assert error.status_code == 400
     assert error.body["type"] == "error" and error.body["error"]["type"] == "invalid_request_error"
@@ -457,8 +531,11 @@ async def test_anthropic_image_block_is_a_bad_request(gateway):
 @pytest_twisted.ensureDeferred
 async def test_anthropic_wrong_key_is_an_authentication_error(gateway):
     error = await raised(
-        anthropic.AuthenticationError, gateway.anthropic(key="sk-ant-not-a-key-here").messages.create,
-        model="claude", max_tokens=100, messages=[{"role": "user", "content": PROMPT}],
+        anthropic.AuthenticationError,
+        gateway.anthropic(key="sk-ant-not-a-key-here").messages.create,
+        model="claude",
+        max_tokens=100,
+        messages=[{"role": "user", "content": PROMPT}],
     )
     assert error.body["error"]["type"] == "authentication_error"
 
@@ -466,8 +543,11 @@ async def test_anthropic_wrong_key_is_an_authentication_error(gateway):
 @pytest_twisted.ensureDeferred
 async def test_anthropic_unknown_model_is_not_found(gateway):
     error = await raised(
-        anthropic.NotFoundError, gateway.anthropic().messages.create,
-        model="claude-9", max_tokens=100, messages=[{"role": "user", "content": PROMPT}],
+        anthropic.NotFoundError,
+        gateway.anthropic().messages.create,
+        model="claude-9",
+        max_tokens=100,
+        messages=[{"role": "user", "content": PROMPT}],
     )
     assert error.body["error"]["type"] == "not_found_error"
 
@@ -502,11 +582,9 @@ async def test_upstream_rate_limit_is_a_rate_limit_error(tmp_path, marker, provi
         assert error.type == "rate_limit_error" and error.code == "rate_limited"
         # Refused after the stream opened (the provider ran): an error chunk,
         # which the SDK raises as an APIError carrying the type.
-        error = await raised(openai.APIError, gateway.openai().chat.completions.create,
-                             stream=True, **body)
+        error = await raised(openai.APIError, gateway.openai().chat.completions.create, stream=True, **body)
         assert error.type == "rate_limit_error" and error.code == "rate_limited"
-        error = await raised(anthropic.RateLimitError, gateway.anthropic().messages.create,
-                             max_tokens=100, **body)
+        error = await raised(anthropic.RateLimitError, gateway.anthropic().messages.create, max_tokens=100, **body)
         assert error.body["error"]["type"] == "rate_limit_error"
     finally:
         await gateway.stop()
@@ -526,12 +604,12 @@ async def test_unusable_provider_is_503(tmp_path, marker, provider):
     try:
         body = {"model": provider, "messages": [{"role": "user", "content": PROMPT}]}
         for stream in (False, True):
-            error = await raised(openai.APIStatusError, gateway.openai().chat.completions.create,
-                                 stream=stream, **body)
+            error = await raised(openai.APIStatusError, gateway.openai().chat.completions.create, stream=stream, **body)
             assert error.status_code == 503 and error.type == "server_error"
             assert error.code == "provider_unavailable"
-            error = await raised(anthropic.APIStatusError, gateway.anthropic().messages.create,
-                                 stream=stream, max_tokens=100, **body)
+            error = await raised(
+                anthropic.APIStatusError, gateway.anthropic().messages.create, stream=stream, max_tokens=100, **body
+            )
             assert error.status_code == 503
             assert error.body["error"]["type"] == "overloaded_error"
     finally:
@@ -547,15 +625,26 @@ async def test_queue_full_is_a_rate_limit_error(tmp_path, marker):
     """
     gate = tmp_path / "gate"
     # The only claude run holds the only slot until the gate file exists.
-    gateway = Gateway(tmp_path, marker, clis=(), cerebras=False,
-                      SHELLM_MAX_CONCURRENT="1", SHELLM_MAX_QUEUE_DEPTH="0",
-                      **cli_env("claude", marker, tmp_path / "claude.jsonl", mode="ok", gate=gate))
+    gateway = Gateway(
+        tmp_path,
+        marker,
+        clis=(),
+        cerebras=False,
+        SHELLM_MAX_CONCURRENT="1",
+        SHELLM_MAX_QUEUE_DEPTH="0",
+        **cli_env("claude", marker, tmp_path / "claude.jsonl", mode="ok", gate=gate),
+    )
     await gateway.start()
     holding = None
     try:
-        holding = treq.post(gateway.url + "/v1/chat/completions", json={
-            "model": "claude", "messages": [{"role": "user", "content": "hold the slot"}],
-        }, timeout=TIMEOUT)
+        holding = treq.post(
+            gateway.url + "/v1/chat/completions",
+            json={
+                "model": "claude",
+                "messages": [{"role": "user", "content": "hold the slot"}],
+            },
+            timeout=TIMEOUT,
+        )
 
         async def slot_taken():
             return (await health_of(gateway.url))["queue"]["active"] == 1
@@ -563,12 +652,12 @@ async def test_queue_full_is_a_rate_limit_error(tmp_path, marker):
         assert await eventually(slot_taken)
         body = {"model": "claude", "messages": [{"role": "user", "content": PROMPT}]}
         for stream in (False, True):
-            error = await raised(openai.RateLimitError, gateway.openai().chat.completions.create,
-                                 stream=stream, **body)
+            error = await raised(openai.RateLimitError, gateway.openai().chat.completions.create, stream=stream, **body)
             assert error.code == "queue_full" and error.type == "rate_limit_error"
             assert int(error.response.headers["retry-after"]) >= 1
-            error = await raised(anthropic.RateLimitError, gateway.anthropic().messages.create,
-                                 stream=stream, max_tokens=100, **body)
+            error = await raised(
+                anthropic.RateLimitError, gateway.anthropic().messages.create, stream=stream, max_tokens=100, **body
+            )
             assert error.body["error"]["type"] == "rate_limit_error"
         gate.write_text("go")
         response = await holding
@@ -590,9 +679,15 @@ async def test_failure_mid_stream_raises_in_both_sdks(tmp_path, marker):
     each SDK raises instead of returning a cut answer as a whole one.
     """
     never = tmp_path / "never"  # the fake waits for this file after its first delta
-    gateway = Gateway(tmp_path, marker, clis=(), cerebras=False,
-                      SHELLM_TIMEOUT="1", SHELLM_KILL_GRACE="0.2",
-                      **cli_env("claude", marker, tmp_path / "claude.jsonl", mode="ok", gate=never))
+    gateway = Gateway(
+        tmp_path,
+        marker,
+        clis=(),
+        cerebras=False,
+        SHELLM_TIMEOUT="1",
+        SHELLM_KILL_GRACE="0.2",
+        **cli_env("claude", marker, tmp_path / "claude.jsonl", mode="ok", gate=never),
+    )
     await gateway.start()
     try:
         body = {"model": "claude", "messages": [{"role": "user", "content": PROMPT}]}
@@ -607,8 +702,9 @@ async def test_failure_mid_stream_raises_in_both_sdks(tmp_path, marker):
         assert error.code == "timeout" and error.type == "server_error"
         assert seen and seen[-1].choices[0].delta.content  # the first delta arrived
         assert all(c.choices[0].finish_reason is None for c in seen)
-        error = await raised(anthropic.APIStatusError, gateway.anthropic().messages.create,
-                             stream=True, max_tokens=100, **body)
+        error = await raised(
+            anthropic.APIStatusError, gateway.anthropic().messages.create, stream=True, max_tokens=100, **body
+        )
         assert error.body["error"]["type"] == "timeout_error"
     finally:
         await gateway.stop()

@@ -4,38 +4,12 @@ What every provider offers the router.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
 from shellm.completion import CompletionRequest, EventSink
-
-
-@frozen
-class ProviderHealth:
-    """
-    What a health check found, without spending a token.
-
-    @ivar error: a short, secret-free explanation when not usable, with the fix.
-    """
-
-    installed: bool
-    authenticated: bool
-    error: Optional[str] = None
-    version: Optional[str] = None
-
-    @property
-    def usable(self) -> bool:
-        return self.installed and self.authenticated
-
-    def to_json(self) -> dict:
-        body = {"installed": self.installed, "authenticated": self.authenticated}
-        if self.version:
-            body["version"] = self.version
-        if self.error:
-            body["error"] = self.error
-        return body
 
 
 @frozen
@@ -80,8 +54,7 @@ class Provider(Protocol):
     kind: str  # "cli" or "http"
     capabilities: Capabilities
 
-    def start(self, request: CompletionRequest, upstream_model: Optional[str],
-              sink: EventSink) -> ProviderRun:
+    def start(self, request: CompletionRequest, upstream_model: str | None, sink: EventSink) -> ProviderRun:
         """
         Begin answering; every L{shellm.completion.TextDelta} goes to C{sink}.
 

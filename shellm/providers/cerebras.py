@@ -9,7 +9,7 @@ collects them.
 from __future__ import annotations
 
 import json
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -18,12 +18,12 @@ from twisted.logger import Logger
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from shellm.completion import CompletionRequest, EventSink, ProviderResult, TextDelta, Usage
+from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta, Usage
 from shellm.errors import CliFailed, InvalidRequest, ProviderUnavailable, RateLimited, Timeout
-from shellm.http_client import BytesBody
 from shellm.logs import redact
-from shellm.providers.base import Capabilities, ProviderHealth, ProviderRun
+from shellm.providers.base import Capabilities, ProviderRun
 from shellm.providers.cli import token_count
+from shellm.providers.http_client import BytesBody
 
 MAX_LINE_BYTES = 1024 * 1024
 #: How much of an upstream error body is read (and logged, redacted).
@@ -48,7 +48,7 @@ class LineReader(Protocol):
         self._on_line = on_line
         self._limit = limit
         self._buffer = b""
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self.done = Deferred(self._cancel)
 
     def dataReceived(self, data: bytes) -> None:
@@ -91,10 +91,10 @@ class ChatStreamParser:
 
     def __init__(self, sink: EventSink):
         self._sink = sink
-        self.usage: Optional[Usage] = None
-        self.model: Optional[str] = None
+        self.usage: Usage | None = None
+        self.model: str | None = None
         self.done = False
-        self.finish_reason: Optional[str] = None
+        self.finish_reason: str | None = None
 
     def feed(self, line: str) -> None:
         if not line.startswith("data:"):
@@ -135,7 +135,7 @@ class CerebrasProvider:
     capabilities = Capabilities(system_prompt=True, max_tokens=True, streaming="token", sampling=True)
     log = Logger()
 
-    def __init__(self, reactor, http, api_key: Optional[str], base_url: str, timeout: float):
+    def __init__(self, reactor, http, api_key: str | None, base_url: str, timeout: float):
         """
         @param http: a L{treq.client.HTTPClient} (over the daemon's own
             connection pool) or, in tests, a L{treq.testing.StubTreq}.
@@ -151,14 +151,15 @@ class CerebrasProvider:
         self._models_url = EncodedURL.from_text(base_url + "/models")
         authorization = [f"Bearer {api_key}".encode("latin-1", "replace")]
         self._headers = Headers({b"Authorization": authorization})
-        self._post_headers = Headers({
-            b"Authorization": authorization,
-            b"Accept": [b"text/event-stream"],
-            b"Content-Type": [b"application/json"],
-        })
+        self._post_headers = Headers(
+            {
+                b"Authorization": authorization,
+                b"Accept": [b"text/event-stream"],
+                b"Content-Type": [b"application/json"],
+            }
+        )
 
-    def start(self, request: CompletionRequest, upstream_model: Optional[str],
-              sink: EventSink) -> ProviderRun:
+    def start(self, request: CompletionRequest, upstream_model: str | None, sink: EventSink) -> ProviderRun:
         if not self._api_key:
             raise ProviderUnavailable("cerebras is not configured (CEREBRAS_API_KEY is not set)")
         messages = []
@@ -209,8 +210,11 @@ class CerebrasProvider:
         try:
             # No redirects: following one would send the key to another URL.
             response = await self._http.post(
-                self._completions_url, data=BytesBody(json.dumps(body).encode("utf-8")),
-                headers=self._post_headers, unbuffered=True, allow_redirects=False,
+                self._completions_url,
+                data=BytesBody(json.dumps(body).encode("utf-8")),
+                headers=self._post_headers,
+                unbuffered=True,
+                allow_redirects=False,
             )
         except CancelledError:
             raise
@@ -229,7 +233,8 @@ class CerebrasProvider:
         if not parser.done and parser.finish_reason is None:
             raise CliFailed("cerebras: the response was cut off")
         return ProviderResult(
-            usage=parser.usage, model=parser.model,
+            usage=parser.usage,
+            model=parser.model,
             finish_reason="length" if parser.finish_reason == "length" else "stop",
         )
 
@@ -249,7 +254,8 @@ class CerebrasProvider:
             pass
         self.log.warn(
             "cerebras returned HTTP {status}: {body}",
-            status=status, body=redact(b"\n".join(chunks).decode("utf-8", "replace")[:500]),
+            status=status,
+            body=redact(b"\n".join(chunks).decode("utf-8", "replace")[:500]),
         )
         if status in (401, 403):
             return ProviderUnavailable(f"cerebras refused the API key (HTTP {status})")
@@ -274,7 +280,9 @@ class CerebrasProvider:
         async def check() -> ProviderHealth:
             try:
                 response = await self._http.get(
-                    self._models_url, headers=self._headers, timeout=HEALTH_TIMEOUT,
+                    self._models_url,
+                    headers=self._headers,
+                    timeout=HEALTH_TIMEOUT,
                     allow_redirects=False,
                 )
                 await response.content()

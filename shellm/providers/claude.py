@@ -6,20 +6,33 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from shellm.completion import CompletionRequest, ProviderResult, Usage
 from shellm.errors import CliFailed
-from shellm.process import CliExit
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
-
+from shellm.providers.process import CliExit
 
 #: Denied outright, whatever else is configured: `-p` mode expands `@path`
 #: mentions in a prompt through the Read tool even when no tool is offered.
-NO_TOOL_SETTINGS = json.dumps({"permissions": {"deny": [
-    "Read", "Edit", "Write", "Bash", "WebFetch", "WebSearch", "Glob", "Grep", "NotebookEdit",
-]}})
+NO_TOOL_SETTINGS = json.dumps(
+    {
+        "permissions": {
+            "deny": [
+                "Read",
+                "Edit",
+                "Write",
+                "Bash",
+                "WebFetch",
+                "WebSearch",
+                "Glob",
+                "Grep",
+                "NotebookEdit",
+            ]
+        }
+    }
+)
 
 
 class ClaudeOutput(OutputParser):
@@ -30,7 +43,7 @@ class ClaudeOutput(OutputParser):
 
     def __init__(self, provider, sink):
         super().__init__(provider, sink)
-        self.result: Optional[dict] = None
+        self.result: dict | None = None
         self._message_text = 0
 
     def on_event(self, event: dict) -> None:
@@ -101,16 +114,23 @@ class ClaudeProvider(CliProvider):
     def arguments(self, request: CompletionRequest, upstream_model, scratch) -> list[str]:
         args = [
             "-p",
-            "--output-format", "stream-json", "--verbose", "--include-partial-messages",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--include-partial-messages",
             # No tools at all, no MCP servers, no settings files that could add
             # them back, and no slash commands: the prompt is only ever text.
-            "--tools", "",
+            "--tools",
+            "",
             "--strict-mcp-config",
-            "--permission-mode", "dontAsk",
-            "--setting-sources", "",
+            "--permission-mode",
+            "dontAsk",
+            "--setting-sources",
+            "",
             "--disable-slash-commands",
             "--no-session-persistence",
-            "--settings", NO_TOOL_SETTINGS,
+            "--settings",
+            NO_TOOL_SETTINGS,
         ]
         if upstream_model:
             args += ["--model", upstream_model]

@@ -10,24 +10,18 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from shellm.completion import CompletionRequest, EventSink, ProviderResult, TextDelta
-from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
-from shellm.process import CliCommand, CliExit, CliRunner
-from shellm.providers.base import Capabilities, ProviderHealth, ProviderRun
+from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta
+from shellm.errors import CliFailed, NotLoggedIn, ProviderUnavailable, RateLimited, ShellmError, Timeout
+from shellm.providers.base import Capabilities, ProviderRun
+from shellm.providers.process import CliCommand, CliExit, CliRunner
 
 #: How long C{--version} may take in a health check.
 VERSION_TIMEOUT = 10.0
-
-
-class NotLoggedIn(ProviderUnavailable):
-    """
-    The CLI runs but has no usable credentials.
-    """
 
 
 # What the CLIs say when their login is missing or refused, or when the
@@ -46,7 +40,7 @@ _RATE_LIMITED = re.compile(
 )
 
 
-def with_system_prompt(system: Optional[str], prompt: str) -> str:
+def with_system_prompt(system: str | None, prompt: str) -> str:
     """
     For CLIs without a system-prompt option: the instructions first, clearly
     set apart from the request that follows.
@@ -59,7 +53,7 @@ def with_system_prompt(system: Optional[str], prompt: str) -> str:
     )
 
 
-def parse_json_line(line: str) -> Optional[dict]:
+def parse_json_line(line: str) -> dict | None:
     """
     A CLI's JSON event, or L{None} for anything else on stdout (banners,
     warnings, ANSI noise): those are skipped, not fatal.
@@ -74,7 +68,7 @@ def parse_json_line(line: str) -> Optional[dict]:
     return value if isinstance(value, dict) else None
 
 
-def token_count(value) -> Optional[int]:
+def token_count(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
@@ -88,7 +82,7 @@ class OutputParser:
         self.provider = provider
         self._sink = sink
         self.emitted = 0
-        self.model: Optional[str] = None
+        self.model: str | None = None
 
     def emit(self, text: str) -> None:
         if text:
@@ -120,12 +114,9 @@ class OutputParser:
         """
         said = what + "\n" + exit.stderr_tail
         if _LOGIN_REFUSED.search(said):
-            return NotLoggedIn(
-                f"{self.provider} is not logged in or its credentials were refused"
-            )
+            return NotLoggedIn(f"{self.provider} is not logged in or its credentials were refused")
         if _RATE_LIMITED.search(said):
-            return RateLimited(f"{self.provider}: the upstream rate limit was reached",
-                               retry_after=60)
+            return RateLimited(f"{self.provider}: the upstream rate limit was reached", retry_after=60)
         if exit.signal is not None:
             return CliFailed(f"{self.provider} was ended by signal {exit.signal}")
         if exit.exit_code:
@@ -148,8 +139,9 @@ class CliProvider:
     quiet_env: Mapping[str, str] = {}
     log = Logger()
 
-    def __init__(self, reactor, runner: CliRunner, executable: str,
-                 base_env: Mapping[str, str], extra_env: Mapping[str, str]):
+    def __init__(
+        self, reactor, runner: CliRunner, executable: str, base_env: Mapping[str, str], extra_env: Mapping[str, str]
+    ):
         self._reactor = reactor
         self._runner = runner
         self._executable = executable
@@ -157,12 +149,11 @@ class CliProvider:
         self._extra_env = dict(extra_env)
         # (path, mtime, size) of the executable -> its --version line: the
         # check runs again only when the CLI is replaced or updated.
-        self._version_of: Optional[tuple] = None
+        self._version_of: tuple | None = None
 
     # -- what subclasses provide
 
-    def arguments(self, request: CompletionRequest, upstream_model: Optional[str],
-                  scratch: str) -> list[str]:
+    def arguments(self, request: CompletionRequest, upstream_model: str | None, scratch: str) -> list[str]:
         raise NotImplementedError
 
     def stdin_text(self, request: CompletionRequest) -> str:
@@ -179,11 +170,11 @@ class CliProvider:
 
     # -- shared
 
-    def resolve_executable(self) -> Optional[str]:
+    def resolve_executable(self) -> str | None:
         found = shutil.which(self._executable, path=self._base_env.get("PATH"))
         return os.path.abspath(found) if found else None
 
-    def environment(self, scratch: Optional[str], request=None) -> dict[str, str]:
+    def environment(self, scratch: str | None, request=None) -> dict[str, str]:
         env = dict(self._base_env)
         env.update(NO_COLOR="1", TERM="dumb")
         env.update(self.quiet_env)
@@ -193,8 +184,7 @@ class CliProvider:
         env.update(self._extra_env)
         return env
 
-    def start(self, request: CompletionRequest, upstream_model: Optional[str],
-              sink: EventSink) -> ProviderRun:
+    def start(self, request: CompletionRequest, upstream_model: str | None, sink: EventSink) -> ProviderRun:
         executable = self.resolve_executable()
         if executable is None:
             raise ProviderUnavailable(f"{self.name} is not installed")
@@ -231,7 +221,8 @@ class CliProvider:
         """
         executable = self.resolve_executable()
         if executable is None:
-            return succeed(ProviderHealth(False, False, f"{self.name} executable not found on PATH (set SHELLM_{self.name.upper()}_BIN)"))
+            missing = f"{self.name} executable not found on PATH (set SHELLM_{self.name.upper()}_BIN)"
+            return succeed(ProviderHealth(False, False, missing))
         env = self.environment(None)
         try:
             info = os.stat(executable)
@@ -265,7 +256,7 @@ class CliProvider:
 
         return run.result.addCallback(judged)
 
-    def _judge_login(self, env: Mapping[str, str], version: Optional[str]) -> ProviderHealth:
+    def _judge_login(self, env: Mapping[str, str], version: str | None) -> ProviderHealth:
         if not self.has_credentials(env):
             return ProviderHealth(True, False, f"not logged in: {self.login_hint}", version)
         return ProviderHealth(True, True, None, version)
@@ -277,4 +268,3 @@ def home_of(env: Mapping[str, str]) -> str:
 
 def any_set(env: Mapping[str, str], *names: str) -> bool:
     return any(env.get(n) for n in names)
-

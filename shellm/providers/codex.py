@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from shellm.completion import CompletionRequest, ProviderResult, Usage
-from shellm.process import CliExit
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
+from shellm.providers.process import CliExit
 
 
 class CodexOutput(OutputParser):
@@ -22,9 +22,9 @@ class CodexOutput(OutputParser):
 
     def __init__(self, provider, sink):
         super().__init__(provider, sink)
-        self.usage: Optional[Usage] = None
+        self.usage: Usage | None = None
         self.completed = False
-        self.failure: Optional[str] = None
+        self.failure: str | None = None
         self._messages = 0
 
     def on_event(self, event: dict) -> None:
@@ -62,19 +62,43 @@ class CodexProvider(CliProvider):
 
     def arguments(self, request: CompletionRequest, upstream_model, scratch) -> list[str]:
         args = [
-            "exec", "--json", "--color", "never",
-            "--skip-git-repo-check", "--ephemeral",
+            "exec",
+            "--json",
+            "--color",
+            "never",
+            "--skip-git-repo-check",
+            "--ephemeral",
             # Read-only sandbox, and no tool that runs commands, spawns agents
             # or searches the web: the model can only answer in text.
-            "--sandbox", "read-only",
-            "--disable", "shell_tool", "--disable", "unified_exec",
-            "--disable", "multi_agent", "--disable", "goals",
-            "--disable", "view_image", "--disable", "image_generation",
-            "--disable", "plugins", "--disable", "remote_plugin", "--disable", "apps",
+            "--sandbox",
+            "read-only",
+            "--disable",
+            "shell_tool",
+            "--disable",
+            "unified_exec",
+            "--disable",
+            "multi_agent",
+            "--disable",
+            "goals",
+            "--disable",
+            "view_image",
+            "--disable",
+            "image_generation",
+            "--disable",
+            "plugins",
+            "--disable",
+            "remote_plugin",
+            "--disable",
+            "apps",
             # "Code mode" runs model-written JavaScript that can call tools.
-            "--disable", "code_mode_host", "--disable", "sleep_tool",
-            "-c", "web_search=disabled",
-            "-c", "analytics.enabled=false",
+            "--disable",
+            "code_mode_host",
+            "--disable",
+            "sleep_tool",
+            "-c",
+            "web_search=disabled",
+            "-c",
+            "analytics.enabled=false",
         ]
         if upstream_model:
             args += ["-m", upstream_model]

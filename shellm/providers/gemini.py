@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from shellm.completion import CompletionRequest, ProviderResult, Usage
-from shellm.errors import RateLimited
-from shellm.process import CliExit
+from shellm.errors import NotLoggedIn, RateLimited
 from shellm.providers.base import Capabilities
-from shellm.providers.cli import CliProvider, NotLoggedIn, OutputParser, any_set, home_of, token_count
+from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
+from shellm.providers.process import CliExit
 
 #: No tools (so no shell, file or web access whatever the prompt says), one
 #: attempt (fail fast, let fallback act), no usage statistics.
@@ -31,7 +31,7 @@ _EXIT_RATE_LIMITED = 429 % 256
 class GeminiOutput(OutputParser):
     def __init__(self, provider, sink):
         super().__init__(provider, sink)
-        self.result: Optional[dict] = None
+        self.result: dict | None = None
 
     def on_event(self, event: dict) -> None:
         kind = event.get("type")
@@ -96,9 +96,14 @@ class GeminiProvider(CliProvider):
         return GeminiOutput(self.name, sink)
 
     def has_credentials(self, env: Mapping[str, str]) -> bool:
-        if any_set(env, "GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI",
-                   "GOOGLE_GENAI_USE_GCA", "GOOGLE_APPLICATION_CREDENTIALS"):
+        if any_set(
+            env,
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "GOOGLE_GENAI_USE_VERTEXAI",
+            "GOOGLE_GENAI_USE_GCA",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ):
             return True
         home = env.get("GEMINI_CLI_HOME") or home_of(env)
         return os.path.isfile(os.path.join(home, ".gemini", "oauth_creds.json"))
-

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Optional
 
 import pytest
 import pytest_twisted
@@ -52,7 +51,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
-def _installed(package: str) -> Optional[str]:
+def _installed(package: str) -> str | None:
     try:
         with open(os.path.join(CACHE, "node_modules", package, "package.json")) as f:
             return json.load(f).get("version")
@@ -96,14 +95,18 @@ def _install_missing() -> None:
     try:
         done = subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--save-exact", "--prefix", CACHE, *missing],
-            cwd=CACHE, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            cwd=CACHE,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             timeout=NPM_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
         _unavailable(f"npm install did not finish in {NPM_TIMEOUT} s")
     if done.returncode != 0 or _missing():
-        _unavailable(f"npm install {' '.join(missing)} failed (exit {done.returncode}):\n"
-                     + (done.stderr or done.stdout)[-3000:])
+        _unavailable(
+            f"npm install {' '.join(missing)} failed (exit {done.returncode}):\n" + (done.stderr or done.stdout)[-3000:]
+        )
     print(f"\ne2e: installed {' '.join(missing)} in {time.monotonic() - started:.0f} s")
 
 
@@ -119,15 +122,18 @@ def install_clis() -> dict[str, str]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _install_missing()
     paths = {}
-    for name, (package, version) in PINS.items():
+    for name, (_package, version) in PINS.items():
         path = cli_path(name)
         done = subprocess.run(
-            [path, "--version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=60, env={**os.environ, "GEMINI_CLI_NO_RELAUNCH": "true"},
+            [path, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "GEMINI_CLI_NO_RELAUNCH": "true"},
         )
         if done.returncode != 0 or version not in done.stdout:
-            _unavailable(f"{path} --version said {done.stdout!r} {done.stderr[-500:]!r}, "
-                         f"expected {version}")
+            _unavailable(f"{path} --version said {done.stdout!r} {done.stderr[-500:]!r}, expected {version}")
         paths[name] = path
     return paths
 
@@ -154,8 +160,7 @@ CONFIG_ENTRIES = {
 }
 
 
-def cli_environment(name: str, fake: FakeUpstream, home: str, marker: str,
-                    logged_in: bool = True) -> dict[str, str]:
+def cli_environment(name: str, fake: FakeUpstream, home: str, marker: str, logged_in: bool = True) -> dict[str, str]:
     """
     What an operator puts into C{SHELLM_<NAME>_ENV} (and the service user's
     home) to point C{name} at C{fake}.  The quiet and fail-fast switches are
@@ -376,4 +381,3 @@ async def read_stream(reader, seconds: float = 60) -> list[dict]:
         if event is None:
             return events
         events.append(event)
-

@@ -25,8 +25,7 @@ def expected_usage(rig) -> dict:
     """
     answered = len(rig.fake.api_requests())
     script = rig.fake.script
-    return {"input_tokens": script.input_tokens * answered,
-            "output_tokens": script.output_tokens * answered}
+    return {"input_tokens": script.input_tokens * answered, "output_tokens": script.output_tokens * answered}
 
 
 @pytest.mark.parametrize("cli", CLIS)
@@ -64,8 +63,7 @@ async def test_stream_events_arrive_while_the_cli_runs(rigs, cli):
     if cli == "codex":
         rig.fake.message_per_chunk = True
     daemon = await rig.daemon()
-    response, reader = await open_stream(daemon.url + "/completions/stream",
-                                         {"model": cli, "prompt": "say hi"})
+    response, reader = await open_stream(daemon.url + "/completions/stream", {"model": cli, "prompt": "say hi"})
     assert response.code == 200
     try:
         first = await within(reader.next_data())

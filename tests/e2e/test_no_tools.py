@@ -24,9 +24,19 @@ pytestmark = pytest.mark.e2e
 KINDS = [(cli, kind) for cli in CLIS for kind in ("shell", "write", "read")] + [("codex", "code")]
 
 #: Codex tools that reach the machine (commands, files, images, the web).
-CODEX_MACHINE_TOOLS = {"exec_command", "shell", "local_shell", "unified_exec", "write_stdin",
-                       "apply_patch", "read_file", "view_image", "image_generation", "web_search",
-                       "js_repl"}
+CODEX_MACHINE_TOOLS = {
+    "exec_command",
+    "shell",
+    "local_shell",
+    "unified_exec",
+    "write_stdin",
+    "apply_patch",
+    "read_file",
+    "view_image",
+    "image_generation",
+    "web_search",
+    "js_repl",
+}
 
 
 def model_turns(rig) -> list:

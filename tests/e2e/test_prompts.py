@@ -40,8 +40,7 @@ def wrapped(system: str, prompt: str) -> str:
     How the product hands gemini and codex the system prompt: in the user
     turn, set apart from the request.
     """
-    return (f"<system_instructions>\n{system}\n</system_instructions>\n\n"
-            f"<user_request>\n{prompt}\n</user_request>")
+    return f"<system_instructions>\n{system}\n</system_instructions>\n\n<user_request>\n{prompt}\n</user_request>"
 
 
 @pytest.mark.parametrize("cli", CLIS)
@@ -106,9 +105,11 @@ async def test_prompt_is_never_in_argv_and_flags_are_plain_text(rigs, cli):
     prompt = f"--help -y --dangerously-skip-permissions {token}"
     system = f"system {token}"
     daemon = await rig.daemon()
-    response, reader = await open_stream(daemon.url + "/completions/stream",
-                                         {"model": cli, "prompt": prompt, "system": system})
+    response, reader = await open_stream(
+        daemon.url + "/completions/stream", {"model": cli, "prompt": prompt, "system": system}
+    )
     try:
+
         async def upstream_called():
             return rig.fake.api_requests()
 

@@ -21,9 +21,15 @@ from tests.e2e.conftest import SECRET
 pytestmark = pytest.mark.e2e
 
 CONTROLS = [
-    ("claude", "shell"), ("claude", "write"), ("claude", "read"),
-    ("gemini", "shell"), ("gemini", "write"), ("gemini", "read"),
-    ("codex", "shell"), ("codex", "read"), ("codex", "code"),
+    ("claude", "shell"),
+    ("claude", "write"),
+    ("claude", "read"),
+    ("gemini", "shell"),
+    ("gemini", "write"),
+    ("gemini", "read"),
+    ("codex", "shell"),
+    ("codex", "read"),
+    ("codex", "code"),
 ]
 
 
@@ -53,15 +59,40 @@ def tools_on(rig, kind: str) -> tuple[list[str], dict]:
     """
     outside = os.path.dirname(rig.targets.secret)
     if rig.name == "claude":
-        return (["-p", "--output-format", "json", "--no-session-persistence",
-                 "--allowedTools", "Bash", "Write", "Read", "--add-dir", outside],
-                {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1"})
+        return (
+            [
+                "-p",
+                "--output-format",
+                "json",
+                "--no-session-persistence",
+                "--allowedTools",
+                "Bash",
+                "Write",
+                "Read",
+                "--add-dir",
+                outside,
+            ],
+            {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1"},
+        )
     if rig.name == "gemini":
-        return (["-o", "json", "--yolo", "--include-directories", outside],
-                {"GEMINI_CLI_TRUST_WORKSPACE": "true", "GEMINI_CLI_NO_RELAUNCH": "true"})
-    args = ["exec", "--json", "--skip-git-repo-check", "--ephemeral",
-            "--sandbox", "danger-full-access", "-c", "analytics.enabled=false",
-            "--disable", "plugins", "--disable", "remote_plugin"]
+        return (
+            ["-o", "json", "--yolo", "--include-directories", outside],
+            {"GEMINI_CLI_TRUST_WORKSPACE": "true", "GEMINI_CLI_NO_RELAUNCH": "true"},
+        )
+    args = [
+        "exec",
+        "--json",
+        "--skip-git-repo-check",
+        "--ephemeral",
+        "--sandbox",
+        "danger-full-access",
+        "-c",
+        "analytics.enabled=false",
+        "--disable",
+        "plugins",
+        "--disable",
+        "remote_plugin",
+    ]
     if kind != "code":
         # A model codex does not know gets the plain exec_command tool
         # instead of code mode.
@@ -84,8 +115,7 @@ async def test_the_fake_tool_calls_work_when_tools_are_on(rigs, cli, kind, tmp_p
     work = tmp_path / f"work-{cli}-{kind}"
     work.mkdir()
     scratch = tempfile.mkdtemp(prefix="shellm-e2e-control-")
-    env = {"PATH": os.environ["PATH"], "TMPDIR": scratch, "CLAUDE_CODE_TMPDIR": scratch,
-           **rig.env, **env}
+    env = {"PATH": os.environ["PATH"], "TMPDIR": scratch, "CLAUDE_CODE_TMPDIR": scratch, **rig.env, **env}
     run = _Run(b"Use your tools.")
     reactor.spawnProcess(run, rig.bin, [rig.bin, *args], env=env, path=str(work))
     killer = reactor.callLater(90, run.transport.signalProcess, "KILL")

@@ -45,9 +45,21 @@ DEFAULT_TEXT = "Hi! I am a fake model."
 SECRET = "sk-ant-SECRET0123456789abcdef"
 INVALID_MARK = "@@FAKE-INVALID-UTF8@@"
 MODES = (
-    "ok", "echo", "not_logged_in", "upstream_401", "upstream_429",
-    "upstream_500", "exit_nonzero", "hang", "ignore_term", "grandchild",
-    "byte_by_byte", "huge_line", "invalid_utf8", "garbage", "slow_exit",
+    "ok",
+    "echo",
+    "not_logged_in",
+    "upstream_401",
+    "upstream_429",
+    "upstream_500",
+    "exit_nonzero",
+    "hang",
+    "ignore_term",
+    "grandchild",
+    "byte_by_byte",
+    "huge_line",
+    "invalid_utf8",
+    "garbage",
+    "slow_exit",
 )
 
 
@@ -79,7 +91,7 @@ def arg_value(args, *names):
                 i += 1
                 break
             if arg.startswith(name + "="):
-                found = arg[len(name) + 1:]
+                found = arg[len(name) + 1 :]
                 break
         i += 1
     return found
@@ -92,17 +104,15 @@ def split_text(text, n):
         return [""]
     n = max(1, min(n, len(text)))
     size = len(text)
-    return [text[i * size // n:(i + 1) * size // n] for i in range(n)]
+    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
 
 
 def now_iso():
-    return (datetime.datetime.now(datetime.timezone.utc)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode(obj):
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-            + "\n").encode("utf-8")
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def read_prompt():
@@ -114,6 +124,7 @@ def parent_death_signal():
     # prctl(PR_GET_PDEATHSIG): the signal this process gets if its parent dies.
     import ctypes
     import ctypes.util
+
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     signum = ctypes.c_int(0)
     libc.prctl(2, ctypes.byref(signum), 0, 0, 0)
@@ -138,8 +149,7 @@ def record(prompt):
     if spf is not None:
         try:
             with open(spf, "rb") as f:
-                rec["system_prompt_file_content"] = f.read().decode(
-                    "utf-8", errors="replace")
+                rec["system_prompt_file_content"] = f.read().decode("utf-8", errors="replace")
         except OSError as exc:
             rec["system_prompt_file_content"] = None
             rec["system_prompt_file_error"] = str(exc)
@@ -206,8 +216,8 @@ GARBAGE_3 = '{"type": "truncated", "oops\n'
 
 def spawn_grandchild():
     child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"],
-        stdout=sys.stdout, stderr=sys.stderr)
+        [sys.executable, "-c", "import time; time.sleep(600)"], stdout=sys.stdout, stderr=sys.stderr
+    )
     path = os.environ.get("FAKE_GRANDCHILD_PID")
     if path:
         with open(path, "w") as f:
@@ -233,11 +243,13 @@ def upstream_error(status):
     if status == 401:
         return "Invalid API key \u00b7 Fix external API key", "authentication_failed"
     if status == 429:
-        return ("API Error: Request rejected (429) \u00b7 rate limited (fake)",
-                "rate_limit")
-    return ("API Error: 500 fake failure. This is a server-side issue, usually "
-            "temporary \u2014 try again in a moment. If it persists, check your "
-            "inference gateway (%s)." % gateway_netloc(), "server_error")
+        return ("API Error: Request rejected (429) \u00b7 rate limited (fake)", "rate_limit")
+    return (
+        "API Error: 500 fake failure. This is a server-side issue, usually "
+        "temporary \u2014 try again in a moment. If it persists, check your "
+        "inference gateway (%s)." % gateway_netloc(),
+        "server_error",
+    )
 
 
 class Claude:
@@ -330,8 +342,7 @@ class Claude:
         line.update(extra)
         return line
 
-    def result_line(self, text, is_error, usage, cost, api_error_status=None,
-                    terminal_reason="completed"):
+    def result_line(self, text, is_error, usage, cost, api_error_status=None, terminal_reason="completed"):
         duration = int((time.monotonic() - self.started) * 1000)
         model_usage = {}
         if not is_error:
@@ -365,12 +376,12 @@ class Claude:
 def run_not_logged_in(c):
     zero = c.usage(0, 0)
     c.out.line(c.init_line(api_key_source="none"))
-    c.out.line(c.assistant_line(
-        NOT_LOGGED_IN, zero, model="<synthetic>",
-        error="authentication_failed", is_api_error_message=True))
-    c.out.line(c.result_line(NOT_LOGGED_IN, True, zero, 0,
-                             api_error_status=None,
-                             terminal_reason="api_error"))
+    c.out.line(
+        c.assistant_line(
+            NOT_LOGGED_IN, zero, model="<synthetic>", error="authentication_failed", is_api_error_message=True
+        )
+    )
+    c.out.line(c.result_line(NOT_LOGGED_IN, True, zero, 0, api_error_status=None, terminal_reason="api_error"))
     return 1
 
 
@@ -379,10 +390,8 @@ def run_upstream(c, status):
     zero = c.usage(0, 0)
     c.out.line(c.init_line())
     c.out.line(c.status_line())
-    c.out.line(c.assistant_line(text, zero, model="<synthetic>",
-                                error=kind, is_api_error_message=True))
-    c.out.line(c.result_line(text, True, zero, 0, api_error_status=status,
-                             terminal_reason="api_error"))
+    c.out.line(c.assistant_line(text, zero, model="<synthetic>", error=kind, is_api_error_message=True))
+    c.out.line(c.result_line(text, True, zero, 0, api_error_status=status, terminal_reason="api_error"))
     return 1
 
 
@@ -402,33 +411,46 @@ def run_success(c, mode, text):
         base = len(encode(c.status_line(padding="")))
         out.line(c.status_line(padding="x" * max(0, size - base)))
     out.line(c.status_line())
-    out.line(c.stream_event({
-        "type": "message_start",
-        "message": {
-            "id": "msg_fake000001",
-            "type": "message",
-            "role": "assistant",
-            "model": c.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": c.usage(input_tokens, 1),
-        },
-    }, api_message_id="msg_fake000001"))
-    out.line(c.stream_event({
-        "type": "content_block_start",
-        "index": 0,
-        "content_block": {"type": "text", "text": ""},
-    }))
+    out.line(
+        c.stream_event(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake000001",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": c.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": c.usage(input_tokens, 1),
+                },
+            },
+            api_message_id="msg_fake000001",
+        )
+    )
+    out.line(
+        c.stream_event(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            }
+        )
+    )
     for i, chunk in enumerate(chunks):
         if i > 0 and delay > 0:
             time.sleep(delay)
         piece = chunk + INVALID_MARK if (mode == "invalid_utf8" and i == 0) else chunk
-        data = encode(c.stream_event({
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "text_delta", "text": piece},
-        }))
+        data = encode(
+            c.stream_event(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                }
+            )
+        )
         if mode == "invalid_utf8" and i == 0:
             data = data.replace(INVALID_MARK.encode("ascii"), b"\xff\xfe", 1)
         out.write(data)
@@ -439,11 +461,15 @@ def run_success(c, mode, text):
     usage = c.usage(input_tokens, output_tokens)
     out.line(c.assistant_line(text, usage))
     out.line(c.stream_event({"type": "content_block_stop", "index": 0}))
-    out.line(c.stream_event({
-        "type": "message_delta",
-        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-        "usage": {"output_tokens": output_tokens},
-    }))
+    out.line(
+        c.stream_event(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            }
+        )
+    )
     out.line(c.stream_event({"type": "message_stop"}))
     if mode == "garbage":
         out.text(GARBAGE_3)
@@ -463,7 +489,7 @@ def main():
     if mode == "from_prompt":
         # "mode:<name> ..." in the prompt picks the behaviour per request.
         words = prompt.split()
-        mode = words[0][len("mode:"):] if words and words[0].startswith("mode:") else "ok"
+        mode = words[0][len("mode:") :] if words and words[0].startswith("mode:") else "ok"
     if mode not in MODES:
         stderr("fake_claude: unknown FAKE_MODE %r" % mode)
         return 2

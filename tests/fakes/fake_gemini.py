@@ -42,9 +42,21 @@ DEFAULT_TEXT = "Hi! I am a fake model."
 SECRET = "sk-ant-SECRET0123456789abcdef"
 INVALID_MARK = "@@FAKE-INVALID-UTF8@@"
 MODES = (
-    "ok", "echo", "not_logged_in", "upstream_401", "upstream_429",
-    "upstream_500", "exit_nonzero", "hang", "ignore_term", "grandchild",
-    "byte_by_byte", "huge_line", "invalid_utf8", "garbage", "slow_exit",
+    "ok",
+    "echo",
+    "not_logged_in",
+    "upstream_401",
+    "upstream_429",
+    "upstream_500",
+    "exit_nonzero",
+    "hang",
+    "ignore_term",
+    "grandchild",
+    "byte_by_byte",
+    "huge_line",
+    "invalid_utf8",
+    "garbage",
+    "slow_exit",
 )
 
 
@@ -76,7 +88,7 @@ def arg_value(args, *names):
                 i += 1
                 break
             if arg.startswith(name + "="):
-                found = arg[len(name) + 1:]
+                found = arg[len(name) + 1 :]
                 break
         i += 1
     return found
@@ -89,17 +101,15 @@ def split_text(text, n):
         return [""]
     n = max(1, min(n, len(text)))
     size = len(text)
-    return [text[i * size // n:(i + 1) * size // n] for i in range(n)]
+    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
 
 
 def now_iso():
-    return (datetime.datetime.now(datetime.timezone.utc)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode(obj):
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-            + "\n").encode("utf-8")
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def read_prompt():
@@ -111,6 +121,7 @@ def parent_death_signal():
     # prctl(PR_GET_PDEATHSIG): the signal this process gets if its parent dies.
     import ctypes
     import ctypes.util
+
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     signum = ctypes.c_int(0)
     libc.prctl(2, ctypes.byref(signum), 0, 0, 0)
@@ -135,8 +146,7 @@ def record(prompt):
     if spf is not None:
         try:
             with open(spf, "rb") as f:
-                rec["system_prompt_file_content"] = f.read().decode(
-                    "utf-8", errors="replace")
+                rec["system_prompt_file_content"] = f.read().decode("utf-8", errors="replace")
         except OSError as exc:
             rec["system_prompt_file_content"] = None
             rec["system_prompt_file_error"] = str(exc)
@@ -203,8 +213,8 @@ GARBAGE_3 = '{"type": "truncated", "oops\n'
 
 def spawn_grandchild():
     child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"],
-        stdout=sys.stdout, stderr=sys.stderr)
+        [sys.executable, "-c", "import time; time.sleep(600)"], stdout=sys.stdout, stderr=sys.stderr
+    )
     path = os.environ.get("FAKE_GRANDCHILD_PID")
     if path:
         with open(path, "w") as f:
@@ -289,9 +299,11 @@ class Gemini:
 
 def run_not_logged_in():
     home = os.environ.get("GEMINI_CLI_HOME") or os.environ.get("HOME") or "~"
-    stderr("Please set an Auth method in your %s or specify one of the "
-           "following environment variables before running: %s"
-           % (os.path.join(home, ".gemini", "settings.json"), AUTH_ENV_VARS))
+    stderr(
+        "Please set an Auth method in your %s or specify one of the "
+        "following environment variables before running: %s"
+        % (os.path.join(home, ".gemini", "settings.json"), AUTH_ENV_VARS)
+    )
     return 41
 
 
@@ -299,8 +311,7 @@ def run_upstream(g, prompt, status):
     message, api_status = UPSTREAM[status]
     g.out.line(g.init_line())
     g.out.line(g.user_line(prompt))
-    inner = json.dumps({"error": {"code": status, "message": message,
-                                  "status": api_status}})
+    inner = json.dumps({"error": {"code": status, "message": message, "status": api_status}})
     err = {
         "session_id": g.session_id,
         "error": {"type": "Error", "message": inner, "code": status},
@@ -356,7 +367,7 @@ def main():
     if mode == "from_prompt":
         # "mode:<name> ..." in the prompt picks the behaviour per request.
         words = prompt.split()
-        mode = words[0][len("mode:"):] if words and words[0].startswith("mode:") else "ok"
+        mode = words[0][len("mode:") :] if words and words[0].startswith("mode:") else "ok"
     if mode not in MODES:
         stderr("fake_gemini: unknown FAKE_MODE %r" % mode)
         return 2

@@ -40,8 +40,8 @@ requests       list of dicts {method, path, uri, headers, body, raw_body},
 """
 
 import argparse
-import itertools
 import copy
+import itertools
 import json
 import sys
 import time
@@ -59,8 +59,7 @@ _REASONS = {429: b"Too Many Requests", 529: b"Overloaded"}
 
 
 def _set_status(request, status):
-    request.setResponseCode(
-        status, _REASONS.get(status) or http.RESPONSES.get(status, b"Error"))
+    request.setResponseCode(status, _REASONS.get(status) or http.RESPONSES.get(status, b"Error"))
 
 
 def split_text(text, n):
@@ -69,7 +68,7 @@ def split_text(text, n):
         return [""]
     n = max(1, min(int(n), len(text)))
     size = len(text)
-    return [text[i * size // n:(i + 1) * size // n] for i in range(n)]
+    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
 
 
 def _json_bytes(obj):
@@ -78,22 +77,18 @@ def _json_bytes(obj):
 
 def _error_body(status):
     if status == 401:
-        message = ("Incorrect API key provided: %s. You can find your API key "
-                   "in your account settings." % SECRET)
+        message = "Incorrect API key provided: %s. You can find your API key in your account settings." % SECRET
         kind, code = "invalid_request_error", "invalid_api_key"
     elif status == 429:
-        message = ("Rate limit reached for requests made with key %s. "
-                   "Please try again later." % SECRET)
+        message = "Rate limit reached for requests made with key %s. Please try again later." % SECRET
         kind, code = "rate_limit_error", "rate_limit_exceeded"
     elif status >= 500:
-        message = ("The server had an error while processing your request "
-                   "(key %s)." % SECRET)
+        message = "The server had an error while processing your request (key %s)." % SECRET
         kind, code = "server_error", None
     else:
         message = "Request failed with status %d (key %s)." % (status, SECRET)
         kind, code = "invalid_request_error", None
-    return {"error": {"message": message, "type": kind, "param": None,
-                      "code": code}}
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 class _Root(resource.Resource):
@@ -160,6 +155,7 @@ class FakeOpenAI:
         self.abort_all()
         if self.port is None:
             from twisted.internet import defer
+
             return defer.succeed(None)
         return self.port.stopListening()
 
@@ -168,20 +164,21 @@ class FakeOpenAI:
     def _record(self, request, raw):
         headers = {}
         for name, values in request.requestHeaders.getAllRawHeaders():
-            headers[name.decode("latin-1").lower()] = ", ".join(
-                v.decode("latin-1") for v in values)
+            headers[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
         try:
             body = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, ValueError):
             body = None
-        self.requests.append({
-            "method": request.method.decode("latin-1"),
-            "path": request.path.decode("latin-1"),
-            "uri": request.uri.decode("latin-1"),
-            "headers": headers,
-            "body": body,
-            "raw_body": raw,
-        })
+        self.requests.append(
+            {
+                "method": request.method.decode("latin-1"),
+                "path": request.path.decode("latin-1"),
+                "uri": request.uri.decode("latin-1"),
+                "headers": headers,
+                "body": body,
+                "raw_body": raw,
+            }
+        )
         return body
 
     def _send_json(self, request, status, obj):
@@ -194,30 +191,59 @@ class FakeOpenAI:
         body = self._record(request, raw)
         path = request.path
         if path in MODELS_PATHS and request.method == b"GET":
-            return self._send_json(request, 200, {
-                "object": "list",
-                "data": [{"id": "fake-model", "object": "model",
-                          "created": 0, "owned_by": "fake"}],
-            })
+            return self._send_json(
+                request,
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}],
+                },
+            )
         if path not in CHAT_PATHS:
-            return self._send_json(request, 404, {"error": {
-                "message": "Unknown path", "type": "invalid_request_error",
-                "param": None, "code": "not_found"}})
+            return self._send_json(
+                request,
+                404,
+                {
+                    "error": {
+                        "message": "Unknown path",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "not_found",
+                    }
+                },
+            )
         if request.method != b"POST":
-            return self._send_json(request, 405, {"error": {
-                "message": "Method not allowed", "type": "invalid_request_error",
-                "param": None, "code": None}})
+            return self._send_json(
+                request,
+                405,
+                {
+                    "error": {
+                        "message": "Method not allowed",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
         if not isinstance(body, dict):
-            return self._send_json(request, 400, {"error": {
-                "message": "Request body is not a JSON object",
-                "type": "invalid_request_error", "param": None, "code": None}})
+            return self._send_json(
+                request,
+                400,
+                {
+                    "error": {
+                        "message": "Request body is not a JSON object",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
         fake = self._for_request(body)
         if fake.redirect_to is not None:
             request.setHeader(b"location", fake.redirect_to.encode())
             return self._send_json(request, 307, {})
         if fake.fail_status is not None:
-            return self._send_json(request, int(fake.fail_status),
-                                   _error_body(int(fake.fail_status)))
+            return self._send_json(request, int(fake.fail_status), _error_body(int(fake.fail_status)))
 
         self._open[request] = None
         request.notifyFinish().addBoth(self._finished, request)
@@ -239,7 +265,7 @@ class FakeOpenAI:
         if not isinstance(text, str) or not text.startswith("mode:"):
             return self
         view = copy.copy(self)  # shares the request records and open calls
-        mode = text.split()[0][len("mode:"):]
+        mode = text.split()[0][len("mode:") :]
         if mode == "stall":
             view.stall = True
         elif mode == "cut":
@@ -274,12 +300,13 @@ class FakeOpenAI:
             return
         if deadline is None:
             deadline = self.reactor.seconds() + 2.0
-        buffered = (len(getattr(transport, "dataBuffer", b""))
-                    - getattr(transport, "offset", 0)
-                    + len(getattr(transport, "_tempDataBuffer", ())))
+        buffered = (
+            len(getattr(transport, "dataBuffer", b""))
+            - getattr(transport, "offset", 0)
+            + len(getattr(transport, "_tempDataBuffer", ()))
+        )
         if buffered > 0 and self.reactor.seconds() < deadline:
-            self._open[request] = self.reactor.callLater(
-                0.01, self._cut, request, deadline)
+            self._open[request] = self.reactor.callLater(0.01, self._cut, request, deadline)
             return
         transport.abortConnection()
 
@@ -306,11 +333,13 @@ class FakeOpenAI:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model") or "fake-model",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": self.text},
-                "finish_reason": "stop",
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.text},
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": self._usage(),
         }
         data = _json_bytes(answer)
@@ -320,9 +349,8 @@ class FakeOpenAI:
             request.write(b"")
             return
         if self.cut_after is not None:
-            request.write(data[:len(data) // 2])
-            self._open[request] = self.reactor.callLater(
-                0.01, self._cut, request)
+            request.write(data[: len(data) // 2])
+            self._open[request] = self.reactor.callLater(0.01, self._cut, request)
             return
         request.setHeader(b"content-length", b"%d" % len(data))
         self._schedule(request, self.delay, self._write_plain, request, data)
@@ -341,8 +369,7 @@ class FakeOpenAI:
         created = int(time.time())
         model = body.get("model") or "fake-model"
         options = body.get("stream_options") or {}
-        include_usage = isinstance(options, dict) and bool(
-            options.get("include_usage"))
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
 
         def chunk(choices, usage=False):
             obj = {
@@ -358,10 +385,8 @@ class FakeOpenAI:
 
         events = []
         for i, piece in enumerate(split_text(self.text, self.chunks)):
-            delta = {"role": "assistant", "content": piece} if i == 0 else {
-                "content": piece}
-            events.append(chunk([{"index": 0, "delta": delta,
-                                  "finish_reason": None}]))
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            events.append(chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
         events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
         if include_usage:
             events.append(chunk([], usage=True))
@@ -382,10 +407,8 @@ class FakeOpenAI:
             return
         self._open[request] = None
         while True:
-            if self.cut_after is not None and i >= min(int(self.cut_after),
-                                                       len(events)):
-                self._open[request] = self.reactor.callLater(
-                    0.01, self._cut, request)
+            if self.cut_after is not None and i >= min(int(self.cut_after), len(events)):
+                self._open[request] = self.reactor.callLater(0.01, self._cut, request)
                 return
             if i >= len(events):
                 request.finish()
@@ -395,8 +418,7 @@ class FakeOpenAI:
             if self.stall:
                 return
             if self.delay and self.delay > 0 and i < len(events):
-                self._schedule(request, self.delay, self._stream_step,
-                               request, events, i)
+                self._schedule(request, self.delay, self._stream_step, request, events, i)
                 return
 
 

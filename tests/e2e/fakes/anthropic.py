@@ -6,8 +6,6 @@ A fake Anthropic Messages API, as Claude Code calls it: C{POST /v1/messages}
 
 from __future__ import annotations
 
-from typing import Optional
-
 from tests.e2e.fakes.base import FakeUpstream, RecordedRequest, json_bytes
 
 #: The vendor's tool for each kind of tool call, and its input.
@@ -31,7 +29,7 @@ def sse(kind: str, data: dict) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
 
 
-def user_text(body: dict) -> Optional[str]:
+def user_text(body: dict) -> str | None:
     """
     The last text part of the last user message: where the prompt goes.
     """
@@ -53,7 +51,7 @@ def system_blocks(body: dict) -> list[str]:
     return [b.get("text", "") for b in system or [] if isinstance(b, dict)]
 
 
-def tool_names(body: dict) -> Optional[list[str]]:
+def tool_names(body: dict) -> list[str] | None:
     """
     The names of the declared tools, or L{None} if the request has no
     C{tools} field at all.
@@ -76,9 +74,7 @@ def has_tool_result(body: dict) -> bool:
     if not messages or messages[-1].get("role") != "user":
         return False
     content = messages[-1].get("content")
-    return isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
-    )
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
 class FakeAnthropic(FakeUpstream):
@@ -115,38 +111,56 @@ class FakeAnthropic(FakeUpstream):
 
     def _message(self, model, text, stop_reason, content=None) -> dict:
         return {
-            "id": self.next_id("msg"), "type": "message", "role": "assistant", "model": model,
+            "id": self.next_id("msg"),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
             "content": content if content is not None else [{"type": "text", "text": text}],
-            "stop_reason": stop_reason, "stop_sequence": None,
-            "usage": {"input_tokens": self.script.input_tokens,
-                      "output_tokens": self.script.output_tokens,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": self.script.input_tokens,
+                "output_tokens": self.script.output_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
         }
 
     def _start(self, model) -> list:
         message = self._message(model, "", None, content=[])
         message["usage"]["output_tokens"] = 1
-        return [sse("message_start", {"type": "message_start", "message": message}),
-                sse("ping", {"type": "ping"})]
+        return [sse("message_start", {"type": "message_start", "message": message}), sse("ping", {"type": "ping"})]
 
     def _end(self, stop_reason) -> list:
         return [
-            sse("message_delta", {"type": "message_delta",
-                                  "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                                  "usage": {"output_tokens": self.script.output_tokens}}),
+            sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": self.script.output_tokens},
+                },
+            ),
             sse("message_stop", {"type": "message_stop"}),
         ]
 
-    def _stream_text(self, request, model, text: Optional[str]):
+    def _stream_text(self, request, model, text: str | None):
         frames = self._start(model)
-        frames.append(sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                                  "content_block": {"type": "text", "text": ""}}))
+        frames.append(
+            sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
+        )
         pieces = self.text_pieces() if text is None else [text]
         for piece in pieces:
             if isinstance(piece, str):
-                frames.append(sse("content_block_delta", {
-                    "type": "content_block_delta", "index": 0,
-                    "delta": {"type": "text_delta", "text": piece}}))
+                frames.append(
+                    sse(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                    )
+                )
             else:
                 frames.append(piece)
         frames.append(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
@@ -158,13 +172,27 @@ class FakeAnthropic(FakeUpstream):
         if not body.get("stream"):
             content = [{"type": "tool_use", "id": block_id, "name": name, "input": tool_input}]
             return self.send_json(request, self._message(model, "", "tool_use", content))
-        frames = self._start(model) + [
-            sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                        "content_block": {"type": "tool_use", "id": block_id,
-                                                          "name": name, "input": {}}}),
-            sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                        "delta": {"type": "input_json_delta",
-                                                  "partial_json": json_bytes(tool_input).decode()}}),
-            sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ] + self._end("tool_use")
+        frames = (
+            self._start(model)
+            + [
+                sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "tool_use", "id": block_id, "name": name, "input": {}},
+                    },
+                ),
+                sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "input_json_delta", "partial_json": json_bytes(tool_input).decode()},
+                    },
+                ),
+                sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ]
+            + self._end("tool_use")
+        )
         return self.send_frames(request, frames)

@@ -8,7 +8,6 @@ once the tool's result comes back).
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, succeed
@@ -35,7 +34,7 @@ class RecordedRequest:
     uri: str
     headers: dict
     raw: bytes
-    body: Optional[dict]
+    body: dict | None
 
     def text(self) -> str:
         return self.raw.decode("utf-8", "replace")
@@ -63,16 +62,16 @@ class Script:
     text: str = DEFAULT_TEXT
     chunks: int = 3
     delay: float = 0.0
-    gate: Optional[Deferred] = None
+    gate: Deferred | None = None
     input_tokens: int = 10
     output_tokens: int = 5
-    fail_status: Optional[int] = None
+    fail_status: int | None = None
     hang: bool = False
     #: "shell", "write" or "read": answer with that tool call first.
-    tool: Optional[str] = None
+    tool: str | None = None
     #: Send the tool call even if the request does not offer the tool.
     force_tool: bool = False
-    targets: Optional[ToolTargets] = None
+    targets: ToolTargets | None = None
     after_tool_text: str = AFTER_TOOL_TEXT
 
 
@@ -82,7 +81,7 @@ def split_text(text: str, n: int) -> list[str]:
     """
     n = max(1, min(n, len(text)))
     size = len(text)
-    return [text[i * size // n:(i + 1) * size // n] for i in range(n)]
+    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
 
 
 def json_bytes(value) -> bytes:
@@ -135,7 +134,7 @@ class FakeUpstream:
 
     # -- lifecycle
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         site = server.Site(_Root(self))
         site.log = lambda request: None
         site.displayTracebacks = False

@@ -9,13 +9,11 @@ C{:countTokens}.
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from tests.e2e.fakes.base import FakeUpstream, RecordedRequest, fill_schema, json_bytes
 
 TOOLS = {
-    "shell": ("run_shell_command",
-              lambda t: {"command": f"touch {t.pwned}", "description": "Create a file"}),
+    "shell": ("run_shell_command", lambda t: {"command": f"touch {t.pwned}", "description": "Create a file"}),
     "write": ("write_file", lambda t: {"file_path": t.written, "content": "written by a tool\n"}),
     "read": ("read_file", lambda t: {"file_path": t.secret}),
 }
@@ -32,22 +30,22 @@ _STATUSES = {
 _MODELS = "/v1beta/models/"
 
 
-def model_of(recorded: RecordedRequest) -> Optional[str]:
+def model_of(recorded: RecordedRequest) -> str | None:
     """
     The model named in the request's path.
     """
     if not recorded.path.startswith(_MODELS):
         return None
-    return recorded.path[len(_MODELS):].split(":", 1)[0]
+    return recorded.path[len(_MODELS) :].split(":", 1)[0]
 
 
-def method_of(recorded: RecordedRequest) -> Optional[str]:
+def method_of(recorded: RecordedRequest) -> str | None:
     if ":" not in recorded.path:
         return None
     return recorded.path.rsplit(":", 1)[1]
 
 
-def user_text(body: dict) -> Optional[str]:
+def user_text(body: dict) -> str | None:
     """
     The last text part of the last user turn: where the prompt goes.
     """
@@ -67,15 +65,14 @@ def system_blocks(body: dict) -> list[str]:
     return [p.get("text", "") for p in instruction.get("parts") or [] if isinstance(p, dict)]
 
 
-def tool_names(body: dict) -> Optional[list[str]]:
+def tool_names(body: dict) -> list[str] | None:
     tools = body.get("tools")
     if tools is None:
         return None
-    return [d.get("name") for t in tools if isinstance(t, dict)
-            for d in t.get("functionDeclarations") or []]
+    return [d.get("name") for t in tools if isinstance(t, dict) for d in t.get("functionDeclarations") or []]
 
 
-def is_helper_call(body: Optional[dict]) -> bool:
+def is_helper_call(body: dict | None) -> bool:
     """
     The CLI's own structured calls (its model router, ...): they ask for
     JSON by schema and carry no tools.
@@ -99,8 +96,7 @@ class FakeGemini(FakeUpstream):
     vendor = "gemini"
 
     def is_model_request(self, recorded: RecordedRequest) -> bool:
-        return recorded.method == "POST" and method_of(recorded) in (
-            "generateContent", "streamGenerateContent")
+        return recorded.method == "POST" and method_of(recorded) in ("generateContent", "streamGenerateContent")
 
     def error_body(self, status: int) -> dict:
         kind = _STATUSES.get(status, "INTERNAL")
@@ -108,9 +104,11 @@ class FakeGemini(FakeUpstream):
 
     def _usage(self) -> dict:
         script = self.script
-        return {"promptTokenCount": script.input_tokens,
-                "candidatesTokenCount": script.output_tokens,
-                "totalTokenCount": script.input_tokens + script.output_tokens}
+        return {
+            "promptTokenCount": script.input_tokens,
+            "candidatesTokenCount": script.output_tokens,
+            "totalTokenCount": script.input_tokens + script.output_tokens,
+        }
 
     def _chunk(self, model, parts, finish=False) -> dict:
         candidate = {"content": {"role": "model", "parts": parts}, "index": 0}

@@ -7,7 +7,6 @@ C{GET /v1/models} lists nothing; any other GET (a WebSocket upgrade) gets 426.
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from tests.e2e.fakes.base import FakeUpstream, RecordedRequest, json_bytes
 
@@ -37,19 +36,21 @@ def _code(t) -> str:
     tool that could touch the machine.
     """
     patch = patch_adding(t.written, "written by a tool")
-    return "\n".join([
-        # Built at run time, so it is only ever upstream if the script ran.
-        "const out = [['code', 'mode', 'ran'].join('-')];",
-        "for (const [name, arg] of [",
-        f"  ['exec_command', {{cmd: {json.dumps('touch ' + t.pwned + '; cat ' + t.secret)}}}],",
-        f"  ['shell', {{command: ['sh', '-c', {json.dumps('touch ' + t.pwned)}]}}],",
-        f"  ['apply_patch', {json.dumps(patch)}],",
-        "]) {",
-        "  try { out.push(name + ': ' + JSON.stringify(await tools[name](arg))); }",
-        "  catch (e) { out.push(name + ' failed: ' + e); }",
-        "}",
-        "text(out.join('\\n'));",
-    ])
+    return "\n".join(
+        [
+            # Built at run time, so it is only ever upstream if the script ran.
+            "const out = [['code', 'mode', 'ran'].join('-')];",
+            "for (const [name, arg] of [",
+            f"  ['exec_command', {{cmd: {json.dumps('touch ' + t.pwned + '; cat ' + t.secret)}}}],",
+            f"  ['shell', {{command: ['sh', '-c', {json.dumps('touch ' + t.pwned)}]}}],",
+            f"  ['apply_patch', {json.dumps(patch)}],",
+            "]) {",
+            "  try { out.push(name + ': ' + JSON.stringify(await tools[name](arg))); }",
+            "  catch (e) { out.push(name + ' failed: ' + e); }",
+            "}",
+            "text(out.join('\\n'));",
+        ]
+    )
 
 
 #: Tool call per kind: (vendor tool name, arguments or freeform input).
@@ -83,7 +84,7 @@ def declared_tools(body: dict) -> list[dict]:
     return tools
 
 
-def tool_names(body: dict) -> Optional[list[str]]:
+def tool_names(body: dict) -> list[str] | None:
     if body.get("tools") is None and not any(
         isinstance(i, dict) and i.get("type") == "additional_tools" for i in body.get("input") or []
     ):
@@ -98,7 +99,7 @@ def _texts(item: dict) -> list[str]:
     return [c.get("text", "") for c in content or [] if isinstance(c, dict)]
 
 
-def user_text(body: dict) -> Optional[str]:
+def user_text(body: dict) -> str | None:
     """
     The last text of the last user message: where the prompt goes.
     """
@@ -154,15 +155,19 @@ class FakeOpenAIResponses(FakeUpstream):
         script = self.script
         self._seq = 0
         response_id = self.next_id("resp")
-        frames = [self._event("response.created", response=self._response(response_id, model, "in_progress")),
-                  self._event("response.in_progress", response=self._response(response_id, model, "in_progress"))]
+        frames = [
+            self._event("response.created", response=self._response(response_id, model, "in_progress")),
+            self._event("response.in_progress", response=self._response(response_id, model, "in_progress")),
+        ]
         name, make_args = TOOLS.get(script.tool, (None, None))
         offered = {t.get("name"): t for t in declared_tools(body)}
         if name and self.wants_tool(set(offered), name, has_tool_result(body)):
             self.tool_calls.append((script.tool, name))
             item = self._tool_item(name, make_args(script.targets), offered.get(name))
-            frames += [self._event("response.output_item.added", output_index=0, item=item),
-                       self._event("response.output_item.done", output_index=0, item=item)]
+            frames += [
+                self._event("response.output_item.added", output_index=0, item=item),
+                self._event("response.output_item.done", output_index=0, item=item),
+            ]
             output = [item]
         else:
             after_tool = script.after_tool_text if has_tool_result(body) else None
@@ -178,8 +183,10 @@ class FakeOpenAIResponses(FakeUpstream):
                 frames += self._message(0, pieces, output)
         completed = self._response(response_id, model, "completed", output)
         completed["usage"] = {
-            "input_tokens": script.input_tokens, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": script.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "input_tokens": script.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": script.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": script.input_tokens + script.output_tokens,
         }
         frames.append(self._event("response.completed", response=completed))
@@ -191,18 +198,36 @@ class FakeOpenAIResponses(FakeUpstream):
         return b"event: " + kind.encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
 
     def _response(self, response_id, model, status, output=()) -> dict:
-        return {"id": response_id, "object": "response", "created_at": 1700000000,
-                "status": status, "model": model, "output": list(output)}
+        return {
+            "id": response_id,
+            "object": "response",
+            "created_at": 1700000000,
+            "status": status,
+            "model": model,
+            "output": list(output),
+        }
 
-    def _tool_item(self, name, args, declared: Optional[dict]) -> dict:
+    def _tool_item(self, name, args, declared: dict | None) -> dict:
         call_id = self.next_id("call")
         if isinstance(args, str) and (declared is None or declared.get("type") == "custom"):
-            return {"type": "custom_tool_call", "id": self.next_id("ctc"), "status": "completed",
-                    "call_id": call_id, "name": name, "input": args}
+            return {
+                "type": "custom_tool_call",
+                "id": self.next_id("ctc"),
+                "status": "completed",
+                "call_id": call_id,
+                "name": name,
+                "input": args,
+            }
         if isinstance(args, str):
             args = {"input": args}
-        return {"type": "function_call", "id": self.next_id("fc"), "status": "completed",
-                "call_id": call_id, "name": name, "arguments": json_bytes(args).decode()}
+        return {
+            "type": "function_call",
+            "id": self.next_id("fc"),
+            "status": "completed",
+            "call_id": call_id,
+            "name": name,
+            "arguments": json_bytes(args).decode(),
+        }
 
     def _message(self, index, pieces, output: list) -> list:
         """
@@ -213,26 +238,29 @@ class FakeOpenAIResponses(FakeUpstream):
         full = "".join(p for p in pieces if isinstance(p, str))
         part = {"type": "output_text", "text": "", "annotations": []}
         frames = [
-            self._event("response.output_item.added", output_index=index,
-                        item={"id": item_id, "type": "message", "status": "in_progress",
-                              "role": "assistant", "content": []}),
-            self._event("response.content_part.added", item_id=item_id, output_index=index,
-                        content_index=0, part=part),
+            self._event(
+                "response.output_item.added",
+                output_index=index,
+                item={"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []},
+            ),
+            self._event("response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=part),
         ]
         for piece in pieces:
             if isinstance(piece, str):
-                frames.append(self._event("response.output_text.delta", item_id=item_id,
-                                          output_index=index, content_index=0, delta=piece))
+                frames.append(
+                    self._event(
+                        "response.output_text.delta", item_id=item_id, output_index=index, content_index=0, delta=piece
+                    )
+                )
             else:
                 frames.append(piece)
         done_part = {"type": "output_text", "text": full, "annotations": []}
-        item = {"id": item_id, "type": "message", "status": "completed", "role": "assistant",
-                "content": [done_part]}
+        item = {"id": item_id, "type": "message", "status": "completed", "role": "assistant", "content": [done_part]}
         frames += [
-            self._event("response.output_text.done", item_id=item_id, output_index=index,
-                        content_index=0, text=full),
-            self._event("response.content_part.done", item_id=item_id, output_index=index,
-                        content_index=0, part=done_part),
+            self._event("response.output_text.done", item_id=item_id, output_index=index, content_index=0, text=full),
+            self._event(
+                "response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=done_part
+            ),
             self._event("response.output_item.done", output_index=index, item=item),
         ]
         output.append(item)

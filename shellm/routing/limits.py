@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Optional
 
-from shellm.auth import Client
 from shellm.errors import RateLimited
+from shellm.routing.auth import Client
 
 WINDOW = 60.0
 
@@ -28,7 +27,7 @@ class SlidingWindow:
         while self._times and self._times[0] <= now - WINDOW:
             self._times.popleft()
 
-    def wait(self) -> Optional[int]:
+    def wait(self) -> int | None:
         """
         Whole seconds until one more event fits, or L{None} if it fits now.
         Nothing is counted.
@@ -59,7 +58,7 @@ class RateLimiter:
         self.global_window = SlidingWindow(clock, global_rpm)
         self._client_windows: dict[str, SlidingWindow] = {}
 
-    def window_for(self, client: Client) -> Optional[SlidingWindow]:
+    def window_for(self, client: Client) -> SlidingWindow | None:
         if client.rpm <= 0:
             return None  # anonymous: only the global limit applies
         window = self._client_windows.get(client.name)

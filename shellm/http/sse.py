@@ -6,21 +6,20 @@ during silences.
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 
-def frame(data, event: Optional[str] = None) -> bytes:
+def frame(data, event: str | None = None) -> bytes:
     """
     One SSE frame.  C{data} is JSON-encoded unless it is already a string;
     JSON never contains a raw newline, so it always fits in one C{data:} line.
     """
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {text}\n\n".encode("utf-8")
+    return f"{head}data: {text}\n\n".encode()
 
 
 def comment(text: str) -> bytes:
-    return f": {text}\n\n".encode("utf-8")
+    return f": {text}\n\n".encode()
 
 
 class EventStream:
@@ -56,7 +55,7 @@ class EventStream:
         else:
             self._timer = self._clock.callLater(self._heartbeat, self._keepalive)
 
-    def send(self, data, event: Optional[str] = None) -> None:
+    def send(self, data, event: str | None = None) -> None:
         self._write(frame(data, event))
 
     def write(self, data: bytes) -> None:

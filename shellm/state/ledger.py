@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Optional
 
 from attrs import frozen
 from twisted.enterprise import adbapi
@@ -41,15 +40,15 @@ CREATE INDEX IF NOT EXISTS usage_by_client_time ON usage (client, time);
 class UsageRecord:
     time: float
     client: str
-    provider: Optional[str]
-    model: Optional[str]
+    provider: str | None
+    model: str | None
     status: int
-    input_tokens: Optional[int]
-    output_tokens: Optional[int]
-    cost_usd: Optional[float]
-    duration_ms: Optional[int]
-    queued_ms: Optional[int]
-    request_id: Optional[str]
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    duration_ms: int | None
+    queued_ms: int | None
+    request_id: str | None
 
 
 def _connect_private(path: str):
@@ -89,10 +88,10 @@ class Ledger:
     def __init__(self, path: str, clock):
         self.path = os.path.expanduser(path)
         self._clock = clock
-        self._pool: Optional[adbapi.ConnectionPool] = None
+        self._pool: adbapi.ConnectionPool | None = None
         self._pending: list[tuple] = []
         self._timer = None
-        self._writing: Optional[Deferred] = None
+        self._writing: Deferred | None = None
         self._dropped = 0
 
     def open(self) -> Deferred:
@@ -101,8 +100,12 @@ class Ledger:
         """
         _connect_private(self.path)
         self._pool = adbapi.ConnectionPool(
-            "sqlite3", self.path, check_same_thread=False, timeout=5,
-            cp_min=1, cp_max=1,  # SQLite writes one at a time anyway
+            "sqlite3",
+            self.path,
+            check_same_thread=False,
+            timeout=5,
+            cp_min=1,
+            cp_max=1,  # SQLite writes one at a time anyway
             cp_openfun=self._configure,
         )
         return self._pool.runInteraction(self._create)
@@ -127,10 +130,21 @@ class Ledger:
         if len(self._pending) >= MAX_PENDING_ROWS:
             self._dropped += 1
             return
-        self._pending.append((
-            row.time, row.client, row.provider, row.model, row.status, row.input_tokens,
-            row.output_tokens, row.cost_usd, row.duration_ms, row.queued_ms, row.request_id,
-        ))
+        self._pending.append(
+            (
+                row.time,
+                row.client,
+                row.provider,
+                row.model,
+                row.status,
+                row.input_tokens,
+                row.output_tokens,
+                row.cost_usd,
+                row.duration_ms,
+                row.queued_ms,
+                row.request_id,
+            )
+        )
         if len(self._pending) >= FLUSH_ROWS:
             self._write_soon(0)
         else:
@@ -163,8 +177,7 @@ class Ledger:
 
     def _write_failed(self, failure, count: int) -> None:
         if failure.check(sqlite3.Error, OSError):
-            self.log.error("could not record usage of {count} requests: {why}",
-                           count=count, why=str(failure.value))
+            self.log.error("could not record usage of {count} requests: {why}", count=count, why=str(failure.value))
         else:
             self.log.failure("could not record usage of {count} requests", failure, count=count)
 
@@ -198,7 +211,7 @@ class Ledger:
             self._pool.close()
             self._pool = None
 
-    def totals(self, since: float, client: Optional[str]) -> Deferred:
+    def totals(self, since: float, client: str | None) -> Deferred:
         """
         Requests, tokens, cost and errors by provider and model since
         C{since}, for one client or (L{None}) all, including every request
@@ -206,7 +219,7 @@ class Ledger:
         """
         return ensureDeferred(self._totals(since, client))
 
-    async def _totals(self, since: float, client: Optional[str]) -> dict:
+    async def _totals(self, since: float, client: str | None) -> dict:
         await self._flush()
         where, params = "time >= ?", [since]
         if client is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from attrs import field, frozen
 
@@ -36,7 +36,7 @@ class Client:
     name: str
     key: str = field(repr=False)
     rpm: int = DEFAULT_RPM
-    models: Optional[frozenset[str]] = None
+    models: frozenset[str] | None = None
 
     def may_use(self, alias: str, provider: str) -> bool:
         return self.models is None or alias in self.models or provider in self.models
@@ -72,9 +72,7 @@ def parse_clients(text: str) -> tuple[Client, ...]:
         if not isinstance(rpm, int) or isinstance(rpm, bool) or rpm < 1:
             raise ValueError(f"client {name!r}: rpm must be a positive integer")
         models = spec.get("models")
-        if models is not None and (
-            not isinstance(models, list) or not all(isinstance(m, str) for m in models)
-        ):
+        if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
             raise ValueError(f"client {name!r}: models must be a list of names")
         unknown = set(spec) - {"key", "rpm", "models"}
         if unknown:
@@ -113,7 +111,7 @@ class Authenticator:
     def clients(self) -> tuple[Client, ...]:
         return tuple(c for _, c in self._clients)
 
-    def authenticate(self, token: Optional[str]) -> Client:
+    def authenticate(self, token: str | None) -> Client:
         """
         @raise AuthRequired: when auth is on and C{token} matches no key.
         """
@@ -129,7 +127,7 @@ class Authenticator:
         return found
 
 
-def token_from_headers(authorization: Optional[str], api_key: Optional[str]) -> Optional[str]:
+def token_from_headers(authorization: str | None, api_key: str | None) -> str | None:
     """
     C{Authorization: Bearer <token>} (any case of "Bearer"), else C{x-api-key}.
     """

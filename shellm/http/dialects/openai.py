@@ -32,12 +32,11 @@ What SheLLM does with the request fields:
 
 from __future__ import annotations
 
-from typing import Optional
-
 from attrs import frozen
 
 from shellm.completion import Completion, CompletionRequest
-from shellm.conversation import (
+from shellm.errors import ShellmError
+from shellm.http.dialects.conversation import (
     ASSISTANT,
     SYSTEM,
     USER,
@@ -47,15 +46,12 @@ from shellm.conversation import (
     completion_request,
     number_field,
 )
-from shellm.errors import ShellmError
+from shellm.http.sse import frame
 from shellm.models import ModelEntry, ModelTable
-from shellm.sse import frame
 
 MAX_TOKENS_LIMIT = 128000
 MAX_STOP_SEQUENCES = 4
-JSON_MODE_INSTRUCTION = (
-    "Reply with one valid JSON object and nothing else: no prose, no code fences."
-)
+JSON_MODE_INSTRUCTION = "Reply with one valid JSON object and nothing else: no prose, no code fences."
 _ROLES = {"system": SYSTEM, "developer": SYSTEM, "user": USER, "assistant": ASSISTANT}
 
 
@@ -83,9 +79,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-
-
-def _max_tokens(body: dict) -> Optional[int]:
+def _max_tokens(body: dict) -> int | None:
     found = None
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
@@ -103,8 +97,11 @@ def _stop(body: dict) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [value]
-    if (not isinstance(value, list) or len(value) > MAX_STOP_SEQUENCES
-            or not all(isinstance(s, str) and s for s in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_STOP_SEQUENCES
+        or not all(isinstance(s, str) and s for s in value)
+    ):
         raise InvalidField(
             f'"stop" must be a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings',
             "stop",
@@ -145,8 +142,7 @@ def _refuse_unsupported(body: dict) -> None:
     if _bool(body, "logprobs"):
         raise InvalidField('"logprobs" is not supported: the backends do not report them', "logprobs")
     if body.get("top_logprobs") not in (None, 0):
-        raise InvalidField('"top_logprobs" is not supported: the backends do not report them',
-                           "top_logprobs")
+        raise InvalidField('"top_logprobs" is not supported: the backends do not report them', "top_logprobs")
     logit_bias = body.get("logit_bias")
     if logit_bias is not None and not isinstance(logit_bias, dict):
         raise InvalidField('"logit_bias" must be an object', "logit_bias")
@@ -158,11 +154,12 @@ def _refuse_unsupported(body: dict) -> None:
     if modalities is not None and modalities != ["text"]:
         raise InvalidField('"modalities" may only be ["text"]: SheLLM answers in text', "modalities")
     if body.get("web_search_options") is not None:
-        raise InvalidField('"web_search_options" is not supported: the backends run without web access',
-                           "web_search_options")
+        raise InvalidField(
+            '"web_search_options" is not supported: the backends run without web access', "web_search_options"
+        )
 
 
-def _response_format(body: dict) -> Optional[str]:
+def _response_format(body: dict) -> str | None:
     """
     The system instruction that C{response_format} asks for, if any.
     """
@@ -180,8 +177,7 @@ def _response_format(body: dict) -> Optional[str]:
             'a schema; use {"type": "json_object"} or describe the format in the prompt',
             "response_format",
         )
-    raise InvalidField('"response_format" must be an object whose "type" is "text" or "json_object"',
-                       "response_format")
+    raise InvalidField('"response_format" must be an object whose "type" is "text" or "json_object"', "response_format")
 
 
 def _content(message: dict, where: str) -> str:
@@ -196,8 +192,8 @@ def _content(message: dict, where: str) -> str:
                 texts.append(part["text"])
             elif isinstance(kind, str) and kind != "text":
                 raise InvalidField(
-                    f'{where}.content[{j}]: content part type "{kind[:50]}" is not supported; '
-                    "only text parts are", f"{where}.content[{j}].type",
+                    f'{where}.content[{j}]: content part type "{kind[:50]}" is not supported; only text parts are',
+                    f"{where}.content[{j}].type",
                 )
             else:
                 raise InvalidField(
@@ -224,8 +220,8 @@ def _turns(body: dict) -> list[Turn]:
             raise InvalidField(f"{where}.role must be a string", f"{where}.role")
         if role in ("tool", "function"):
             raise InvalidField(
-                f'{where}: role "{role}" is not supported: SheLLM serves text completions only, '
-                "without tool calls", f"{where}.role",
+                f'{where}: role "{role}" is not supported: SheLLM serves text completions only, without tool calls',
+                f"{where}.role",
             )
         if role not in _ROLES:
             raise InvalidField(
@@ -235,8 +231,8 @@ def _turns(body: dict) -> list[Turn]:
         for name in ("tool_calls", "function_call"):
             if message.get(name):
                 raise InvalidField(
-                    f'{where}.{name} is not supported: SheLLM serves text completions only, '
-                    "without tool calls", f"{where}.{name}",
+                    f'{where}.{name} is not supported: SheLLM serves text completions only, without tool calls',
+                    f"{where}.{name}",
                 )
         turns.append(Turn(_ROLES[role], _content(message, where)))
     dialogue = [i for i, turn in enumerate(turns) if turn.role != SYSTEM]
@@ -246,7 +242,8 @@ def _turns(body: dict) -> list[Turn]:
     if turns[last].role != USER:
         raise InvalidField(
             f'the last message must have role "user" (messages[{last}] is "{messages[last]["role"]}"): '
-            "SheLLM cannot continue a partial assistant turn", f"messages[{last}].role",
+            "SheLLM cannot continue a partial assistant turn",
+            f"messages[{last}].role",
         )
     return turns
 
@@ -280,8 +277,7 @@ def parse_request(
     if stream_options:
         value = stream_options.get("include_usage")
         if value is not None and not isinstance(value, bool):
-            raise InvalidField('"stream_options.include_usage" must be true or false',
-                               "stream_options.include_usage")
+            raise InvalidField('"stream_options.include_usage" must be true or false', "stream_options.include_usage")
         include_usage = bool(value)
     user = body.get("user")
     if user is not None and not isinstance(user, str):
@@ -290,27 +286,35 @@ def parse_request(
     if entry is None:
         raise unknown_model(model)
     request = completion_request(
-        turns, model=model, entry=entry, request_id=request_id,
-        max_prompt_chars=max_prompt_chars, max_tokens=max_tokens,
-        temperature=temperature, top_p=top_p, stop=stop, extra_system=extra_system,
+        turns,
+        model=model,
+        entry=entry,
+        request_id=request_id,
+        max_prompt_chars=max_prompt_chars,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stop,
+        extra_system=extra_system,
     )
     options = ChatOptions(
-        request_id=request_id, model=model, response_model=entry.upstream or entry.alias,
-        stream=stream, include_usage=include_usage,
+        request_id=request_id,
+        model=model,
+        response_model=entry.upstream or entry.alias,
+        stream=stream,
+        include_usage=include_usage,
     )
     return request, options
 
 
 def unknown_model(name: str) -> ModelNotFound:
-    return ModelNotFound(
-        f"The model `{name[:100]}` does not exist. GET /v1/models lists the models."
-    )
+    return ModelNotFound(f"The model `{name[:100]}` does not exist. GET /v1/models lists the models.")
 
 
 # -- responses
 
 
-def _usage(completion: Completion) -> Optional[dict]:
+def _usage(completion: Completion) -> dict | None:
     usage = completion.usage
     if usage is None:
         return None
@@ -335,12 +339,14 @@ def completion_json(completion: Completion, options: ChatOptions, now: float) ->
         "object": "chat.completion",
         "created": int(now),
         "model": completion.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": completion.content, "refusal": None},
-            "logprobs": None,
-            "finish_reason": _finish_reason(completion),
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": _finish_reason(completion),
+            }
+        ],
         "usage": _usage(completion),
         "system_fingerprint": None,
     }
@@ -378,7 +384,7 @@ class ChatStream:
         body.update(extra)
         return frame(body)
 
-    def _choice(self, delta: dict, finish_reason: Optional[str] = None) -> list:
+    def _choice(self, delta: dict, finish_reason: str | None = None) -> list:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
 
     def start(self) -> list[bytes]:
@@ -438,18 +444,20 @@ def error_type(status: int) -> str:
     }.get(status, "invalid_request_error")
 
 
-def error_json(error: ShellmError, request_id: Optional[str] = None) -> dict:
+def error_json(error: ShellmError, request_id: str | None = None) -> dict:
     """
     OpenAI's envelope.  C{code} is SheLLM's stable error code; C{param}
     names the offending field when known.  The request id travels in the
     C{x-request-id} header, as with OpenAI.
     """
-    return {"error": {
-        "message": error.message,
-        "type": error_type(error.status),
-        "code": error.code,
-        "param": getattr(error, "param", None),
-    }}
+    return {
+        "error": {
+            "message": error.message,
+            "type": error_type(error.status),
+            "code": error.code,
+            "param": getattr(error, "param", None),
+        }
+    }
 
 
 # -- models

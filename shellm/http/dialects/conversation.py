@@ -11,7 +11,7 @@ after it.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from attrs import frozen
 
@@ -33,7 +33,7 @@ class InvalidField(InvalidRequest):
     A 400 that knows which request field is wrong (OpenAI's C{param}).
     """
 
-    def __init__(self, message: str, param: Optional[str] = None):
+    def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
 
@@ -59,7 +59,7 @@ class Turn:
     text: str
 
 
-def number_field(body: dict, name: str, low: float, high: float) -> Optional[float]:
+def number_field(body: dict, name: str, low: float, high: float) -> float | None:
     """
     An optional number within bounds (a JSON boolean is not a number).
     """
@@ -79,7 +79,7 @@ def clean_text(text: str) -> str:
     return text.replace("\0", "").encode("utf-8", "replace").decode("utf-8")
 
 
-def render(turns: Sequence[Turn]) -> tuple[Optional[str], str]:
+def render(turns: Sequence[Turn]) -> tuple[str | None, str]:
     """
     The system prompt and the prompt for C{turns}.
 
@@ -122,11 +122,11 @@ def completion_request(
     entry: ModelEntry,
     request_id: str,
     max_prompt_chars: int,
-    max_tokens: Optional[int] = None,
-    temperature: Optional[float] = None,
-    top_p: Optional[float] = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
     stop: tuple[str, ...] = (),
-    extra_system: Optional[str] = None,
+    extra_system: str | None = None,
 ) -> CompletionRequest:
     """
     Render C{turns} and check the result against the prompt limit, which
@@ -144,13 +144,13 @@ def completion_request(
         raise InvalidField("the last user message must not be empty", "messages")
     if len(prompt) > max_prompt_chars:
         raise InvalidField(
-            f"the conversation exceeds the maximum length of {max_prompt_chars} characters "
-            f"(got {len(prompt)})", "messages",
+            f"the conversation exceeds the maximum length of {max_prompt_chars} characters (got {len(prompt)})",
+            "messages",
         )
     if system is not None and len(system) > max_prompt_chars:
         raise InvalidField(
-            f"the system prompt exceeds the maximum length of {max_prompt_chars} characters "
-            f"(got {len(system)})", "system",
+            f"the system prompt exceeds the maximum length of {max_prompt_chars} characters (got {len(system)})",
+            "system",
         )
     return CompletionRequest(
         model=model,

@@ -5,14 +5,13 @@ SheLLM's own dialect: C{POST /completions} and C{/completions/stream}.
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from shellm.completion import Completion, CompletionRequest
-from shellm.conversation import clean_text
 from shellm.errors import InvalidRequest, ShellmError
+from shellm.http.dialects.conversation import clean_text
+from shellm.http.sse import frame
+from shellm.http.web import valid_request_id
 from shellm.models import ModelTable
-from shellm.sse import frame
-from shellm.web import valid_request_id
 
 MAX_TOKENS_LIMIT = 128000
 _FIELDS = {"model", "prompt", "system", "max_tokens", "request_id", "fallback"}
@@ -54,30 +53,23 @@ def parse_completion_request(
     if not prompt.strip():
         raise InvalidRequest('field "prompt" must not be empty')
     if len(prompt) > max_prompt_chars:
-        raise InvalidRequest(
-            f"prompt exceeds the maximum length of {max_prompt_chars} characters (got {len(prompt)})"
-        )
+        raise InvalidRequest(f"prompt exceeds the maximum length of {max_prompt_chars} characters (got {len(prompt)})")
     system = body.get("system")
     if system is not None and not isinstance(system, str):
         raise InvalidRequest('field "system" must be a string')
     if system is not None and len(system) > max_prompt_chars:
-        raise InvalidRequest(
-            f"system exceeds the maximum length of {max_prompt_chars} characters (got {len(system)})"
-        )
+        raise InvalidRequest(f"system exceeds the maximum length of {max_prompt_chars} characters (got {len(system)})")
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, float) and max_tokens.is_integer():
         max_tokens = int(max_tokens)  # JSON does not tell 1 from 1.0
     if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
-        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
     ):
         raise InvalidRequest(f'field "max_tokens" must be an integer between 1 and {MAX_TOKENS_LIMIT}')
     given_id = body.get("request_id")
     if given_id is not None:
         if not isinstance(given_id, str) or not valid_request_id(given_id):
-            raise InvalidRequest(
-                'field "request_id" must be 1 to 128 characters of letters, digits and . _ : -'
-            )
+            raise InvalidRequest('field "request_id" must be 1 to 128 characters of letters, digits and . _ : -')
         request_id = given_id
     fallback = body.get("fallback", True)
     if not isinstance(fallback, bool):
@@ -131,7 +123,7 @@ def final_event(completion: Completion) -> dict:
     return {"content": "", "done": True, **{k: v for k, v in body.items() if k != "content"}}
 
 
-def error_event(error: ShellmError, request_id: Optional[str]) -> dict:
+def error_event(error: ShellmError, request_id: str | None) -> dict:
     return {**error.to_json(), "done": True, "request_id": request_id}
 
 

@@ -31,7 +31,8 @@ class _LiveState:
             active.add_metric([name], queue.active)
             waiting.add_metric([name], queue.pending)
         circuits = GaugeMetricFamily(
-            "shellm_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            "shellm_circuit_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
             labels=["provider"],
         )
         for name, circuit in self._circuits.items():
@@ -49,28 +50,43 @@ class Metrics:
         """
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "shellm_requests", "Completion requests by outcome",
-            ["provider", "model", "status", "client"], registry=self.registry,
+            "shellm_requests",
+            "Completion requests by outcome",
+            ["provider", "model", "status", "client"],
+            registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "shellm_queue_wait_seconds", "Time waiting for a slot", ["provider"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "shellm_queue_wait_seconds",
+            "Time waiting for a slot",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.first_token = Histogram(
-            "shellm_time_to_first_token_seconds", "Time from request to the first delta",
-            ["provider"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "shellm_time_to_first_token_seconds",
+            "Time from request to the first delta",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.duration = Histogram(
-            "shellm_request_duration_seconds", "Time from request to the end of the answer",
-            ["provider"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "shellm_request_duration_seconds",
+            "Time from request to the end of the answer",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.tokens = Counter(
-            "shellm_tokens", "Tokens reported by providers",
-            ["provider", "client", "direction"], registry=self.registry,
+            "shellm_tokens",
+            "Tokens reported by providers",
+            ["provider", "client", "direction"],
+            registry=self.registry,
         )
         self.provider_calls = Counter(
-            "shellm_provider_calls", "Provider runs (CLI exits, API calls) by outcome",
-            ["provider", "outcome"], registry=self.registry,
+            "shellm_provider_calls",
+            "Provider runs (CLI exits, API calls) by outcome",
+            ["provider", "outcome"],
+            registry=self.registry,
         )
         self.registry.register(_LiveState(queues, circuits))
 

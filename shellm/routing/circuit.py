@@ -5,8 +5,7 @@ try it again, once, after a cool-down.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Optional
+from datetime import UTC, datetime
 
 
 class Circuit:
@@ -25,9 +24,9 @@ class Circuit:
         self.cooldown = cooldown
         self._state = "closed"
         self.failures = 0
-        self._opened_at: Optional[float] = None
+        self._opened_at: float | None = None
         self._probing = False
-        self.changed_at: Optional[float] = None
+        self.changed_at: float | None = None
 
     @property
     def state(self) -> str:
@@ -87,6 +86,7 @@ class Circuit:
         return {
             "state": self.state,
             "consecutive_failures": self.failures,
-            "changed_at": None if self.changed_at is None else
-            datetime.fromtimestamp(self.changed_at, timezone.utc).isoformat(timespec="seconds"),
+            "changed_at": None
+            if self.changed_at is None
+            else datetime.fromtimestamp(self.changed_at, UTC).isoformat(timespec="seconds"),
         }

@@ -7,7 +7,6 @@ the result in the endpoint's dialect.  Every error, including 404, 405 and
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, ensureDeferred
@@ -16,10 +15,8 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from shellm import __version__, openapi
-from shellm.auth import Authenticator, Client, ModelNotAllowed, token_from_headers
+from shellm import __version__
 from shellm.completion import Completion, CompletionRequest, TextDelta
-from shellm.dialects import anthropic, openai, seed
 from shellm.errors import (
     InternalError,
     InvalidRequest,
@@ -29,12 +26,15 @@ from shellm.errors import (
     ShellmError,
     UnsupportedMediaType,
 )
-from shellm.health import overall_status
-from shellm.ledger import PERIODS, Ledger, UsageRecord
-from shellm.limits import RateLimiter
-from shellm.metrics import Metrics
-from shellm.router import Router
-from shellm.sse import EventStream
+from shellm.http import openapi
+from shellm.http.dialects import anthropic, openai, seed
+from shellm.http.sse import EventStream
+from shellm.routing.auth import Authenticator, Client, ModelNotAllowed, token_from_headers
+from shellm.routing.health import overall_status
+from shellm.routing.limits import RateLimiter
+from shellm.routing.router import Router
+from shellm.state.ledger import PERIODS, Ledger, UsageRecord
+from shellm.state.metrics import Metrics
 
 
 def json_bytes(body) -> bytes:
@@ -51,10 +51,10 @@ class ShellmAPI:
         router: Router,
         max_prompt_chars: int,
         heartbeat: float,
-        authenticator: Optional[Authenticator] = None,
-        limiter: Optional[RateLimiter] = None,
-        ledger: Optional[Ledger] = None,
-        metrics: Optional[Metrics] = None,
+        authenticator: Authenticator | None = None,
+        limiter: RateLimiter | None = None,
+        ledger: Ledger | None = None,
+        metrics: Metrics | None = None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
@@ -71,8 +71,7 @@ class ShellmAPI:
         self.metrics = metrics or Metrics(router.queues, router.circuits)
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
-        self._openapi = json_bytes(openapi.document(
-            [entry.alias for entry in router.models], max_prompt_chars))
+        self._openapi = json_bytes(openapi.document([entry.alias for entry in router.models], max_prompt_chars))
         self._started = clock.seconds()
 
     def resource(self):
@@ -88,9 +87,7 @@ class ShellmAPI:
 
     def _read_json(self, request) -> dict:
         if request.content.overflowed:
-            raise RequestTooLarge(
-                f"the request body is larger than {request.content.cap} bytes"
-            )
+            raise RequestTooLarge(f"the request body is larger than {request.content.cap} bytes")
         kind = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if kind != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json")
@@ -104,7 +101,8 @@ class ShellmAPI:
         """
         path = request.path
         if path.startswith(b"/v1/messages") or (
-                path.startswith(b"/v1/models") and request.getHeader("anthropic-version")):
+            path.startswith(b"/v1/models") and request.getHeader("anthropic-version")
+        ):
             return anthropic
         if path.startswith(b"/v1/"):
             return openai
@@ -112,14 +110,17 @@ class ShellmAPI:
 
     def _error(self, request, error: ShellmError) -> bytes:
         dialect = self._dialect(request)
-        body = (dialect.error_json(error, request.request_id) if dialect
-                else {**error.to_json(), "request_id": request.request_id})
+        body = (
+            dialect.error_json(error, request.request_id)
+            if dialect
+            else {**error.to_json(), "request_id": request.request_id}
+        )
         return self._respond(request, error.status, body)
 
     def _authenticate(self, request) -> Client:
-        client = self.authenticator.authenticate(token_from_headers(
-            request.getHeader("authorization"), request.getHeader("x-api-key")
-        ))
+        client = self.authenticator.authenticate(
+            token_from_headers(request.getHeader("authorization"), request.getHeader("x-api-key"))
+        )
         request.log_fields["client"] = client.name
         return client
 
@@ -133,8 +134,9 @@ class ShellmAPI:
         if self._limiter is not None:
             self._limiter.admit(client)
 
-    async def _serve(self, client: Client, completion_request: CompletionRequest, sink,
-                     streaming: bool = False) -> Completion:
+    async def _serve(
+        self, client: Client, completion_request: CompletionRequest, sink, streaming: bool = False
+    ) -> Completion:
         """
         Run a completion and account for it, however it ends.
         """
@@ -151,7 +153,8 @@ class ShellmAPI:
         status, completion = 500, None
         try:
             completion = await self._router.complete(
-                completion_request, timed,
+                completion_request,
+                timed,
                 permits=lambda entry: client.may_use(entry.alias, entry.provider),
                 streaming=streaming,
             )
@@ -178,19 +181,21 @@ class ShellmAPI:
             self.metrics.tokens.labels(provider, client.name, "input").inc(usage.input_tokens)
             self.metrics.tokens.labels(provider, client.name, "output").inc(usage.output_tokens)
         if self._ledger is not None:
-            self._ledger.record(UsageRecord(
-                time=self._clock.seconds(),
-                client=client.name,
-                provider=provider,
-                model=completion.model if completion else completion_request.model,
-                status=status,
-                input_tokens=usage.input_tokens if usage else None,
-                output_tokens=usage.output_tokens if usage else None,
-                cost_usd=completion.cost_usd if completion else None,
-                duration_ms=completion.duration_ms if completion else round(elapsed * 1000),
-                queued_ms=completion.queued_ms if completion else None,
-                request_id=completion_request.request_id,
-            ))
+            self._ledger.record(
+                UsageRecord(
+                    time=self._clock.seconds(),
+                    client=client.name,
+                    provider=provider,
+                    model=completion.model if completion else completion_request.model,
+                    status=status,
+                    input_tokens=usage.input_tokens if usage else None,
+                    output_tokens=usage.output_tokens if usage else None,
+                    cost_usd=completion.cost_usd if completion else None,
+                    duration_ms=completion.duration_ms if completion else round(elapsed * 1000),
+                    queued_ms=completion.queued_ms if completion else None,
+                    request_id=completion_request.request_id,
+                )
+            )
 
     def _queue_headers(self, request, provider: str) -> None:
         queue = self._router.queue_for(provider)
@@ -262,10 +267,14 @@ class ShellmAPI:
 
         self.in_flight += 1
         try:
-            running = ensureDeferred(self._serve(
-                client, completion_request, lambda event: write(writer.delta(event.text)),
-                streaming=True,
-            ))
+            running = ensureDeferred(
+                self._serve(
+                    client,
+                    completion_request,
+                    lambda event: write(writer.delta(event.text)),
+                    streaming=True,
+                )
+            )
             if running.called and isinstance(running.result, Failure):
                 await running  # raises: an ordinary error response
             request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
@@ -283,8 +292,7 @@ class ShellmAPI:
                 self.log.failure("stream failed", request_id=request.request_id)
                 write(writer.fail(InternalError("internal error")))
             else:
-                request.log_fields.update(provider=completion.provider,
-                                          queued_ms=completion.queued_ms)
+                request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
                 write(writer.finish(completion))
             finally:
                 stream.close()
@@ -298,12 +306,13 @@ class ShellmAPI:
         """
         client = self._authenticate(request)
         completion_request, options = dialect.parse_request(
-            self._read_json(request), self._router.models, self._max_prompt_chars,
+            self._read_json(request),
+            self._router.models,
+            self._max_prompt_chars,
             request.request_id,
         )
         request.request_id = completion_request.request_id  # the body may name one
-        request.log_fields.update(provider=completion_request.entry.provider,
-                                  model=completion_request.model)
+        request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
         self._admit(client, completion_request)
         return client, completion_request, options
 
@@ -318,33 +327,30 @@ class ShellmAPI:
     @app.route("/completions/stream", methods=["POST"])
     async def completions_stream(self, request):
         client, completion_request, _ = self._parse(request, seed)
-        await self._stream(request, client, completion_request,
-                           seed.SeedStream(completion_request.request_id))
+        await self._stream(request, client, completion_request, seed.SeedStream(completion_request.request_id))
 
     @app.route("/v1/chat/completions", methods=["POST"])
     async def chat_completions(self, request):
         client, completion_request, options = self._parse(request, openai)
         if options.stream:
-            return await self._stream(request, client, completion_request,
-                                      openai.ChatStream(options, self._clock.seconds()))
+            return await self._stream(
+                request, client, completion_request, openai.ChatStream(options, self._clock.seconds())
+            )
         completion = await self._complete(request, client, completion_request)
-        return self._respond(request, 200,
-                             openai.completion_json(completion, options, self._clock.seconds()))
+        return self._respond(request, 200, openai.completion_json(completion, options, self._clock.seconds()))
 
     @app.route("/v1/messages", methods=["POST"])
     async def messages(self, request):
         client, completion_request, options = self._parse(request, anthropic)
         if options.stream:
-            return await self._stream(request, client, completion_request,
-                                      anthropic.MessageStream(options))
+            return await self._stream(request, client, completion_request, anthropic.MessageStream(options))
         completion = await self._complete(request, client, completion_request)
         return self._respond(request, 200, anthropic.completion_json(completion, options))
 
     @app.route("/v1/models", methods=["GET"])
     def list_models(self, request):
         self._authenticate(request)
-        return self._respond(request, 200,
-                             self._dialect(request).models_json(self._router.models, self._started))
+        return self._respond(request, 200, self._dialect(request).models_json(self._router.models, self._started))
 
     @app.route("/v1/models/<path:model_id>", methods=["GET"])
     def get_model(self, request, model_id):
@@ -362,22 +368,27 @@ class ShellmAPI:
         listing = []
         for name, provider in self._router.providers.items():
             health = healths.get(name)
-            listing.append({
-                "name": name,
-                "kind": provider.kind,
-                "models": self._router.models.aliases_of(name),
-                "installed": health.installed if health else None,
-                "authenticated": health.authenticated if health else None,
-                "supports": provider.capabilities.to_json(),
-                "circuit": self._router.circuits[name].to_json(),
-            })
-        return self._respond(request, 200, {
-            "providers": listing,
-            "models": [
-                {"id": e.alias, "provider": e.provider, "upstream_model": e.upstream}
-                for e in self._router.models
-            ],
-        })
+            listing.append(
+                {
+                    "name": name,
+                    "kind": provider.kind,
+                    "models": self._router.models.aliases_of(name),
+                    "installed": health.installed if health else None,
+                    "authenticated": health.authenticated if health else None,
+                    "supports": provider.capabilities.to_json(),
+                    "circuit": self._router.circuits[name].to_json(),
+                }
+            )
+        return self._respond(
+            request,
+            200,
+            {
+                "providers": listing,
+                "models": [
+                    {"id": e.alias, "provider": e.provider, "upstream_model": e.upstream} for e in self._router.models
+                ],
+            },
+        )
 
     @app.route("/health", methods=["GET"])
     async def health(self, request):
@@ -385,14 +396,17 @@ class ShellmAPI:
         providers = {}
         for name, health in healths.items():
             providers[name] = {**health.to_json(), "circuit": self._router.circuits[name].to_json()}
-        return self._respond(request, 200, {
-            "status": overall_status(healths),
-            "providers": providers,
-            "queue": {**self._router.queues["cli"].to_json(),
-                      "http": self._router.queues["http"].to_json()},
-            "uptime_seconds": round(self._clock.seconds() - self._started),
-            "version": __version__,
-        })
+        return self._respond(
+            request,
+            200,
+            {
+                "status": overall_status(healths),
+                "providers": providers,
+                "queue": {**self._router.queues["cli"].to_json(), "http": self._router.queues["http"].to_json()},
+                "uptime_seconds": round(self._clock.seconds() - self._started),
+                "version": __version__,
+            },
+        )
 
     @app.route("/usage", methods=["GET"])
     async def usage(self, request):
@@ -404,11 +418,15 @@ class ShellmAPI:
             raise InternalError("no usage ledger is configured")
         scope = client.name if self.authenticator.enabled else None
         totals = await self._ledger.totals(self._clock.seconds() - PERIODS[period], scope)
-        return self._respond(request, 200, {
-            "period": period,
-            "client": scope,
-            **totals,
-        })
+        return self._respond(
+            request,
+            200,
+            {
+                "period": period,
+                "client": scope,
+                **totals,
+            },
+        )
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request):

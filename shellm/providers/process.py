@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, gatherResults
@@ -41,8 +41,8 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-@functools.lru_cache(maxsize=None)
-def find_launcher() -> Optional[tuple[str, str]]:
+@functools.cache
+def find_launcher() -> tuple[str, str] | None:
     """
     C{setpriv} and C{env} from the system, if together they can set a
     parent-death signal and a working directory and then run a program;
@@ -55,20 +55,22 @@ def find_launcher() -> Optional[tuple[str, str]]:
     try:
         probe = subprocess.run(
             [setpriv, "--pdeathsig", "KILL", "--", env, "-C", "/", "--", env],
-            env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, timeout=10,
+            env={},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return None
     return (setpriv, env) if probe.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ignored_signals() -> tuple[int, ...]:
     # Which signals the daemon ignores (SIGPIPE, at least) is settled before
     # it serves: looking them up once saves 64 lookups per spawn.
-    return tuple(signum for signum in signal.valid_signals()
-                 if signal.getsignal(signum) == signal.SIG_IGN)
+    return tuple(signum for signum in signal.valid_signals() if signal.getsignal(signum) == signal.SIG_IGN)
 
 
 class _SessionProcess(Process):
@@ -88,9 +90,14 @@ class _SessionProcess(Process):
         super().__init__(reactor, executable, args, environment, path, proto)
 
     def _trySpawnInsteadOfFork(self, path, uid, gid, executable, args, environment, kwargs):
-        if (self._launcher is None or uid is not None or gid is not None or path is None
-                # env would take a name with "=" for a variable to set.
-                or "=" in executable):
+        if (
+            self._launcher is None
+            or uid is not None
+            or gid is not None
+            or path is None
+            # env would take a name with "=" for a variable to set.
+            or "=" in executable
+        ):
             return False
         setpriv, env = self._launcher
         argv = [setpriv, "--pdeathsig", "KILL", "--", env, "-C", path, "--", executable, *args[1:]]
@@ -104,9 +111,10 @@ class _SessionProcess(Process):
             except OSError:
                 pass
         self.pid = os.posix_spawn(
-            setpriv, argv, environment,
-            file_actions=_getFileActions(open_fds, kwargs["fdmap"], os.POSIX_SPAWN_CLOSE,
-                                         os.POSIX_SPAWN_DUP2),
+            setpriv,
+            argv,
+            environment,
+            file_actions=_getFileActions(open_fds, kwargs["fdmap"], os.POSIX_SPAWN_CLOSE, os.POSIX_SPAWN_DUP2),
             setsigdef=_ignored_signals(),
             setsid=True,
         )
@@ -134,7 +142,7 @@ class SessionSpawner:
     @param launcher: see L{find_launcher}; L{None} forks every child.
     """
 
-    def __init__(self, reactor, launcher: Optional[tuple[str, str]] = None):
+    def __init__(self, reactor, launcher: tuple[str, str] | None = None):
         self._reactor = reactor
         self._launcher = launcher if _getFileActions is not None else None
 
@@ -143,9 +151,7 @@ class SessionSpawner:
         return self._launcher is not None
 
     def spawn(self, protocol, executable, args, env, path):
-        return _SessionProcess(
-            self._reactor, executable, list(args), dict(env), path, protocol, self._launcher
-        )
+        return _SessionProcess(self._reactor, executable, list(args), dict(env), path, protocol, self._launcher)
 
     def signal_group(self, pid: int, signum: int) -> None:
         # The session leader's pid is its process group id.
@@ -176,8 +182,8 @@ class CliExit:
     How a run ended.  C{exit_code} is L{None} when a signal ended it.
     """
 
-    exit_code: Optional[int]
-    signal: Optional[int]
+    exit_code: int | None
+    signal: int | None
     stderr_tail: str
     timed_out: bool
     output_overflow: bool
@@ -222,12 +228,12 @@ class CliProcessProtocol(ProcessProtocol):
         self._stderr = bytearray()
         self._timed_out = False
         self._overflow = False
-        self._line_error: Optional[BaseException] = None
+        self._line_error: BaseException | None = None
         self._terminating = False
         self._kill_timer = None
         self._pipe_timer = None
         self._exited = None
-        self.pid: Optional[int] = None
+        self.pid: int | None = None
         self.result = Deferred(lambda d: self.terminate())
         self.finished = Deferred()
         self._timeout_timer = reactor.callLater(timeout, self._time_out)
@@ -269,9 +275,7 @@ class CliProcessProtocol(ProcessProtocol):
         self._spawner.signal_group(self.pid, signal.SIGKILL)
         # A process that left the session may still hold our pipes open;
         # do not wait for it forever.
-        self._pipe_timer = self._reactor.callLater(
-            max(self._kill_grace, 1.0), self.transport.loseConnection
-        )
+        self._pipe_timer = self._reactor.callLater(max(self._kill_grace, 1.0), self.transport.loseConnection)
 
     def processEnded(self, reason):
         if self._exited is None:
@@ -374,7 +378,7 @@ class CliRunner:
         self,
         command: CliCommand,
         on_line: Callable[[str], None],
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> CliRun:
         """
         Start C{command}; C{on_line} gets each stdout line (without its
@@ -384,13 +388,15 @@ class CliRunner:
         @raise OSError: if the process could not be started.
         """
         protocol = CliProcessProtocol(
-            self._reactor, self._spawner, on_line, command.stdin,
-            self.timeout if timeout is None else timeout, self.kill_grace,
+            self._reactor,
+            self._spawner,
+            on_line,
+            command.stdin,
+            self.timeout if timeout is None else timeout,
+            self.kill_grace,
         )
         try:
-            self._spawner.spawn(
-                protocol, command.executable, command.args, command.env, command.cwd
-            )
+            self._spawner.spawn(protocol, command.executable, command.args, command.env, command.cwd)
         except BaseException:
             protocol._cancel_timers()
             raise

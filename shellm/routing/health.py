@@ -5,12 +5,12 @@ caller wait longer than the first check.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from shellm.providers.base import ProviderHealth
+from shellm.completion import ProviderHealth
 
 
 class HealthMonitor:
@@ -27,19 +27,19 @@ class HealthMonitor:
         self._providers = providers
         self._ttl = ttl
         self._cache: dict[str, ProviderHealth] = {}
-        self._checked_at: Optional[float] = None
+        self._checked_at: float | None = None
         # When each entry was last learnt, by a check or by a failed run.
         self._entry_time: dict[str, float] = {}
         self._waiters: list[Deferred] = []
         self._refreshing = False
 
-    def cached(self, name: str) -> Optional[ProviderHealth]:
+    def cached(self, name: str) -> ProviderHealth | None:
         """
         The last known health of C{name}, or L{None} if never checked.
         """
         return self._cache.get(name)
 
-    def known_unusable(self, name: str) -> Optional[ProviderHealth]:
+    def known_unusable(self, name: str) -> ProviderHealth | None:
         """
         The health of C{name} if a fresh check found it unusable.  A stale
         verdict refuses nothing (the user may have logged in since); it only
@@ -104,7 +104,8 @@ class HealthMonitor:
             old = self._cache.get(name)
             if old is not None and old.usable != health.usable:
                 self.log.info(
-                    "{provider} is now {state}", provider=name,
+                    "{provider} is now {state}",
+                    provider=name,
                     state="usable" if health.usable else "unusable",
                 )
         self._cache = results

@@ -29,12 +29,12 @@ What SheLLM does with the request fields:
 from __future__ import annotations
 
 import datetime
-from typing import Optional
 
 from attrs import frozen
 
 from shellm.completion import Completion, CompletionRequest
-from shellm.conversation import (
+from shellm.errors import ShellmError
+from shellm.http.dialects.conversation import (
     ASSISTANT,
     SYSTEM,
     USER,
@@ -44,9 +44,8 @@ from shellm.conversation import (
     completion_request,
     number_field,
 )
-from shellm.errors import ShellmError
+from shellm.http.sse import frame
 from shellm.models import ModelEntry, ModelTable
-from shellm.sse import frame
 
 MAX_TOKENS_LIMIT = 128000
 
@@ -70,8 +69,6 @@ class MessageOptions:
 # -- parsing
 
 
-
-
 def _text_blocks(value, where: str) -> str:
     """
     The text of a string or of a list of text blocks.
@@ -87,12 +84,13 @@ def _text_blocks(value, where: str) -> str:
             texts.append(block["text"])
         elif isinstance(kind, str) and kind != "text":
             raise InvalidField(
-                f'{where}.{j}: content block type "{kind[:50]}" is not supported; '
-                "SheLLM takes text blocks only", f"{where}.{j}.type",
+                f'{where}.{j}: content block type "{kind[:50]}" is not supported; SheLLM takes text blocks only',
+                f"{where}.{j}.type",
             )
         else:
             raise InvalidField(
-                f'{where}.{j}: must be a text block: {{"type": "text", "text": "..."}}', f"{where}.{j}",
+                f'{where}.{j}: must be a text block: {{"type": "text", "text": "..."}}',
+                f"{where}.{j}",
             )
     return "\n".join(texts)
 
@@ -124,7 +122,8 @@ def _turns(body: dict) -> list[Turn]:
         last = len(messages) - 1
         raise InvalidField(
             f"messages.{last}: the last message must be a user turn; SheLLM cannot continue "
-            "a partial assistant turn (prefill)", f"messages.{last}.role",
+            "a partial assistant turn (prefill)",
+            f"messages.{last}.role",
         )
     return turns
 
@@ -134,11 +133,9 @@ def _refuse_unsupported(body: dict) -> None:
         raise InvalidField("tools: not supported; SheLLM serves text only, without tool use", "tools")
     choice = body.get("tool_choice")
     if choice is not None and not (isinstance(choice, dict) and choice.get("type") == "none"):
-        raise InvalidField("tool_choice: not supported; SheLLM serves text only, without tool use",
-                           "tool_choice")
+        raise InvalidField("tool_choice: not supported; SheLLM serves text only, without tool use", "tool_choice")
     if body.get("mcp_servers"):
-        raise InvalidField("mcp_servers: not supported; SheLLM serves text only, without tool use",
-                           "mcp_servers")
+        raise InvalidField("mcp_servers: not supported; SheLLM serves text only, without tool use", "mcp_servers")
     thinking = body.get("thinking")
     if thinking is not None and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
         raise InvalidField("thinking: extended thinking is not supported", "thinking")
@@ -161,10 +158,8 @@ def parse_request(
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise InvalidField("max_tokens: field required", "max_tokens")
-    if (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
-            or not 1 <= max_tokens <= MAX_TOKENS_LIMIT):
-        raise InvalidField(f"max_tokens: must be an integer between 1 and {MAX_TOKENS_LIMIT}",
-                           "max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise InvalidField(f"max_tokens: must be an integer between 1 and {MAX_TOKENS_LIMIT}", "max_tokens")
     turns = _turns(body)
     _refuse_unsupported(body)
     temperature = number_field(body, "temperature", 0, 1)
@@ -187,12 +182,20 @@ def parse_request(
     if entry is None:
         raise unknown_model(model)
     request = completion_request(
-        turns, model=model, entry=entry, request_id=request_id,
-        max_prompt_chars=max_prompt_chars, max_tokens=max_tokens,
-        temperature=temperature, top_p=top_p, stop=tuple(stop),
+        turns,
+        model=model,
+        entry=entry,
+        request_id=request_id,
+        max_prompt_chars=max_prompt_chars,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=tuple(stop),
     )
     options = MessageOptions(
-        request_id=request_id, model=model, response_model=entry.upstream or entry.alias,
+        request_id=request_id,
+        model=model,
+        response_model=entry.upstream or entry.alias,
         stream=bool(stream),
     )
     return request, options
@@ -268,18 +271,22 @@ class MessageStream:
         }
         return [
             frame({"type": "message_start", "message": message}, "message_start"),
-            frame({"type": "content_block_start", "index": 0,
-                   "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+            frame(
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                "content_block_start",
+            ),
             frame({"type": "ping"}, "ping"),
         ]
 
     def delta(self, text: str) -> list[bytes]:
         if self._ended or not text:
             return []
-        return self.start() + [frame(
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
-            "content_block_delta",
-        )]
+        return self.start() + [
+            frame(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+                "content_block_delta",
+            )
+        ]
 
     def finish(self, completion: Completion) -> list[bytes]:
         """
@@ -292,9 +299,14 @@ class MessageStream:
         self._ended = True
         return frames + [
             frame({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-            frame({"type": "message_delta",
-                   "delta": {"stop_reason": _stop_reason(completion), "stop_sequence": None},
-                   "usage": _usage(completion)}, "message_delta"),
+            frame(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": _stop_reason(completion), "stop_sequence": None},
+                    "usage": _usage(completion),
+                },
+                "message_delta",
+            ),
             frame({"type": "message_stop"}, "message_stop"),
         ]
 
@@ -329,7 +341,7 @@ def error_type(status: int) -> str:
     }.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
-def error_json(error: ShellmError, request_id: Optional[str] = None) -> dict:
+def error_json(error: ShellmError, request_id: str | None = None) -> dict:
     body = {"type": "error", "error": {"type": error_type(error.status), "message": error.message}}
     if request_id is not None:
         body["request_id"] = request_id
@@ -340,7 +352,7 @@ def error_json(error: ShellmError, request_id: Optional[str] = None) -> dict:
 
 
 def _rfc3339(when: float) -> str:
-    moment = datetime.datetime.fromtimestamp(int(when), datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(int(when), datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -75,16 +75,16 @@ class ReusedEndpoints:
         if endpoint is None:
             endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
             if uri.scheme == b"https":
-                endpoint = wrapClientTLS(
-                    self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
+                endpoint = wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
             elif uri.scheme != b"http":
                 raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
             self._endpoints[key] = endpoint
         return endpoint
 
 
-def upstream_client(reactor, persistent: bool = True,
-                    max_per_host: int = 2) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
+def upstream_client(
+    reactor, persistent: bool = True, max_per_host: int = 2
+) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
     """
     A treq client over its own connection pool, without a cookie jar.
     """

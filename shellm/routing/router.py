@@ -6,12 +6,11 @@ back once to another provider when it fails on its side.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
-from shellm.circuit import Circuit
 from shellm.completion import (
     Completion,
     CompletionRequest,
@@ -20,11 +19,11 @@ from shellm.completion import (
     ProviderResult,
     TextDelta,
 )
-from shellm.errors import ProviderUnavailable, ShellmError
-from shellm.health import HealthMonitor
+from shellm.errors import NotLoggedIn, ProviderUnavailable, ShellmError
 from shellm.models import ModelEntry, ModelTable
-from shellm.providers.cli import NotLoggedIn
-from shellm.queue import RequestQueue
+from shellm.routing.circuit import Circuit
+from shellm.routing.health import HealthMonitor
+from shellm.routing.queue import RequestQueue
 
 
 class Router:
@@ -39,7 +38,7 @@ class Router:
         health: HealthMonitor,
         circuits: Mapping[str, Circuit],
         fallback_chain: tuple[str, ...],
-        on_call: Optional[Callable[[str, str], None]] = None,
+        on_call: Callable[[str, str], None] | None = None,
     ):
         """
         @param queues: by provider kind, C{"cli"} and C{"http"}.
@@ -60,7 +59,7 @@ class Router:
     def queue_for(self, provider_name: str) -> RequestQueue:
         return self.queues[self.providers[provider_name].kind]
 
-    def unusable_reason(self, name: str) -> Optional[str]:
+    def unusable_reason(self, name: str) -> str | None:
         """
         Why C{name} should not even be tried, or L{None}.
         """
@@ -100,14 +99,18 @@ class Router:
             result, queued = await self._attempt(request, entry, forward)
             fallback = None
         except ShellmError as error:
-            alternate = self._alternate(entry.provider, permits) if (
-                error.provider_side and request.fallback and not (streaming and sent)
-            ) else None
+            alternate = (
+                self._alternate(entry.provider, permits)
+                if (error.provider_side and request.fallback and not (streaming and sent))
+                else None
+            )
             if alternate is None:
                 raise
             self.log.warn(
                 "{provider} failed ({code}); falling back to {alternate}",
-                provider=entry.provider, code=error.code, alternate=alternate.provider,
+                provider=entry.provider,
+                code=error.code,
+                alternate=alternate.provider,
                 request_id=request.request_id,
             )
             fallback = FallbackInfo(entry.provider, error.to_json())
@@ -127,7 +130,7 @@ class Router:
             finish_reason=result.finish_reason,
         )
 
-    def _alternate(self, failed: str, permits) -> Optional[ModelEntry]:
+    def _alternate(self, failed: str, permits) -> ModelEntry | None:
         if not self.accepting:
             return None  # shutting down: report the failure, start nothing new
         for name in self.fallback_chain:
@@ -175,8 +178,14 @@ class Router:
         return result, queued_ms
 
     def _judge(self, circuit: Circuit, name: str, error: BaseException) -> None:
-        self._on_call(name, error.code if isinstance(error, ShellmError) else
-                      "cancelled" if isinstance(error, CancelledError) else "internal_error")
+        self._on_call(
+            name,
+            error.code
+            if isinstance(error, ShellmError)
+            else "cancelled"
+            if isinstance(error, CancelledError)
+            else "internal_error",
+        )
         if isinstance(error, NotLoggedIn):
             self.health.mark_not_logged_in(name, error.message)
         if isinstance(error, ShellmError) and error.provider_side:

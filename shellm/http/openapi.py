@@ -1,0 +1,390 @@
+"""
+The OpenAPI 3.1 description of the HTTP API, served at C{/openapi.json}.
+"""
+
+from __future__ import annotations
+
+from shellm import __version__
+
+
+def _error(description: str) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_ERRORS = {
+    "400": _error("Invalid request: bad JSON, a missing or wrong field, an unknown model"),
+    "401": _error("A valid API key is required"),
+    "403": _error("This client may not use the model"),
+    "413": _error("The body is larger than SHELLM_MAX_BODY_BYTES"),
+    "415": _error("Content-Type is not application/json"),
+    "429": _error("Rate limited or queue full; see Retry-After"),
+    "500": _error("Internal error"),
+    "502": _error("The provider failed"),
+    "503": _error("The provider is unavailable"),
+    "504": _error("The provider did not answer in time"),
+}
+
+#: One server-sent event, as clients parse it: C{data} holds a JSON object.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+_SECURITY = [{"bearer": []}, {"apiKey": []}, {}]
+
+
+def _completion_body() -> dict:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}},
+    }
+
+
+def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None = None) -> dict:
+    """
+    The whole document, for this daemon's model table and prompt limit;
+    C{extra_paths} adds the compatible dialects' routes.
+    """
+    paths = {
+        "/completions": {
+            "post": {
+                "summary": "Run a completion and return it whole",
+                "security": _SECURITY,
+                "requestBody": _completion_body(),
+                "responses": {
+                    "200": {
+                        "description": "The completion",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Completion"}}},
+                    },
+                    **{k: v for k, v in _ERRORS.items()},
+                },
+            }
+        },
+        "/completions/stream": {
+            "post": {
+                "summary": "Run a completion and stream its deltas as server-sent events",
+                "security": _SECURITY,
+                "requestBody": _completion_body(),
+                "responses": {
+                    "200": {
+                        "description": (
+                            "Server-sent events: {content, done: false} per delta, then a final "
+                            "{done: true, ...} or {error, message, done: true}"
+                        ),
+                        "content": {"text/event-stream": {"schema": SSE_EVENT}},
+                    },
+                    **{k: v for k, v in _ERRORS.items() if k not in ("502", "503", "504")},
+                },
+            }
+        },
+        "/providers": {
+            "get": {
+                "summary": "Providers, their models, health, capabilities and circuits",
+                "security": _SECURITY,
+                "responses": {
+                    "200": {
+                        "description": "The providers",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["providers", "models"],
+                                    "properties": {"providers": {"type": "array"}, "models": {"type": "array"}},
+                                }
+                            }
+                        },
+                    },
+                    "401": _ERRORS["401"],
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness and a summary of providers and queues",
+                "responses": {
+                    "200": {
+                        "description": "Health",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                    }
+                },
+            }
+        },
+        "/usage": {
+            "get": {
+                "summary": "The caller's usage (all clients' when auth is off)",
+                "security": _SECURITY,
+                "parameters": [
+                    {
+                        "name": "period",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["24h", "7d", "30d"]},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Totals by provider and model",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["period", "totals", "by_model"],
+                                    "properties": {
+                                        "period": {"type": "string"},
+                                        "client": {"type": ["string", "null"]},
+                                        "totals": {"type": "object"},
+                                        "by_model": {"type": "array"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _ERRORS["400"],
+                    "401": _ERRORS["401"],
+                    "500": _ERRORS["500"],
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "Metrics in the Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+    paths.update(_compatible_paths(models))
+    paths.update(extra_paths or {})
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "SheLLM",
+            "version": __version__,
+            "description": "One HTTP API for LLM command-line tools and API providers.",
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+            "schemas": {
+                "CompletionRequest": {
+                    "type": "object",
+                    "required": ["model", "prompt"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "model": {"type": "string", "enum": models},
+                        "prompt": {"type": "string", "minLength": 1, "maxLength": max_prompt_chars, "pattern": "\\S"},
+                        "system": {"type": ["string", "null"], "maxLength": max_prompt_chars},
+                        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 128000},
+                        "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:\\-]{1,128}$"},
+                        "fallback": {"type": "boolean"},
+                    },
+                },
+                "Usage": {
+                    "type": ["object", "null"],
+                    "required": ["input_tokens", "output_tokens"],
+                    "properties": {"input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}},
+                },
+                "Completion": {
+                    "type": "object",
+                    "required": [
+                        "content",
+                        "provider",
+                        "model",
+                        "duration_ms",
+                        "queued_ms",
+                        "request_id",
+                        "usage",
+                        "cost_usd",
+                    ],
+                    "properties": {
+                        "content": {"type": "string"},
+                        "provider": {"type": "string"},
+                        "model": {"type": "string"},
+                        "duration_ms": {"type": "integer"},
+                        "queued_ms": {"type": "integer"},
+                        "request_id": {"type": "string"},
+                        "usage": {"$ref": "#/components/schemas/Usage"},
+                        "cost_usd": {"type": ["number", "null"]},
+                        "fallback": {"type": "boolean"},
+                        "original_provider": {"type": "string"},
+                        "original_error": {"type": "object"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                        "request_id": {"type": ["string", "null"]},
+                        "retry_after": {"type": "integer"},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "providers", "queue", "uptime_seconds", "version"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
+                        "providers": {"type": "object"},
+                        "queue": {"type": "object"},
+                        "uptime_seconds": {"type": "integer"},
+                        "version": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _vendor_error(description: str) -> dict:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}
+            }
+        },
+    }
+
+
+def _compatible_paths(models: list[str]) -> dict:
+    """
+    The OpenAI- and Anthropic-compatible routes.  Their bodies follow the
+    vendors' own APIs (see the README for what is supported); errors use
+    the vendors' envelopes.
+    """
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {"role": {"type": "string"}, "content": {}},
+    }
+    errors = {
+        code: _vendor_error(d)
+        for code, d in (
+            ("400", "Invalid request"),
+            ("401", "A valid API key is required"),
+            ("403", "This client may not use the model"),
+            ("404", "Unknown model"),
+            ("413", "Body too large"),
+            ("415", "Not JSON"),
+            ("429", "Rate limited or queue full"),
+            ("500", "Internal error"),
+            ("502", "The provider failed"),
+            ("503", "The provider is unavailable"),
+            ("504", "The provider did not answer in time"),
+        )
+    }
+    answer = {
+        "description": "The answer, or server-sent events when stream is true",
+        "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": SSE_EVENT}},
+    }
+    model_list = {
+        "description": "Models",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "array"}}}
+            }
+        },
+    }
+    return {
+        "/v1/chat/completions": {
+            "post": {
+                "summary": "OpenAI-compatible chat completions",
+                "security": _SECURITY,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["model", "messages"],
+                                "properties": {
+                                    "model": {"type": "string", "enum": models},
+                                    "messages": {"type": "array", "minItems": 1, "items": message},
+                                    "stream": {"type": "boolean"},
+                                    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 128000},
+                                    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": answer, **errors},
+            }
+        },
+        "/v1/messages": {
+            "post": {
+                "summary": "Anthropic-compatible messages",
+                "security": _SECURITY,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["model", "max_tokens", "messages"],
+                                "properties": {
+                                    "model": {"type": "string", "enum": models},
+                                    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 128000},
+                                    "messages": {"type": "array", "minItems": 1, "items": message},
+                                    "system": {"type": "string"},
+                                    "stream": {"type": "boolean"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": answer, **errors},
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "Every model alias, owned_by its provider",
+                "security": _SECURITY,
+                "responses": {"200": model_list, "401": errors["401"]},
+            }
+        },
+        "/v1/models/{model_id}": {
+            "get": {
+                "summary": "One model alias",
+                "security": _SECURITY,
+                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {
+                        "description": "The model",
+                        "content": {"application/json": {"schema": {"type": "object", "required": ["id"]}}},
+                    },
+                    "401": errors["401"],
+                    "404": errors["404"],
+                },
+            }
+        },
+    }

@@ -1,0 +1,3 @@
+"""
+What SheLLM remembers: the usage ledger and the metrics.
+"""
