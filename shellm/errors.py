@@ -16,11 +16,36 @@ class ShellmError(Exception):
     code = "internal_error"
     #: Provider-side failures may be retried on another provider.
     provider_side = False
+    #: Whether a provider-side failure counts against the provider's circuit:
+    #: not when the request itself caused it, or SheLLM stopped the call.
+    blames_provider = True
 
-    def __init__(self, message: str, retry_after: int | None = None):
+    def __init__(self, message: str, retry_after: int | None = None, *, blames_provider: bool | None = None):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        if blames_provider is not None:
+            self.blames_provider = blames_provider
+        #: Set when SheLLM already did what a client's retry would do (its
+        #: own fallback ran): then no retry can help.
+        self.retry_would_help: bool | None = None
+
+    @property
+    def should_retry(self) -> bool | None:
+        """
+        What the C{x-should-retry} header tells the OpenAI and Anthropic
+        SDKs (which otherwise retry every 5xx twice): yes after
+        C{retry_after} where waiting can help (queues, rate limits, an open
+        circuit), no for every other server-side failure (a timeout, a
+        missing login, a failure after fallback), nothing for client errors.
+        """
+        if self.retry_would_help is not None:
+            return self.retry_would_help
+        if self.retry_after is not None:
+            return True
+        if self.status >= 500:
+            return False
+        return None
 
     def to_json(self) -> dict:
         body = {"error": self.code, "message": self.message}
@@ -64,10 +89,26 @@ class QueueFull(ShellmError):
     code = "queue_full"
 
 
-class CliFailed(ShellmError):
+class ProviderFailed(ShellmError):
+    """
+    A provider (a CLI or an HTTP API) failed to answer.  The wire code
+    predates HTTP providers; clients match on it, so it stays.
+    """
+
     status = 502
     code = "cli_failed"
     provider_side = True
+
+
+class UpstreamRejected(ShellmError):
+    """
+    The provider's upstream refused the request itself (a 4xx relayed by a
+    CLI: too long, malformed): another try, here or elsewhere, would fare
+    no better, and the provider is not at fault.
+    """
+
+    status = 400
+    code = "upstream_rejected"
 
 
 class ProviderUnavailable(ShellmError):
@@ -80,6 +121,15 @@ class NotLoggedIn(ProviderUnavailable):
     """
     The CLI runs but has no usable credentials.
     """
+
+
+class ShuttingDown(ProviderUnavailable):
+    """
+    SheLLM is stopping: the request was refused, or its call stopped at the
+    drain deadline.  Another node (or this one, restarted) can answer it.
+    """
+
+    blames_provider = False
 
 
 class Timeout(ShellmError):

@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 
 from shellm import __version__
 from shellm.completion import ProviderHealth, ProviderResult, Usage
-from shellm.errors import CliFailed, ProviderUnavailable, RateLimited, Timeout
+from shellm.errors import ProviderFailed, ProviderUnavailable, RateLimited, Timeout
 from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.routing.router import Router
@@ -55,6 +55,7 @@ class Gateway:
     router: Router
     site: ShellmSite
     stub: StubTreq
+    api: ShellmAPI
 
     def post(
         self, path: str, body=None, *, raw: bytes | None = None, headers: dict | None = None, **kwargs
@@ -98,7 +99,7 @@ def make_gateway(providers=None, **router_settings) -> Gateway:
     router = make_router(clock, providers, **router_settings)
     api = ShellmAPI(clock, router, max_prompt_chars=MAX_PROMPT, heartbeat=HEARTBEAT)
     site = ShellmSite(api.resource(), clock, MAX_BODY)
-    return Gateway(clock, providers, router, site, stub_treq(site))
+    return Gateway(clock, providers, router, site, stub_treq(site), api)
 
 
 @pytest.fixture
@@ -454,7 +455,7 @@ async def test_wrong_method_is_405_json_with_allow(gw, method, path, allowed):
 @pytest.mark.parametrize(
     "error, status, code",
     [
-        (CliFailed("claude failed (exit code 1)"), 502, "cli_failed"),
+        (ProviderFailed("claude failed (exit code 1)"), 502, "cli_failed"),
         (ProviderUnavailable("claude is not log_events in"), 503, "provider_unavailable"),
         (Timeout("claude did not finish in time"), 504, "timeout"),
     ],
@@ -492,7 +493,7 @@ async def test_provider_that_cannot_start_is_its_error(gw):
     A provider whose start raises a classified error answers with that
     error; the slot it took is given back.
     """
-    gw.providers["claude"].start_error = CliFailed("claude could not be started")
+    gw.providers["claude"].start_error = ProviderFailed("claude could not be started")
     await error_response(gw, gw.post("/completions", body_of(fallback=False)), 502, "cli_failed")
     assert gw.router.queues["cli"].active == 0
 
@@ -704,7 +705,7 @@ async def test_providers_shows_an_open_circuit(gw):
     """
     for _ in range(3):
         d = gw.post("/completions", body_of(model="gemini", fallback=False))
-        gw.providers["gemini"].last.fail(CliFailed("gemini failed (exit code 1)"))
+        gw.providers["gemini"].last.fail(ProviderFailed("gemini failed (exit code 1)"))
         await gw.answered(d)
     body = await (await gw.answered(gw.get("/providers"))).json()
     gemini = next(p for p in body["providers"] if p["name"] == "gemini")
@@ -835,7 +836,7 @@ async def test_health_shows_circuit_state(gw):
     """
     for _ in range(3):
         d = gw.post("/completions", body_of(fallback=False))
-        gw.providers["claude"].last.fail(CliFailed("claude failed"))
+        gw.providers["claude"].last.fail(ProviderFailed("claude failed"))
         await gw.answered(d)
     body = await (await gw.answered(gw.get("/health"))).json()
     assert circuit_state(body["providers"]["claude"]["circuit"]) == "open"
@@ -988,7 +989,7 @@ async def test_stream_keepalive_after_silence(gw):
     "error, code",
     [
         (Timeout("claude did not finish in time"), "timeout"),
-        (CliFailed("claude failed (exit code 1)"), "cli_failed"),
+        (ProviderFailed("claude failed (exit code 1)"), "cli_failed"),
         (ProviderUnavailable("claude is not log_events in"), "provider_unavailable"),
         (RateLimited("claude: rate limit", retry_after=60), "rate_limited"),
     ],

@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
-from shellm.errors import CliFailed, NotLoggedIn, ProviderUnavailable, RateLimited, ShellmError, Timeout
+from shellm.errors import ProviderFailed, NotLoggedIn, ProviderUnavailable, RateLimited, ShellmError, Timeout
 from shellm.models import ModelEntry
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.claude import ClaudeProvider
@@ -478,8 +478,8 @@ async def test_isolation_session_cwd_env(cli, make_provider, marker, tmp_path, p
         ("not_logged_in", NotLoggedIn, 503),
         ("upstream_401", ProviderUnavailable, 503),
         ("upstream_429", RateLimited, 429),
-        ("upstream_500", CliFailed, 502),
-        ("exit_nonzero", CliFailed, 502),
+        ("upstream_500", ProviderFailed, 502),
+        ("exit_nonzero", ProviderFailed, 502),
     ],
 )
 @real_reactor_test
@@ -543,7 +543,7 @@ async def test_gemini_500_with_digits_in_stderr_is_not_a_login_error(marker, tmp
         reactor, runner, str(script), base_env=python_path_env, extra_env={"SHELLM_TEST_MARKER": marker}
     )
     result, _ = await run_to_end(provider, request("gemini"))
-    assert isinstance(result, CliFailed), result
+    assert isinstance(result, ProviderFailed), result
     assert result.status == 502
     assert await wait_for_no_processes(marker) == []
 
@@ -920,7 +920,7 @@ async def test_cerebras_keeps_no_upstream_cookies(cerebras):
     [
         (401, ProviderUnavailable, 503),
         (429, RateLimited, 429),
-        (500, CliFailed, 502),
+        (500, ProviderFailed, 502),
     ],
 )
 @real_reactor_test
@@ -954,7 +954,7 @@ async def test_cerebras_does_not_follow_redirects(cerebras):
     provider = cerebras.make()
     result, _ = await cerebras_run(provider, request("cerebras"))
     await cerebras.close()
-    assert isinstance(result, CliFailed), result
+    assert isinstance(result, ProviderFailed), result
     assert result.status == 502
     assert [r["path"] for r in cerebras.requests] == ["/v1/chat/completions"]
 
@@ -1015,7 +1015,7 @@ async def test_cerebras_cut_stream(cerebras):
     provider = cerebras.make()
     result, _ = await cerebras_run(provider, request("cerebras"))
     await cerebras.close()
-    assert isinstance(result, CliFailed), result
+    assert isinstance(result, ProviderFailed), result
     assert result.status == 502
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from shellm.completion import Completion, Usage
 from shellm.errors import (
-    CliFailed,
+    ProviderFailed,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
@@ -665,7 +665,7 @@ def test_openai_stream_failure_is_an_error_chunk_then_done():
 def test_openai_stream_ends_once():
     writer = openai.ChatStream(OPTIONS, NOW)
     writer.finish(completion())
-    assert writer.fail(CliFailed("late")) == [] and writer.delta("x") == [] and writer.start() == []
+    assert writer.fail(ProviderFailed("late")) == [] and writer.delta("x") == [] and writer.start() == []
 
 
 # ---------------------------------------------------------------- OpenAI errors
@@ -681,7 +681,7 @@ def test_openai_stream_ends_once():
         (NotFound("no such endpoint"), "not_found_error"),
         (RateLimited("slow down", retry_after=3), "rate_limit_error"),
         (QueueFull("full", retry_after=2), "rate_limit_error"),
-        (CliFailed("claude failed"), "server_error"),
+        (ProviderFailed("claude failed"), "server_error"),
         (ProviderUnavailable("gemini is not installed"), "server_error"),
         (Timeout("too slow"), "server_error"),
         (InternalError("internal error"), "server_error"),
@@ -1025,7 +1025,7 @@ def test_anthropic_stream_start_is_implied_and_sent_once():
 @pytest.mark.parametrize(
     "error, kind",
     [
-        (CliFailed("claude failed"), "api_error"),
+        (ProviderFailed("claude failed"), "api_error"),
         (Timeout("too slow"), "timeout_error"),
         (RateLimited("upstream limit", retry_after=60), "rate_limit_error"),
         (ProviderUnavailable("gone"), "overloaded_error"),
@@ -1063,7 +1063,7 @@ def test_anthropic_stream_failure_is_an_error_event(error, kind):
         (RequestTooLarge("too big"), "request_too_large"),
         (RateLimited("slow down"), "rate_limit_error"),
         (QueueFull("full"), "rate_limit_error"),
-        (CliFailed("failed"), "api_error"),
+        (ProviderFailed("failed"), "api_error"),
         (InternalError("internal error"), "api_error"),
         (ProviderUnavailable("gone"), "overloaded_error"),
         (Timeout("slow"), "timeout_error"),

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 
 from shellm.completion import Completion, CompletionRequest, ProviderHealth, TextDelta
 from shellm.errors import (
-    CliFailed,
+    ProviderFailed,
     InvalidRequest,
     NotLoggedIn,
     ProviderUnavailable,
@@ -29,7 +29,7 @@ THRESHOLD = 3
 COOLDOWN = 60.0
 
 PROVIDER_SIDE = [
-    CliFailed("claude failed (exit code 1)"),
+    ProviderFailed("claude failed (exit code 1)"),
     ProviderUnavailable("claude is not installed"),
     Timeout("claude did not finish in time"),
 ]
@@ -70,7 +70,7 @@ class Harness:
         provider = self.providers[name]
         runs = len(provider.runs)
         assert runs, f"{name} did not start"
-        provider.last.fail(error or CliFailed(f"{name} failed (exit code 1)"))
+        provider.last.fail(error or ProviderFailed(f"{name} failed (exit code 1)"))
         return failure_of(d)
 
     def succeed_once(self, name: str = "claude") -> Completion:
@@ -148,7 +148,7 @@ def test_at_most_one_fallback(h):
     the chain is never tried.
     """
     d = h.complete("claude")
-    h.providers["claude"].last.fail(CliFailed("claude failed"))
+    h.providers["claude"].last.fail(ProviderFailed("claude failed"))
     h.providers["gemini"].last.fail(Timeout("gemini did not finish in time"))
     error = failure_of(d)
     assert isinstance(error, ShellmError) and error.provider_side
@@ -174,7 +174,7 @@ def test_alternate_runs_its_own_default_model(h):
     """
     d = h.complete("claude-opus")
     assert h.providers["claude"].last.upstream_model == "opus"
-    h.providers["claude"].last.fail(CliFailed("claude failed"))
+    h.providers["claude"].last.fail(ProviderFailed("claude failed"))
     assert h.providers["gemini"].last.upstream_model is None
     h.providers["gemini"].last.succeed()
     assert result_of(d).model == "gemini"
@@ -188,7 +188,7 @@ def test_alternate_default_model_comes_from_the_model_table():
     models = merge_models(DEFAULT_MODELS, {"gemini": {"provider": "gemini", "model": "gemini-2.5-pro"}})
     h = Harness(models=models)
     d = h.complete("claude-haiku")
-    h.providers["claude"].last.fail(CliFailed("claude failed"))
+    h.providers["claude"].last.fail(ProviderFailed("claude failed"))
     assert h.providers["gemini"].last.upstream_model == "gemini-2.5-pro"
     h.providers["gemini"].last.succeed()
     assert result_of(d).model == "gemini-2.5-pro"
@@ -200,7 +200,7 @@ def test_alternate_http_provider_gets_its_default_model():
     """
     h = Harness(fallback_chain=("claude", "cerebras"))
     d = h.complete("claude-sonnet")
-    h.providers["claude"].last.fail(CliFailed("claude failed"))
+    h.providers["claude"].last.fail(ProviderFailed("claude failed"))
     assert h.providers["cerebras"].last.upstream_model == "gpt-oss-120b"
     h.providers["cerebras"].last.succeed()
     assert result_of(d).provider == "cerebras"
@@ -212,7 +212,7 @@ def test_fallback_from_a_provider_outside_the_chain(h):
     usable provider.
     """
     d = h.complete("codex-mini")
-    h.providers["codex"].last.fail(CliFailed("codex failed"))
+    h.providers["codex"].last.fail(ProviderFailed("codex failed"))
     assert h.providers["claude"].last.upstream_model is None
     h.providers["claude"].last.succeed()
     assert result_of(d).provider == "claude"
@@ -224,7 +224,7 @@ def test_no_alternate_means_the_original_error():
     """
     h = Harness(fallback_chain=("claude",))
     d = h.complete("claude")
-    error = CliFailed("claude failed")
+    error = ProviderFailed("claude failed")
     h.providers["claude"].last.fail(error)
     assert failure_of(d) is error
     assert h.starts()["claude"] == 1 and sum(h.starts().values()) == 1
@@ -243,7 +243,7 @@ def test_unusable_alternate_is_skipped_without_starting(h):
     """
     refresh_health(h, gemini=ProviderHealth(False, False, "gemini executable not found"))
     d = h.complete("claude")
-    h.providers["claude"].last.fail(CliFailed("claude failed"))
+    h.providers["claude"].last.fail(ProviderFailed("claude failed"))
     assert h.starts() == {"claude": 1, "gemini": 0, "codex": 0, "cerebras": 1}
     h.providers["cerebras"].last.succeed()
     assert result_of(d).provider == "cerebras"
@@ -257,7 +257,7 @@ def test_alternate_with_open_circuit_is_skipped(h):
         h.fail_once("gemini")
     assert h.router.circuits["gemini"].state == "open"
     d = h.complete("claude")
-    h.providers["claude"].last.fail(CliFailed("claude failed"))
+    h.providers["claude"].last.fail(ProviderFailed("claude failed"))
     assert h.starts() == {"claude": 1, "gemini": THRESHOLD, "codex": 0, "cerebras": 1}
     h.providers["cerebras"].last.succeed()
     assert result_of(d).provider == "cerebras"
@@ -333,7 +333,7 @@ def test_stream_no_fallback_once_a_delta_was_sent(h):
     d = h.complete("claude", sink=lambda event: seen.append(event.text), streaming=True)
     h.providers["claude"].last.emit("Hel")
     assert seen == ["Hel"]
-    error = CliFailed("claude failed (exit code 1)")
+    error = ProviderFailed("claude failed (exit code 1)")
     h.providers["claude"].last.fail(error)
     assert failure_of(d) is error
     assert h.starts()["gemini"] == 0
@@ -556,7 +556,7 @@ def test_stream_failure_after_delta_counts(h):
     """
     for _ in range(THRESHOLD):
         d = h.complete("claude", sink=lambda event: None, streaming=True)
-        h.providers["claude"].last.emit("x").fail(CliFailed("claude failed"))
+        h.providers["claude"].last.emit("x").fail(ProviderFailed("claude failed"))
         failure_of(d)
     assert h.router.circuits["claude"].state == "open"
 
@@ -567,8 +567,8 @@ def test_failure_of_the_alternate_counts_for_the_alternate(h):
     """
     for _ in range(THRESHOLD):
         d = h.complete("claude")
-        h.providers["claude"].last.fail(CliFailed("claude failed"))
-        h.providers["gemini"].last.fail(CliFailed("gemini failed"))
+        h.providers["claude"].last.fail(ProviderFailed("claude failed"))
+        h.providers["gemini"].last.fail(ProviderFailed("gemini failed"))
         failure_of(d)
     assert h.router.circuits["claude"].state == "open"
     assert h.router.circuits["gemini"].state == "open"

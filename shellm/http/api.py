@@ -1,22 +1,22 @@
 """
 The HTTP API: Klein routes that parse, hand over to the router, and write
 the result in the endpoint's dialect.  Every error, including 404, 405 and
-413, is a JSON body.
+413, is a JSON body, shaped by the dialect of the route that answers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from shellm import __version__
-from shellm.completion import Completion, CompletionRequest, TextDelta
+from shellm.completion import Completion, CompletionRequest
 from shellm.errors import (
     InternalError,
     InvalidRequest,
@@ -29,16 +29,45 @@ from shellm.errors import (
 from shellm.http import openapi
 from shellm.http.dialects import anthropic, openai, seed
 from shellm.http.sse import EventStream
+from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, Client, ModelNotAllowed, token_from_headers
 from shellm.routing.health import overall_status
 from shellm.routing.limits import RateLimiter
-from shellm.routing.router import Router
-from shellm.state.ledger import PERIODS, Ledger, UsageRecord
+from shellm.routing.router import Admission, Router
+from shellm.state.ledger import PERIODS, Ledger
 from shellm.state.metrics import Metrics
 
 
 def json_bytes(body) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def speaks(dialect):
+    """
+    Declare the dialect a route answers in, its errors included.
+    """
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def handle(self, request, *args, **kwargs):
+            request.dialect = dialect
+            return handler(self, request, *args, **kwargs)
+
+        return handle
+
+    return decorate
+
+
+def unrouted_dialect(path: bytes):
+    """
+    The dialect for a request no route took (a 404 or 405): the one its
+    path prefix belongs to, so an SDK can read the error it gets.
+    """
+    if path.startswith(b"/v1/messages"):
+        return anthropic
+    if path.startswith(b"/v1/"):
+        return openai
+    return seed
 
 
 class ShellmAPI:
@@ -69,6 +98,7 @@ class ShellmAPI:
         self._limiter = limiter
         self._ledger = ledger
         self.metrics = metrics or Metrics(router.queues, router.circuits)
+        self.accounting = Accounting(clock, self.metrics, ledger)
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
         self._openapi = json_bytes(openapi.document([entry.alias for entry in router.models], max_prompt_chars))
@@ -94,28 +124,9 @@ class ShellmAPI:
         request.content.seek(0)
         return seed.parse_json_body(request.content.read())
 
-    def _dialect(self, request):
-        """
-        The compatible dialect a request speaks, by path (and, for the
-        model list, the Anthropic SDK's version header); L{None} for seed.
-        """
-        path = request.path
-        if path.startswith(b"/v1/messages") or (
-            path.startswith(b"/v1/models") and request.getHeader("anthropic-version")
-        ):
-            return anthropic
-        if path.startswith(b"/v1/"):
-            return openai
-        return None
-
     def _error(self, request, error: ShellmError) -> bytes:
-        dialect = self._dialect(request)
-        body = (
-            dialect.error_json(error, request.request_id)
-            if dialect
-            else {**error.to_json(), "request_id": request.request_id}
-        )
-        return self._respond(request, error.status, body)
+        dialect = request.dialect or unrouted_dialect(request.path)
+        return self._respond(request, error.status, dialect.error_json(error, request.request_id))
 
     def _authenticate(self, request) -> Client:
         client = self.authenticator.authenticate(
@@ -124,38 +135,47 @@ class ShellmAPI:
         request.log_fields["client"] = client.name
         return client
 
-    def _admit(self, client: Client, completion_request: CompletionRequest) -> None:
+    def _admit(self, client: Client, completion_request: CompletionRequest) -> Admission:
         """
-        Model allow-list, then rate limits: all before any queueing.
+        Model allow-list, then the router's admission (a provider and a
+        place in its queue), then rate limits: a request refused by a full
+        queue or an unusable provider uses none of its client's quota.
         """
         entry = completion_request.entry
         if not client.may_use(completion_request.model, entry.provider):
             raise ModelNotAllowed(f"client {client.name} may not use {completion_request.model}")
+        try:
+            admission = self._router.admit(completion_request, self._permits(client))
+        except ShellmError as error:
+            self.accounting.record(client.name, completion_request, error.status, None, self._clock.seconds())
+            raise
         if self._limiter is not None:
-            self._limiter.admit(client)
+            try:
+                self._limiter.admit(client)
+            except BaseException:
+                admission.withdraw()
+                raise
+        return admission
+
+    @staticmethod
+    def _permits(client: Client):
+        return lambda entry: client.may_use(entry.alias, entry.provider)
 
     async def _serve(
-        self, client: Client, completion_request: CompletionRequest, sink, streaming: bool = False
+        self, client: Client, completion_request: CompletionRequest, admission: Admission, sink, streaming=False
     ) -> Completion:
         """
-        Run a completion and account for it, however it ends.
+        Run an admitted completion and account for it, however it ends.
         """
-        started = self._clock.seconds()
-        provider = completion_request.entry.provider
-        first = []
-
-        def timed(event: TextDelta) -> None:
-            if not first:
-                first.append(True)
-                self.metrics.first_token.labels(provider).observe(self._clock.seconds() - started)
-            sink(event)
-
+        started = admission.admitted_at
         status, completion = 500, None
+        self.in_flight += 1
         try:
-            completion = await self._router.complete(
+            completion = await self._router.run(
+                admission,
                 completion_request,
-                timed,
-                permits=lambda entry: client.may_use(entry.alias, entry.provider),
+                self.accounting.timing_first_delta(admission.entry.provider, started, sink),
+                permits=self._permits(client),
                 streaming=streaming,
             )
             status = 200
@@ -167,35 +187,8 @@ class ShellmAPI:
             status = 499
             raise
         finally:
-            self._account(client, completion_request, status, completion, started)
-
-    def _account(self, client, completion_request, status, completion, started) -> None:
-        provider = completion.provider if completion else completion_request.entry.provider
-        elapsed = self._clock.seconds() - started
-        self.metrics.requests.labels(provider, completion_request.model, str(status), client.name).inc()
-        self.metrics.duration.labels(provider).observe(elapsed)
-        usage = completion.usage if completion else None
-        if completion is not None:
-            self.metrics.queue_wait.labels(provider).observe(completion.queued_ms / 1000)
-        if usage is not None:
-            self.metrics.tokens.labels(provider, client.name, "input").inc(usage.input_tokens)
-            self.metrics.tokens.labels(provider, client.name, "output").inc(usage.output_tokens)
-        if self._ledger is not None:
-            self._ledger.record(
-                UsageRecord(
-                    time=self._clock.seconds(),
-                    client=client.name,
-                    provider=provider,
-                    model=completion.model if completion else completion_request.model,
-                    status=status,
-                    input_tokens=usage.input_tokens if usage else None,
-                    output_tokens=usage.output_tokens if usage else None,
-                    cost_usd=completion.cost_usd if completion else None,
-                    duration_ms=completion.duration_ms if completion else round(elapsed * 1000),
-                    queued_ms=completion.queued_ms if completion else None,
-                    request_id=completion_request.request_id,
-                )
-            )
+            self.in_flight -= 1
+            self.accounting.record(client.name, completion_request, status, completion, started)
 
     def _queue_headers(self, request, provider: str) -> None:
         queue = self._router.queue_for(provider)
@@ -211,6 +204,8 @@ class ShellmAPI:
             request.setHeader(b"www-authenticate", b'Bearer realm="shellm"')
         if error.retry_after is not None:
             request.setHeader(b"retry-after", str(error.retry_after).encode())
+        if error.should_retry is not None:
+            request.setHeader(b"x-should-retry", b"true" if error.should_retry else b"false")
         if "provider" in request.log_fields:
             self._queue_headers(request, request.log_fields["provider"])
         return self._error(request, error)
@@ -236,73 +231,50 @@ class ShellmAPI:
         self.log.failure("unhandled error", failure, request_id=request.request_id)
         return self._error(request, InternalError("internal error"))
 
-    async def _complete(self, request, client, completion_request) -> Completion:
+    async def _complete(self, request, client, completion_request, admission) -> Completion:
         # The router gathers the text itself: non-streaming is the same run
         # with nobody listening to the deltas.
-        self.in_flight += 1
-        try:
-            completion = await self._serve(client, completion_request, lambda event: None)
-        finally:
-            self.in_flight -= 1
+        completion = await self._serve(client, completion_request, admission, lambda event: None)
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
         return completion
 
-    async def _stream(self, request, client, completion_request, writer) -> None:
+    async def _stream(self, request, client, completion_request, admission, writer) -> None:
         """
-        Answer as server-sent events written by a dialect's C{writer}.  A
-        refusal that comes at once (queue full, provider unusable) is still
-        an ordinary HTTP error; once the stream is open, failures become the
-        dialect's error event, never a clean end.
+        Answer as server-sent events written by a dialect's C{writer}.  What
+        could refuse the request at once (a full queue, an unusable provider)
+        already did, as an ordinary HTTP error, in L{_admit}; once the stream
+        is open, failures become the dialect's error event, never a clean end.
         """
-        stream = None
-        early: list[bytes] = []  # deltas that came before the stream opened
-
-        def write(frames):
-            if stream is None:
-                early.extend(frames)
-            else:
-                for data in frames:
-                    stream.write(data)
-
-        self.in_flight += 1
+        request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
+        self._queue_headers(request, admission.entry.provider)
+        stream = EventStream(request, self._clock, self._heartbeat)
         try:
-            running = ensureDeferred(
-                self._serve(
-                    client,
-                    completion_request,
-                    lambda event: write(writer.delta(event.text)),
-                    streaming=True,
-                )
+            stream.write(writer.start())
+            completion = await self._serve(
+                client,
+                completion_request,
+                admission,
+                lambda event: stream.write(writer.delta(event.text)),
+                streaming=True,
             )
-            if running.called and isinstance(running.result, Failure):
-                await running  # raises: an ordinary error response
-            request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
-            self._queue_headers(request, completion_request.entry.provider)
-            stream = EventStream(request, self._clock, self._heartbeat)
-            write(early)  # frames made before the stream opened, starting frames included
-            write(writer.start())
-            try:
-                completion = await running
-            except ShellmError as error:
-                write(writer.fail(error))
-            except CancelledError:
-                raise
-            except Exception:
-                self.log.failure("stream failed", request_id=request.request_id)
-                write(writer.fail(InternalError("internal error")))
-            else:
-                request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
-                write(writer.finish(completion))
-            finally:
-                stream.close()
+        except ShellmError as error:
+            stream.write(writer.fail(error))
+        except CancelledError:
+            raise
+        except Exception:
+            self.log.failure("stream failed", request_id=request.request_id)
+            stream.write(writer.fail(InternalError("internal error")))
+        else:
+            request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
+            stream.write(writer.finish(completion))
         finally:
-            self.in_flight -= 1
+            stream.close()
 
-    def _parse(self, request, dialect):
+    def _take_on(self, request, dialect):
         """
         Who is asking and for what: the key first (an unknown caller learns
-        nothing about validation), then the body, then the client's limits.
+        nothing about validation), then the body, then the admission.
         """
         client = self._authenticate(request)
         completion_request, options = dialect.parse_request(
@@ -313,49 +285,63 @@ class ShellmAPI:
         )
         request.request_id = completion_request.request_id  # the body may name one
         request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
-        self._admit(client, completion_request)
-        return client, completion_request, options
+        return client, completion_request, options, self._admit(client, completion_request)
 
     # -- routes
 
     @app.route("/completions", methods=["POST"])
+    @speaks(seed)
     async def completions(self, request):
-        client, completion_request, _ = self._parse(request, seed)
-        completion = await self._complete(request, client, completion_request)
+        client, completion_request, _, admission = self._take_on(request, seed)
+        completion = await self._complete(request, client, completion_request, admission)
         return self._respond(request, 200, seed.completion_json(completion))
 
     @app.route("/completions/stream", methods=["POST"])
+    @speaks(seed)
     async def completions_stream(self, request):
-        client, completion_request, _ = self._parse(request, seed)
-        await self._stream(request, client, completion_request, seed.SeedStream(completion_request.request_id))
+        client, completion_request, _, admission = self._take_on(request, seed)
+        writer = seed.SeedStream(completion_request.request_id)
+        await self._stream(request, client, completion_request, admission, writer)
 
     @app.route("/v1/chat/completions", methods=["POST"])
+    @speaks(openai)
     async def chat_completions(self, request):
-        client, completion_request, options = self._parse(request, openai)
+        client, completion_request, options, admission = self._take_on(request, openai)
         if options.stream:
-            return await self._stream(
-                request, client, completion_request, openai.ChatStream(options, self._clock.seconds())
-            )
-        completion = await self._complete(request, client, completion_request)
+            writer = openai.ChatStream(options, self._clock.seconds())
+            return await self._stream(request, client, completion_request, admission, writer)
+        completion = await self._complete(request, client, completion_request, admission)
         return self._respond(request, 200, openai.completion_json(completion, options, self._clock.seconds()))
 
     @app.route("/v1/messages", methods=["POST"])
+    @speaks(anthropic)
     async def messages(self, request):
-        client, completion_request, options = self._parse(request, anthropic)
+        client, completion_request, options, admission = self._take_on(request, anthropic)
         if options.stream:
-            return await self._stream(request, client, completion_request, anthropic.MessageStream(options))
-        completion = await self._complete(request, client, completion_request)
+            writer = anthropic.MessageStream(options)
+            return await self._stream(request, client, completion_request, admission, writer)
+        completion = await self._complete(request, client, completion_request, admission)
         return self._respond(request, 200, anthropic.completion_json(completion, options))
+
+    @staticmethod
+    def _models_dialect(request):
+        """
+        The model list is both SDKs' endpoint: the Anthropic SDK says so with
+        its version header.
+        """
+        request.dialect = anthropic if request.getHeader("anthropic-version") else openai
+        return request.dialect
 
     @app.route("/v1/models", methods=["GET"])
     def list_models(self, request):
+        dialect = self._models_dialect(request)
         self._authenticate(request)
-        return self._respond(request, 200, self._dialect(request).models_json(self._router.models, self._started))
+        return self._respond(request, 200, dialect.models_json(self._router.models, self._started))
 
     @app.route("/v1/models/<path:model_id>", methods=["GET"])
     def get_model(self, request, model_id):
+        dialect = self._models_dialect(request)
         self._authenticate(request)
-        dialect = self._dialect(request)
         entry = self._router.models.resolve(model_id)
         if entry is None:
             raise dialect.unknown_model(model_id)

@@ -6,6 +6,7 @@ during silences.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 
 def frame(data, event: str | None = None) -> bytes:
@@ -58,11 +59,12 @@ class EventStream:
     def send(self, data, event: str | None = None) -> None:
         self._write(frame(data, event))
 
-    def write(self, data: bytes) -> None:
+    def write(self, frames: Iterable[bytes]) -> None:
         """
         Write frames already framed by a dialect's stream writer.
         """
-        self._write(data)
+        for data in frames:
+            self._write(data)
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -49,6 +49,9 @@ class ShellmRequest(Request):
         self.received_at = channel.site.clock.seconds()
         self.log_fields: dict = {}
         self._request_id = None
+        #: The dialect module of the route that answers (set by the route),
+        #: which shapes its errors too; L{None} before a route took it.
+        self.dialect = None
 
     @property
     def request_id(self) -> str:

@@ -19,7 +19,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
 from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta, Usage
-from shellm.errors import CliFailed, InvalidRequest, ProviderUnavailable, RateLimited, Timeout
+from shellm.errors import InvalidRequest, ProviderFailed, ProviderUnavailable, RateLimited, Timeout
 from shellm.logs import redact
 from shellm.providers.base import Capabilities, ProviderRun
 from shellm.providers.cli import token_count
@@ -106,11 +106,11 @@ class ChatStreamParser:
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise CliFailed("cerebras sent a malformed event")
+            raise ProviderFailed("cerebras sent a malformed event")
         if not isinstance(chunk, dict):
-            raise CliFailed("cerebras sent a malformed event")
+            raise ProviderFailed("cerebras sent a malformed event")
         if chunk.get("error"):
-            raise CliFailed("cerebras reported an error mid-stream")
+            raise ProviderFailed("cerebras reported an error mid-stream")
         if isinstance(chunk.get("model"), str):
             self.model = chunk["model"]
         usage = chunk.get("usage")
@@ -229,9 +229,9 @@ class CerebrasProvider:
         try:
             await reader.done
         except StreamCut:
-            raise CliFailed("cerebras: the response was cut off")
+            raise ProviderFailed("cerebras: the response was cut off")
         if not parser.done and parser.finish_reason is None:
-            raise CliFailed("cerebras: the response was cut off")
+            raise ProviderFailed("cerebras: the response was cut off")
         return ProviderResult(
             usage=parser.usage,
             model=parser.model,
@@ -267,7 +267,7 @@ class CerebrasProvider:
             )
         if status in (400, 404, 413, 422):
             return InvalidRequest(f"cerebras rejected the request (HTTP {status})")
-        return CliFailed(f"cerebras: upstream error (HTTP {status})")
+        return ProviderFailed(f"cerebras: upstream error (HTTP {status})")
 
     def check_health(self) -> Deferred:
         """

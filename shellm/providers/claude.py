@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 
 from shellm.completion import CompletionRequest, ProviderResult, Usage
-from shellm.errors import CliFailed
+from shellm.errors import ProviderFailed
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
 from shellm.providers.process import CliExit
@@ -82,7 +82,7 @@ class ClaudeOutput(OutputParser):
             if isinstance(status, int):
                 said += f" (status {status})"
             if isinstance(status, int) and status >= 500:
-                raise CliFailed(f"claude: the upstream API failed (HTTP {status})")
+                raise ProviderFailed(f"claude: the upstream API failed (HTTP {status})")
             raise self.failed(exit, said)
         if self.emitted == 0 and isinstance(result.get("result"), str):
             self.emit(result["result"])

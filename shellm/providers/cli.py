@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta
-from shellm.errors import CliFailed, NotLoggedIn, ProviderUnavailable, RateLimited, ShellmError, Timeout
+from shellm.errors import NotLoggedIn, ProviderFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
 from shellm.providers.base import Capabilities, ProviderRun
 from shellm.providers.process import CliCommand, CliExit, CliRunner
 
@@ -101,7 +101,7 @@ class OutputParser:
         if exit.timed_out:
             raise Timeout(f"{self.provider} did not finish in time and was stopped")
         if exit.output_overflow:
-            raise CliFailed(f"{self.provider} printed more output than allowed")
+            raise ProviderFailed(f"{self.provider} printed more output than allowed")
         return self.outcome(exit)
 
     def outcome(self, exit: CliExit) -> ProviderResult:
@@ -118,10 +118,10 @@ class OutputParser:
         if _RATE_LIMITED.search(said):
             return RateLimited(f"{self.provider}: the upstream rate limit was reached", retry_after=60)
         if exit.signal is not None:
-            return CliFailed(f"{self.provider} was ended by signal {exit.signal}")
+            return ProviderFailed(f"{self.provider} was ended by signal {exit.signal}")
         if exit.exit_code:
-            return CliFailed(f"{self.provider} failed (exit code {exit.exit_code})")
-        return CliFailed(f"{self.provider} ended without an answer")
+            return ProviderFailed(f"{self.provider} failed (exit code {exit.exit_code})")
+        return ProviderFailed(f"{self.provider} ended without an answer")
 
 
 class CliProvider:
@@ -205,7 +205,7 @@ class CliProvider:
         except OSError:
             shutil.rmtree(scratch, ignore_errors=True)
             self.log.failure("could not start {provider}", provider=self.name)
-            raise CliFailed(f"{self.name} could not be started")
+            raise ProviderFailed(f"{self.name} could not be started")
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

@@ -5,6 +5,7 @@ try it again, once, after a cool-down.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 
@@ -75,6 +76,15 @@ class Circuit:
         if probing or self.failures >= self.threshold:
             self._opened_at = self._clock.seconds()
             self._become("open")
+
+    def retry_after(self) -> int | None:
+        """
+        Whole seconds until an open circuit lets a probe through, or
+        L{None} when it is not open.
+        """
+        if self._state != "open" or self._cooled_down():
+            return None
+        return max(1, math.ceil(self._opened_at + self.cooldown - self._clock.seconds()))
 
     def abandoned(self) -> None:
         """

@@ -17,13 +17,19 @@ class RequestQueue:
     @ivar name: C{"cli"} or C{"http"}, for headers and health.
     """
 
-    def __init__(self, name: str, max_concurrent: int, max_waiting: int):
+    def __init__(self, name: str, max_concurrent: int, max_waiting: int, expected_hold: float = 1.0):
+        """
+        @param expected_hold: seconds a call is expected to hold a slot
+            before any has been measured (a CLI run takes seconds, an HTTP
+            call less), so the first C{Retry-After} is not a guess of 1 s
+            that invites a storm of retries.
+        """
         self.name = name
         self.max_concurrent = max_concurrent
         self.max_waiting = max_waiting
         self._semaphore = DeferredSemaphore(max_concurrent)
         # A moving average of how long a slot is held, for Retry-After.
-        self._average_hold = 1.0
+        self._average_hold = expected_hold
 
     @property
     def active(self) -> int:
@@ -48,6 +54,13 @@ class RequestQueue:
 
     def release(self, held_seconds: float) -> None:
         self._average_hold = 0.8 * self._average_hold + 0.2 * max(held_seconds, 0.0)
+        self._semaphore.release()
+
+    def give_back(self) -> None:
+        """
+        Release a slot that ran nothing (the call was refused after all):
+        it says nothing about how long calls take.
+        """
         self._semaphore.release()
 
     def retry_after(self) -> int:

@@ -7,9 +7,12 @@ back once to another provider when it fails on its side.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-from twisted.internet.defer import CancelledError
+from attrs import define
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from shellm.completion import (
     Completion,
@@ -19,11 +22,14 @@ from shellm.completion import (
     ProviderResult,
     TextDelta,
 )
-from shellm.errors import NotLoggedIn, ProviderUnavailable, ShellmError
+from shellm.errors import NotLoggedIn, ProviderUnavailable, ShellmError, ShuttingDown
 from shellm.models import ModelEntry, ModelTable
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
 from shellm.routing.queue import RequestQueue
+
+if TYPE_CHECKING:
+    from shellm.providers.base import ProviderRun
 
 
 class Router:
@@ -55,6 +61,7 @@ class Router:
         self.health = health
         self.circuits = circuits
         self.fallback_chain = fallback_chain
+        self._calls: set[_Call] = set()
 
     def queue_for(self, provider_name: str) -> RequestQueue:
         return self.queues[self.providers[provider_name].kind]
@@ -70,6 +77,37 @@ class Router:
             return f"{name} is failing; its circuit is open"
         return None
 
+    def admit(
+        self,
+        request: CompletionRequest,
+        permits: Callable[[ModelEntry], bool] = lambda entry: True,
+    ) -> Admission:
+        """
+        Take C{request} on, or refuse it now: the provider it will start on
+        (its own, or at once the fallback when its own is known to be
+        unusable) and its place in that provider's queue.  Nothing is
+        started yet; L{run} does that, L{Admission.withdraw} gives the place
+        back.
+
+        @param permits: whether the caller may use a model table entry; a
+            fallback never goes where the caller may not.
+        @raise QueueFull: the queue has no room.
+        @raise ProviderUnavailable: the provider is known to be unusable and
+            no fallback may take the request.
+        """
+        if not self.accepting:
+            raise ShuttingDown("SheLLM is shutting down", retry_after=1)
+        entry, fallback = request.entry, None
+        reason = self.unusable_reason(entry.provider)
+        if reason is not None:
+            error = ProviderUnavailable(reason, retry_after=self.circuits[entry.provider].retry_after())
+            alternate = self._alternate(entry.provider, permits) if request.fallback else None
+            if alternate is None:
+                raise error
+            self._log_fallback(request, entry, error, alternate)
+            entry, fallback = alternate, FallbackInfo(entry.provider, error.to_json())
+        return Admission(self, entry, fallback, self._place_in_queue(entry), self._clock.seconds())
+
     async def complete(
         self,
         request: CompletionRequest,
@@ -78,44 +116,60 @@ class Router:
         streaming: bool = False,
     ) -> Completion:
         """
-        Run C{request}, handing each delta to C{sink} as it arrives.
+        L{admit}, then L{run}.
+        """
+        return await self.run(self.admit(request, permits), request, sink, permits, streaming)
 
-        @param permits: whether the caller may use a model table entry; a
-            fallback never goes where the caller may not.
+    async def run(
+        self,
+        admission: Admission,
+        request: CompletionRequest,
+        sink: EventSink,
+        permits: Callable[[ModelEntry], bool] = lambda entry: True,
+        streaming: bool = False,
+    ) -> Completion:
+        """
+        Run an admitted C{request}, handing each delta to C{sink} as it
+        arrives.
 
         Falls back once, to the next usable provider of the chain, when the
         first fails on its side (502/503/504) and the request allows it; when
-        C{streaming}, only while no text has reached the client.
+        C{streaming}, only while no text has reached the client.  A request
+        that is cancelled (its client left) stops what it started and ends
+        with L{CancelledError}: no fallback, and nothing counted against the
+        provider, whatever error the cancelled call reported.
         """
-        started = self._clock.seconds()
+        started = admission.admitted_at
         sent: list[str] = []
 
         def forward(event: TextDelta) -> None:
             sent.append(event.text)
             sink(event)
 
-        entry = request.entry
+        entry, fallback = admission.entry, admission.fallback
         try:
-            result, queued = await self._attempt(request, entry, forward)
-            fallback = None
+            result, queued = await self._attempt(request, entry, admission.slot, started, forward)
         except ShellmError as error:
             alternate = (
                 self._alternate(entry.provider, permits)
-                if (error.provider_side and request.fallback and not (streaming and sent))
+                if (fallback is None and error.provider_side and request.fallback and not (streaming and sent))
                 else None
             )
             if alternate is None:
+                if fallback is not None or (error.provider_side and request.fallback):
+                    error.retry_would_help = False  # SheLLM has already tried what a retry would
                 raise
-            self.log.warn(
-                "{provider} failed ({code}); falling back to {alternate}",
-                provider=entry.provider,
-                code=error.code,
-                alternate=alternate.provider,
-                request_id=request.request_id,
-            )
+            self._log_fallback(request, entry, error, alternate)
             fallback = FallbackInfo(entry.provider, error.to_json())
             sent.clear()  # only the answer that completes is the content
-            result, queued = await self._attempt(request, alternate, forward)
+            asked = self._clock.seconds()
+            try:
+                result, queued = await self._attempt(
+                    request, alternate, self._place_in_queue(alternate), asked, forward
+                )
+            except ShellmError as second:
+                second.retry_would_help = False
+                raise
             entry = alternate
         return Completion(
             content="".join(sent),
@@ -130,6 +184,28 @@ class Router:
             finish_reason=result.finish_reason,
         )
 
+    def stop_all(self) -> None:
+        """
+        Stop every provider call under way (shutdown, at the drain deadline):
+        each ends with a L{ShuttingDown} error its client is told about, as a
+        CLI run stopped by a signal would.
+        """
+        self.accepting = False
+        for call in list(self._calls):
+            call.stop()
+
+    def _log_fallback(self, request: CompletionRequest, entry: ModelEntry, error: ShellmError, alternate) -> None:
+        self.log.warn(
+            "{provider} failed ({code}); falling back to {alternate}",
+            provider=entry.provider,
+            code=error.code,
+            alternate=alternate.provider,
+            request_id=request.request_id,
+        )
+
+    def _place_in_queue(self, entry: ModelEntry) -> Deferred:
+        return self.queue_for(entry.provider).acquire()
+
     def _alternate(self, failed: str, permits) -> ModelEntry | None:
         if not self.accepting:
             return None  # shutting down: report the failure, start nothing new
@@ -142,25 +218,21 @@ class Router:
         return None
 
     async def _attempt(
-        self, request: CompletionRequest, entry: ModelEntry, sink: EventSink
+        self, request: CompletionRequest, entry: ModelEntry, slot: Deferred, asked: float, sink: EventSink
     ) -> tuple[ProviderResult, int]:
         name = entry.provider
-        reason = self.unusable_reason(name)
-        if reason is not None:
-            raise ProviderUnavailable(reason)
         provider = self.providers[name]
         queue = self.queue_for(name)
         circuit = self.circuits[name]
-        asked = self._clock.seconds()
-        await queue.acquire()
+        await slot
         granted = self._clock.seconds()
         queued_ms = round((granted - asked) * 1000)
         if not self.accepting:
-            queue.release(0)
-            raise ProviderUnavailable("SheLLM is shutting down")
+            queue.give_back()
+            raise ShuttingDown("SheLLM is shutting down", retry_after=1)
         if not circuit.begin():
-            queue.release(0)
-            raise ProviderUnavailable(f"{name} is failing; its circuit is open")
+            queue.give_back()
+            raise ProviderUnavailable(f"{name} is failing; its circuit is open", retry_after=circuit.retry_after())
         try:
             run = provider.start(request, entry.upstream, sink)
         except BaseException as e:
@@ -168,11 +240,15 @@ class Router:
             self._judge(circuit, name, e)
             raise
         run.finished.addBoth(lambda _: queue.release(self._clock.seconds() - granted))
+        call = _Call(run)
+        self._calls.add(call)
         try:
-            result = await run.result
+            result = await call.outcome
         except BaseException as e:
             self._judge(circuit, name, e)
             raise
+        finally:
+            self._calls.discard(call)
         circuit.succeeded()
         self._on_call(name, "ok")
         return result, queued_ms
@@ -188,9 +264,71 @@ class Router:
         )
         if isinstance(error, NotLoggedIn):
             self.health.mark_not_logged_in(name, error.message)
-        if isinstance(error, ShellmError) and error.provider_side:
+        if isinstance(error, ShellmError) and error.provider_side and error.blames_provider:
             circuit.failed()
         elif isinstance(error, (ShellmError, CancelledError)):
             circuit.abandoned()
         else:
             circuit.failed()
+
+
+class _Call:
+    """
+    One provider call as the router sees it.  C{outcome} follows the run's
+    result, except that the router remembers why it ended early: a client
+    that left (its request cancelled) ends it with L{CancelledError}, and
+    shutdown with L{ShuttingDown}, whatever error the provider reported for
+    being stopped (an HTTP client reports a cancelled request as a
+    connection failure, which must not be blamed on the provider).
+    """
+
+    def __init__(self, run: ProviderRun):
+        self._run = run
+        self._why: BaseException | None = None
+        self.outcome: Deferred = Deferred(lambda _: self._end(CancelledError()))
+        run.result.addBoth(self._ended)
+
+    def stop(self) -> None:
+        self._end(ShuttingDown("SheLLM is shutting down; the call was stopped", retry_after=1))
+
+    def _end(self, why: BaseException) -> None:
+        if self._why is None and not self.outcome.called:
+            self._why = why
+            self._run.result.cancel()
+
+    def _ended(self, outcome):
+        if self.outcome.called:
+            return None
+        if self._why is not None:
+            self.outcome.errback(Failure(self._why))
+        else:
+            self.outcome.callback(outcome)
+        return None
+
+
+@define
+class Admission:
+    """
+    A request the router has taken on: the provider entry it will start on,
+    the fallback already taken (when its own provider was known to be
+    unusable), and its place in that provider's queue (C{slot} fires when
+    the place becomes a slot).
+    """
+
+    _router: Router
+    entry: ModelEntry
+    fallback: FallbackInfo | None
+    slot: Deferred
+    admitted_at: float
+
+    def withdraw(self) -> None:
+        """
+        Give the place back when the request is refused after all (a rate
+        limit) or never run: a granted slot is released, a waiting one leaves
+        the line.
+        """
+        if self.slot.called:
+            self.slot.addCallback(lambda _: self._router.queue_for(self.entry.provider).give_back())
+        else:
+            self.slot.addErrback(lambda f: f.trap(CancelledError))
+            self.slot.cancel()

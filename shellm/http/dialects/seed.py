@@ -95,6 +95,10 @@ def parse_request(body: dict, models: ModelTable, max_prompt_chars: int, request
     return parse_completion_request(body, models, max_prompt_chars, request_id), None
 
 
+def error_json(error: ShellmError, request_id: str) -> dict:
+    return {**error.to_json(), "request_id": request_id}
+
+
 def completion_json(completion: Completion) -> dict:
     body = {
         "content": completion.content,

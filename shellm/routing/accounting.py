@@ -1,0 +1,80 @@
+"""
+Usage accounting: every completion request, however it ends, becomes
+Prometheus metrics and one usage-ledger row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shellm.completion import Completion, CompletionRequest, EventSink, TextDelta
+from shellm.state.ledger import Ledger, UsageRecord
+from shellm.state.metrics import Metrics
+
+
+class Accounting:
+    """
+    @ivar metrics: the daemon's Prometheus metrics.
+    """
+
+    def __init__(self, clock: Any, metrics: Metrics, ledger: Ledger | None = None):
+        """
+        @param ledger: where usage rows go; none means nowhere.
+        """
+        self._clock = clock
+        self.metrics = metrics
+        self._ledger = ledger
+
+    def timing_first_delta(self, provider: str, started: float, sink: EventSink) -> EventSink:
+        """
+        C{sink}, observing the time to the first delta on the way.
+        """
+        first: list[bool] = []
+
+        def timed(event: TextDelta) -> None:
+            if not first:
+                first.append(True)
+                self.metrics.first_token.labels(provider).observe(self._clock.seconds() - started)
+            sink(event)
+
+        return timed
+
+    def record(
+        self,
+        client: str,
+        request: CompletionRequest,
+        status: int,
+        completion: Completion | None,
+        started: float,
+    ) -> None:
+        """
+        Count one finished request: C{status} is what its client got (499
+        when it left first), C{completion} the answer when there was one.
+        """
+        provider = completion.provider if completion else request.entry.provider
+        elapsed = self._clock.seconds() - started
+        self.metrics.requests.labels(provider, request.model, str(status), client).inc()
+        self.metrics.duration.labels(provider).observe(elapsed)
+        usage = completion.usage if completion else None
+        if completion is not None:
+            self.metrics.queue_wait.labels(provider).observe(completion.queued_ms / 1000)
+        if usage is not None:
+            self.metrics.tokens.labels(provider, client, "input").inc(usage.input_tokens)
+            self.metrics.tokens.labels(provider, client, "output").inc(usage.output_tokens)
+        if self._ledger is None:
+            return
+        self._ledger.record(
+            UsageRecord(
+                time=self._clock.seconds(),
+                client=client,
+                provider=provider,
+                model=completion.model if completion else request.model,
+                status=status,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                cost_usd=completion.cost_usd if completion else None,
+                duration_ms=completion.duration_ms if completion else round(elapsed * 1000),
+                queued_ms=completion.queued_ms if completion else None,
+                request_id=request.request_id,
+            )
+        )
