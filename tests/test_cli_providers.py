@@ -1041,6 +1041,20 @@ async def test_cerebras_stall_times_out(cerebras):
 
 
 @real_reactor_test
+async def test_cerebras_silent_upstream_times_out(cerebras):
+    """
+    An upstream that never sends its headers is a timeout (504) too, not
+    "could not be reached": the request was cancelled by SheLLM's timer.
+    """
+    cerebras.delay = 30.0
+    provider = cerebras.make(timeout=0.3)
+    result, _ = await cerebras_run(provider, request("cerebras"))
+    await cerebras.close()
+    assert isinstance(result, Timeout), result
+    assert result.status == 504
+
+
+@real_reactor_test
 async def test_cerebras_cancel_mid_stream(cerebras):
     """
     Cancelling a cerebras call mid-stream (a client that went away) fails

@@ -129,6 +129,15 @@ class ChatStreamParser:
                 self.finish_reason = choice["finish_reason"]
 
 
+def _was_cancelled(error: Exception) -> bool:
+    """
+    Whether a request failed because it was cancelled: before its response
+    arrives, treq reports that as C{ResponseNeverReceived} (or
+    C{RequestTransmissionFailed}) wrapping the L{CancelledError}.
+    """
+    return any(reason.check(CancelledError) for reason in getattr(error, "reasons", None) or ())
+
+
 class CerebrasProvider:
     name = "cerebras"
     kind = "http"
@@ -219,6 +228,8 @@ class CerebrasProvider:
         except CancelledError:
             raise
         except Exception as e:
+            if _was_cancelled(e):
+                raise CancelledError()  # stopped by us (timeout, a client gone), not unreachable
             self.log.warn("cerebras unreachable: {why}", why=type(e).__name__)
             raise ProviderUnavailable("cerebras could not be reached")
         if response.code != 200:
