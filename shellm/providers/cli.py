@@ -16,7 +16,15 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta
-from shellm.errors import NotLoggedIn, ProviderFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
+from shellm.errors import (
+    NotLoggedIn,
+    ProviderFailed,
+    ProviderUnavailable,
+    RateLimited,
+    ShellmError,
+    Timeout,
+    UpstreamRejected,
+)
 from shellm.providers.base import Capabilities, ProviderRun
 from shellm.providers.process import CliCommand, CliExit, CliRunner
 
@@ -36,6 +44,14 @@ _LOGIN_REFUSED = re.compile(
 _RATE_LIMITED = re.compile(
     r"rate.?limit|too many requests|resource_exhausted|usage limit|quota exceeded"
     r"|\b(?:status|code|http)\W{0,3}429\b|\b429 too many|\(429\)",
+    re.IGNORECASE,
+)
+
+# What the CLIs relay when the upstream refused the request itself (too
+# long, malformed): the request's fault, not the provider's.
+_REQUEST_REJECTED = re.compile(
+    r"\b(?:status|code|http)\W{0,3}(?:400|413|422)\b|\b(?:400 bad request|413 payload too large)"
+    r"|invalid_request_error|prompt is too long|maximum context length|context window",
     re.IGNORECASE,
 )
 
@@ -101,7 +117,8 @@ class OutputParser:
         if exit.timed_out:
             raise Timeout(f"{self.provider} did not finish in time and was stopped")
         if exit.output_overflow:
-            raise ProviderFailed(f"{self.provider} printed more output than allowed")
+            # The answer was too long for SheLLM's cap: not a sign of a sick provider.
+            raise ProviderFailed(f"{self.provider} printed more output than allowed", blames_provider=False)
         return self.outcome(exit)
 
     def outcome(self, exit: CliExit) -> ProviderResult:
@@ -117,6 +134,8 @@ class OutputParser:
             return NotLoggedIn(f"{self.provider} is not logged in or its credentials were refused")
         if _RATE_LIMITED.search(said):
             return RateLimited(f"{self.provider}: the upstream rate limit was reached", retry_after=60)
+        if _REQUEST_REJECTED.search(said):
+            return UpstreamRejected(f"{self.provider}: the upstream refused this request (too long or malformed)")
         if exit.signal is not None:
             return ProviderFailed(f"{self.provider} was ended by signal {exit.signal}")
         if exit.exit_code:

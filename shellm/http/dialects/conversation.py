@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from attrs import frozen
+from attrs import field, frozen
 
 from shellm.completion import CompletionRequest
 from shellm.errors import InvalidRequest, NotFound
@@ -53,10 +53,12 @@ class Turn:
     One message of a conversation, reduced to its text.
 
     @ivar role: L{SYSTEM}, L{USER} or L{ASSISTANT}.
+    @ivar text: cleaned for a process (L{clean_text}) as it is made, so every
+        check sees what the provider will get.
     """
 
     role: str
-    text: str
+    text: str = field(converter=lambda text: clean_text(text))
 
 
 def number_field(body: dict, name: str, low: float, high: float) -> float | None:
@@ -79,6 +81,18 @@ def clean_text(text: str) -> str:
     return text.replace("\0", "").encode("utf-8", "replace").decode("utf-8")
 
 
+def split_latest(turns: Sequence[Turn]) -> tuple[list[Turn], list[Turn]]:
+    """
+    The dialogue (system turns left out) split into its history and the
+    user turns after the last assistant turn: the message to answer.
+    """
+    dialogue = [t for t in turns if t.role != SYSTEM]
+    split = len(dialogue)
+    while split > 0 and dialogue[split - 1].role == USER:
+        split -= 1
+    return dialogue[:split], dialogue[split:]
+
+
 def render(turns: Sequence[Turn]) -> tuple[str | None, str]:
     """
     The system prompt and the prompt for C{turns}.
@@ -93,11 +107,7 @@ def render(turns: Sequence[Turn]) -> tuple[str | None, str]:
         the dialect parsers check that first, naming the field.
     """
     system = [t.text for t in turns if t.role == SYSTEM]
-    dialogue = [t for t in turns if t.role != SYSTEM]
-    split = len(dialogue)
-    while split > 0 and dialogue[split - 1].role == USER:
-        split -= 1
-    history, latest = dialogue[:split], dialogue[split:]
+    history, latest = split_latest(turns)
     if not latest:
         raise ValueError("a conversation must end with a user turn")
     question = "\n\n".join(t.text for t in latest)
@@ -140,7 +150,7 @@ def completion_request(
     system, prompt = render(turns)
     if extra_system:
         system = f"{system}\n\n{extra_system}" if system else extra_system
-    if not prompt.strip():
+    if not any(turn.text.strip() for turn in split_latest(turns)[1]):
         raise InvalidField("the last user message must not be empty", "messages")
     if len(prompt) > max_prompt_chars:
         raise InvalidField(
@@ -155,7 +165,7 @@ def completion_request(
     return CompletionRequest(
         model=model,
         entry=entry,
-        prompt=clean_text(prompt),
+        prompt=prompt,
         system=clean_text(system) if system else None,
         max_tokens=max_tokens,
         request_id=request_id,

@@ -50,7 +50,8 @@ def parse_completion_request(
         raise InvalidRequest("missing required field: prompt")
     if not isinstance(prompt, str):
         raise InvalidRequest('field "prompt" must be a string')
-    if not prompt.strip():
+    # Checked as the CLI will get it: a prompt of NULs is empty once cleaned.
+    if not clean_text(prompt).strip():
         raise InvalidRequest('field "prompt" must not be empty')
     if len(prompt) > max_prompt_chars:
         raise InvalidRequest(f"prompt exceeds the maximum length of {max_prompt_chars} characters (got {len(prompt)})")
