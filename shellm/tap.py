@@ -168,8 +168,10 @@ def makeService(options, reactor=None):
 
     providers = build_providers(Wiring(reactor, runner, http, config))
     queues = {
-        "cli": RequestQueue("cli", config.max_concurrent, config.max_queue_depth),
-        "http": RequestQueue("http", config.http_max_concurrent, config.http_max_queue_depth),
+        # A CLI run takes seconds, an API call about one: the first
+        # Retry-After, before any call is timed, comes from these.
+        "cli": RequestQueue("cli", config.max_concurrent, config.max_queue_depth, expected_hold=10.0),
+        "http": RequestQueue("http", config.http_max_concurrent, config.http_max_queue_depth, expected_hold=2.0),
     }
     circuits = {name: Circuit(reactor, config.circuit_threshold, config.circuit_cooldown) for name in providers}
     metrics = Metrics(queues, circuits)
