@@ -10,9 +10,8 @@ import signal
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet import defer, endpoints
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -99,8 +98,10 @@ class ShellmService(MultiService):
         authenticator: Authenticator,
         ledger: Ledger,
         env_file,
+        site: ShellmSite,
     ):
         super().__init__()
+        self._site = site
         self._api = api
         self._clock = clock
         self._runner = runner
@@ -134,28 +135,34 @@ class ShellmService(MultiService):
         self._authenticator.replace(clients)
         self.log.info("clients reloaded: {count} clients", count=len(clients))
 
-    def _busy(self) -> int:
-        return len(self._runner.live) + self._api.in_flight
-
     @inlineCallbacks
     def stopService(self):
+        # From now on new requests are refused and every response closes
+        # its connection, so keep-alive clients go elsewhere.
+        self._site.stopping = True
+        self._router.close()
         yield super().stopService()  # the listener, added last, stops first
-        deadline = self._clock.seconds() + self._drain_timeout
-        if self._busy():
-            self.log.info("draining {busy} requests", busy=self._busy())
-        while self._busy() and self._clock.seconds() < deadline:
-            yield deferLater(self._clock, 0.05, lambda: None)
-        self._router.accepting = False
-        if self._runner.live:
-            self.log.warn("stopping {count} CLI runs still going", count=len(self._runner.live))
-            yield self._runner.terminate_all()
-        # Let the answers of what was stopped (error events, 503s) reach
-        # their clients before the connections close.
-        deadline = self._clock.seconds() + 2
-        while self._api.in_flight and self._clock.seconds() < deadline:
-            yield deferLater(self._clock, 0.05, lambda: None)
+        if self._api.in_flight:
+            self.log.info("draining {busy} requests", busy=self._api.in_flight)
+        yield self._within(self._drain_timeout, self._api.idle())
+        if self._api.in_flight:
+            self.log.warn("stopping {count} requests still running", count=self._api.in_flight)
+        # Every call still running (CLI or HTTP) ends with an error its
+        # client is told about, and its usage is recorded.
+        self._router.stop_all()
+        yield self._runner.terminate_all()
+        # Let the answers of what was stopped reach their clients before
+        # the connections close.
+        yield self._within(2.0, self._api.idle())
         yield self._pool.closeCachedConnections()
         yield self._ledger.close()
+
+    def _within(self, seconds: float, waiting: Deferred) -> Deferred:
+        """
+        C{waiting}, given up on (quietly) after C{seconds}.
+        """
+        waiting.addTimeout(seconds, self._clock)
+        return waiting.addErrback(lambda failure: failure.trap(defer.TimeoutError))
 
 
 def makeService(options, reactor=None):
@@ -200,7 +207,16 @@ def makeService(options, reactor=None):
     site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
 
     service = ShellmService(
-        reactor, runner, router, api, pool, config.drain_timeout, authenticator, ledger, options.get("env-file-path")
+        reactor,
+        runner,
+        router,
+        api,
+        pool,
+        config.drain_timeout,
+        authenticator,
+        ledger,
+        options.get("env-file-path"),
+        site,
     )
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.

@@ -298,7 +298,8 @@ async def test_sigterm_kills_what_outlives_the_drain_limit(tmp_path, marker):
     daemon.transport.signalProcess("TERM")
     response = await pending
     body = json.loads(await response.content())
-    assert response.code == 502 and body["error"] == "cli_failed"  # answered, not dropped
+    assert response.code == 503 and body["error"] == "provider_unavailable"  # answered, not dropped
+    assert "shutting down" in body["message"]
     reason = await daemon.exited()
     assert_clean_signal_exit(reason)
     assert await wait_for_no_processes(marker) == []

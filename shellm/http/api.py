@@ -10,7 +10,7 @@ import functools
 import json
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
@@ -101,6 +101,7 @@ class ShellmAPI:
         self.accounting = Accounting(clock, self.metrics, ledger)
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
+        self._idle_waiters: list[Deferred] = []
         self._openapi = json_bytes(openapi.document([entry.alias for entry in router.models], max_prompt_chars))
         self._started = clock.seconds()
 
@@ -189,6 +190,21 @@ class ShellmAPI:
         finally:
             self.in_flight -= 1
             self.accounting.record(client.name, completion_request, status, completion, started)
+            if not self.in_flight:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+
+    def idle(self) -> Deferred:
+        """
+        Fires when no completion request is being answered (at once if none
+        is); cancelling it stops waiting.
+        """
+        if not self.in_flight:
+            return succeed(None)
+        waiter: Deferred = Deferred(lambda d: self._idle_waiters.remove(d))
+        self._idle_waiters.append(waiter)
+        return waiter
 
     def _queue_headers(self, request, provider: str) -> None:
         queue = self._router.queue_for(provider)

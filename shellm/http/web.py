@@ -64,6 +64,14 @@ class ShellmRequest(Request):
     def request_id(self, value: str) -> None:
         self._request_id = value
 
+    def process(self):
+        if self.channel.site.stopping:
+            # Shutting down: answer this request, then close the connection,
+            # so a keep-alive client (or load balancer) goes elsewhere.
+            self.channel.persistent = False
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        super().process()
+
     def connectionLost(self, reason):
         if not self.finished:
             self.channel.site.log_access(self, status=499)
@@ -73,6 +81,8 @@ class ShellmRequest(Request):
 class ShellmSite(Site):
     requestFactory = ShellmRequest
     noisy = False
+    #: Set when shutdown begins: every response then closes its connection.
+    stopping = False
 
     def __init__(self, resource, clock, max_body_bytes: int):
         super().__init__(resource, reactor=clock)

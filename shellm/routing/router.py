@@ -52,7 +52,10 @@ class Router:
             the outcome being C{"ok"} or an error code.
         """
         self._on_call = on_call or (lambda provider, outcome: None)
-        #: Cleared when shutdown stops waiting: queued work then starts nothing.
+        #: Cleared when shutdown begins: new requests are refused, while
+        #: those already admitted run on.
+        self.admitting = True
+        #: Cleared at the drain deadline: queued work then starts nothing.
         self.accepting = True
         self._clock = clock
         self.providers = providers
@@ -95,7 +98,7 @@ class Router:
         @raise ProviderUnavailable: the provider is known to be unusable and
             no fallback may take the request.
         """
-        if not self.accepting:
+        if not (self.admitting and self.accepting):
             raise ShuttingDown("SheLLM is shutting down", retry_after=1)
         entry, fallback = request.entry, None
         reason = self.unusable_reason(entry.provider)
@@ -183,6 +186,12 @@ class Router:
             fallback=fallback,
             finish_reason=result.finish_reason,
         )
+
+    def close(self) -> None:
+        """
+        Refuse new requests (shutdown has begun); admitted ones run on.
+        """
+        self.admitting = False
 
     def stop_all(self) -> None:
         """
