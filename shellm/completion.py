@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
 
 from shellm.models import ModelEntry
 
@@ -120,3 +121,18 @@ class ProviderHealth:
         if self.error:
             body["error"] = self.error
         return body
+
+
+@frozen
+class ProviderRun:
+    """
+    One provider call under way.
+
+    @ivar result: fires with a L{shellm.completion.ProviderResult} or fails
+        with a L{shellm.errors.ShellmError}; cancelling it stops the call.
+    @ivar finished: fires, never fails, once everything the call used is
+        released (child reaped, connection closed): its queue slot is free then.
+    """
+
+    result: Deferred
+    finished: Deferred

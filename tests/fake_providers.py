@@ -13,9 +13,17 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta, Usage
+from shellm.completion import (
+    CompletionRequest,
+    EventSink,
+    ProviderHealth,
+    ProviderResult,
+    ProviderRun,
+    TextDelta,
+    Usage,
+)
 from shellm.errors import ShellmError
-from shellm.providers.base import Capabilities, ProviderRun
+from shellm.providers.base import Capabilities
 
 #: What a run finishes with unless the test says otherwise.
 DEFAULT_RESULT = ProviderResult(usage=Usage(input_tokens=11, output_tokens=7), cost_usd=0.0021)

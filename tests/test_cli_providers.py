@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
-from shellm.errors import ProviderFailed, NotLoggedIn, ProviderUnavailable, RateLimited, ShellmError, Timeout
+from shellm.errors import NotLoggedIn, ProviderFailed, ProviderUnavailable, RateLimited, ShellmError, Timeout
 from shellm.models import ModelEntry
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.claude import ClaudeProvider

@@ -12,11 +12,11 @@ import pytest
 
 from shellm.completion import Completion, Usage
 from shellm.errors import (
-    ProviderFailed,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    ProviderFailed,
     ProviderUnavailable,
     QueueFull,
     RateLimited,

@@ -12,9 +12,9 @@ from twisted.python.failure import Failure
 
 from shellm.completion import Completion, CompletionRequest, ProviderHealth, TextDelta
 from shellm.errors import (
-    ProviderFailed,
     InvalidRequest,
     NotLoggedIn,
+    ProviderFailed,
     ProviderUnavailable,
     QueueFull,
     RateLimited,

@@ -708,3 +708,29 @@ async def test_failure_mid_stream_raises_in_both_sdks(tmp_path, marker):
         assert error.body["error"]["type"] == "timeout_error"
     finally:
         await gateway.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sdk_retries_do_not_multiply_failures(tmp_path, marker):
+    """
+    Both SDKs, with their default two retries: a request that failed after
+    SheLLM's own fallback says x-should-retry: false, so one create() is
+    one HTTP attempt and two CLI runs (the provider and its fallback), not
+    three attempts and six runs.
+    """
+    gateway = Gateway(tmp_path, marker, fake_mode="exit_nonzero", clis=("claude", "gemini"), cerebras=False)
+    await gateway.start()
+    try:
+        body = {"model": "claude", "messages": [{"role": "user", "content": PROMPT}]}
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, timeout=TIMEOUT, max_retries=2)
+        error = await raised(openai.APIStatusError, client.chat.completions.create, **body)
+        assert error.status_code == 502
+        runs = {name: len(gateway.records[name].read_text().splitlines()) for name in ("claude", "gemini")}
+        assert runs == {"claude": 1, "gemini": 1}
+        client = anthropic.Anthropic(base_url=gateway.url, api_key=KEY, timeout=TIMEOUT, max_retries=2)
+        error = await raised(anthropic.APIStatusError, client.messages.create, max_tokens=100, **body)
+        assert error.status_code == 502
+        runs = {name: len(gateway.records[name].read_text().splitlines()) for name in ("claude", "gemini")}
+        assert runs == {"claude": 2, "gemini": 2}
+    finally:
+        await gateway.stop()

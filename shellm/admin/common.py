@@ -20,28 +20,14 @@ from shellm.config import SETTINGS, ConfigError, read_env_file
 
 # Exit codes.  2 is argparse's usage error.
 OK = 0
-
-
 ERROR = 1
-
-
 NOT_RUNNING = 3
-
-
 KILLED = 4
-
-
 ELSEWHERE = 5
-
-
-DEFAULT_PORT = 6100
-
 
 #: Where the settings come from when --env-file is not given: the daemon's
 #: own default (.env in the working directory), else the systemd setup's file.
 ENV_FILES = (".env", "/etc/shellm/shellm.env")
-
-
 HEALTH_TIMEOUT = 20.0  # the first /health waits for every provider's check
 
 

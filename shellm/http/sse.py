@@ -56,9 +56,6 @@ class EventStream:
         else:
             self._timer = self._clock.callLater(self._heartbeat, self._keepalive)
 
-    def send(self, data, event: str | None = None) -> None:
-        self._write(frame(data, event))
-
     def write(self, frames: Iterable[bytes]) -> None:
         """
         Write frames already framed by a dialect's stream writer.

@@ -9,7 +9,7 @@ from typing import Protocol
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
-from shellm.completion import CompletionRequest, EventSink
+from shellm.completion import CompletionRequest, EventSink, ProviderRun
 
 
 @frozen
@@ -32,21 +32,6 @@ class Capabilities:
             "sampling": self.sampling,
             "streaming": self.streaming,
         }
-
-
-@frozen
-class ProviderRun:
-    """
-    One provider call under way.
-
-    @ivar result: fires with a L{shellm.completion.ProviderResult} or fails
-        with a L{shellm.errors.ShellmError}; cancelling it stops the call.
-    @ivar finished: fires, never fails, once everything the call used is
-        released (child reaped, connection closed): its queue slot is free then.
-    """
-
-    result: Deferred
-    finished: Deferred
 
 
 class Provider(Protocol):

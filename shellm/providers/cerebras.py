@@ -18,10 +18,18 @@ from twisted.logger import Logger
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta, Usage
+from shellm.completion import (
+    CompletionRequest,
+    EventSink,
+    ProviderHealth,
+    ProviderResult,
+    ProviderRun,
+    TextDelta,
+    Usage,
+)
 from shellm.errors import InvalidRequest, ProviderFailed, ProviderUnavailable, RateLimited, Timeout
 from shellm.logs import redact
-from shellm.providers.base import Capabilities, ProviderRun
+from shellm.providers.base import Capabilities
 from shellm.providers.cli import token_count
 from shellm.providers.http_client import BytesBody
 

@@ -35,6 +35,10 @@ NO_TOOL_SETTINGS = json.dumps(
 )
 
 
+def system_prompt_file(scratch: str) -> str:
+    return os.path.join(scratch, "system-prompt.txt")
+
+
 class ClaudeOutput(OutputParser):
     """
     Text deltas from C{stream_event} C{text_delta}s; usage and cost from the
@@ -135,12 +139,14 @@ class ClaudeProvider(CliProvider):
         if upstream_model:
             args += ["--model", upstream_model]
         if request.system:
-            # A file, so the system prompt never appears in argv.
-            path = os.path.join(scratch, "system-prompt.txt")
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(request.system)
-            args += ["--system-prompt-file", path]
+            args += ["--system-prompt-file", system_prompt_file(scratch)]
         return args
+
+    def prepare_scratch(self, request: CompletionRequest, scratch: str) -> None:
+        if request.system:
+            # A file, so the system prompt never appears in argv.
+            with open(system_prompt_file(scratch), "w", encoding="utf-8") as f:
+                f.write(request.system)
 
     def stdin_text(self, request: CompletionRequest) -> str:
         return request.prompt

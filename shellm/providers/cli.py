@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, TextDelta
+from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, ProviderRun, TextDelta
 from shellm.errors import (
     NotLoggedIn,
     ProviderFailed,
@@ -25,7 +25,7 @@ from shellm.errors import (
     Timeout,
     UpstreamRejected,
 )
-from shellm.providers.base import Capabilities, ProviderRun
+from shellm.providers.base import Capabilities
 from shellm.providers.process import CliCommand, CliExit, CliRunner
 
 #: How long C{--version} may take in a health check.
@@ -172,6 +172,12 @@ class CliProvider:
 
     # -- what subclasses provide
 
+    def prepare_scratch(self, request: CompletionRequest, scratch: str) -> None:
+        """
+        Write the files a run needs into its private scratch folder, before
+        its arguments and environment are made (which only name them).
+        """
+
     def arguments(self, request: CompletionRequest, upstream_model: str | None, scratch: str) -> list[str]:
         raise NotImplementedError
 
@@ -211,6 +217,7 @@ class CliProvider:
         try:
             os.mkdir(os.path.join(scratch, "work"), 0o700)
             os.mkdir(os.path.join(scratch, "tmp"), 0o700)
+            self.prepare_scratch(request, scratch)
             argv = [self.name] + self.arguments(request, upstream_model, scratch)
             command = CliCommand(
                 executable=executable,

@@ -81,16 +81,14 @@ class GeminiProvider(CliProvider):
             args += ["-m", upstream_model]
         return args
 
-    def vendor_env(self, request, scratch: str) -> dict[str, str]:
-        if scratch is not None:
-            # Workspace settings in the run's own working folder outrank the
-            # user's.  (A system settings file would be ignored: gemini only
-            # trusts one whose every parent folder is root's.)
-            folder = os.path.join(scratch, "work", ".gemini")
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-            with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as f:
-                json.dump(RUN_SETTINGS, f)
-        return {}
+    def prepare_scratch(self, request, scratch: str) -> None:
+        # Workspace settings in the run's own working folder outrank the
+        # user's.  (A system settings file would be ignored: gemini only
+        # trusts one whose every parent folder is root's.)
+        folder = os.path.join(scratch, "work", ".gemini")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as f:
+            json.dump(RUN_SETTINGS, f)
 
     def make_parser(self, sink) -> GeminiOutput:
         return GeminiOutput(self.name, sink)

@@ -7,7 +7,6 @@ back once to another provider when it fails on its side.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
@@ -20,6 +19,7 @@ from shellm.completion import (
     EventSink,
     FallbackInfo,
     ProviderResult,
+    ProviderRun,
     TextDelta,
 )
 from shellm.errors import NotLoggedIn, ProviderUnavailable, ShellmError, ShuttingDown
@@ -27,9 +27,6 @@ from shellm.models import ModelEntry, ModelTable
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
 from shellm.routing.queue import RequestQueue
-
-if TYPE_CHECKING:
-    from shellm.providers.base import ProviderRun
 
 
 class Router:
