@@ -152,8 +152,9 @@ class ShellmService(MultiService):
         self._router.stop_all()
         yield self._runner.terminate_all()
         # Let the answers of what was stopped reach their clients before
-        # the connections close.
+        # the reactor stops (it would drop what is not yet sent).
         yield self._within(2.0, self._api.idle())
+        yield self._within(2.0, self._site.close_connections())
         yield self._pool.closeCachedConnections()
         yield self._ledger.close()
 

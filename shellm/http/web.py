@@ -9,7 +9,9 @@ import io
 import re
 import uuid
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 access_log = Logger(namespace="shellm.access")
@@ -78,8 +80,24 @@ class ShellmRequest(Request):
         super().connectionLost(reason)
 
 
+class ShellmChannel(HTTPChannel):
+    """
+    An HTTP connection the site keeps track of, so shutdown can close each
+    one once its response is out.
+    """
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.site.connection_opened(self)
+
+    def connectionLost(self, reason):
+        self.site.connection_closed(self)
+        super().connectionLost(reason)
+
+
 class ShellmSite(Site):
     requestFactory = ShellmRequest
+    protocol = ShellmChannel
     noisy = False
     #: Set when shutdown begins: every response then closes its connection.
     stopping = False
@@ -87,11 +105,40 @@ class ShellmSite(Site):
     def __init__(self, resource, clock, max_body_bytes: int):
         super().__init__(resource, reactor=clock)
         self.clock = clock
+        self._connections: set[ShellmChannel] = set()
+        self._all_closed: list[Deferred] = []
         self.max_body_bytes = max_body_bytes
         self.displayTracebacks = False
         # Bodies are JSON: never let twisted.web parse a form (a malformed
         # multipart body would get its own HTML 400 before our handlers).
         self._parsePOSTFormSubmission = False
+
+    def connection_opened(self, channel: ShellmChannel) -> None:
+        self._connections.add(channel)
+
+    def connection_closed(self, channel: ShellmChannel) -> None:
+        self._connections.discard(channel)
+        if not self._connections:
+            waiters, self._all_closed = self._all_closed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_connections(self) -> Deferred:
+        """
+        Close every connection once its response is out: an idle keep-alive
+        connection at once, one with a request under way after its answer
+        (the reactor discards unsent bytes at exit, so shutdown waits for
+        this).  Fires when all are closed; cancelling it stops waiting.
+        """
+        for channel in list(self._connections):
+            channel.persistent = False
+            if not channel.requests:
+                channel.loseConnection()
+        if not self._connections:
+            return succeed(None)
+        waiter: Deferred = Deferred(lambda d: self._all_closed.remove(d))
+        self._all_closed.append(waiter)
+        return waiter
 
     def getContentFile(self, length):
         return CappedBody(self.max_body_bytes)
