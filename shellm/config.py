@@ -206,6 +206,13 @@ SETTINGS: tuple[Setting, ...] = (
         option=False,
     ),
     Setting("allow_open", "SHELLM_ALLOW_OPEN", "0", _flag, "1 allows a non-loopback listener without client keys"),
+    Setting(
+        "metrics_public",
+        "SHELLM_METRICS_PUBLIC",
+        "0",
+        _flag,
+        "1 serves /metrics without a key when auth is on",
+    ),
     Setting("global_rpm", "SHELLM_GLOBAL_RPM", "30", _int(1), "completion requests per minute for the whole gateway"),
     Setting("db", "SHELLM_DB", "~/.shellm/shellm.db", _text, "SQLite usage ledger file"),
     Setting("log_level", "LOG_LEVEL", "info", _log_level, "debug, info, warn, error or critical"),
@@ -240,6 +247,7 @@ class Config:
     circuit_cooldown: float
     clients: tuple[Client, ...] = field(repr=False)
     allow_open: bool
+    metrics_public: bool
     global_rpm: int
     db: str
     log_level: str

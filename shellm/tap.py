@@ -194,6 +194,7 @@ def makeService(options, reactor=None):
         limiter=RateLimiter(reactor, config.global_rpm),
         ledger=ledger,
         metrics=metrics,
+        metrics_public=config.metrics_public,
     )
     site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
 
