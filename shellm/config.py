@@ -206,6 +206,13 @@ SETTINGS: tuple[Setting, ...] = (
         option=False,
     ),
     Setting("allow_open", "SHELLM_ALLOW_OPEN", "0", _flag, "1 allows a non-loopback listener without client keys"),
+    Setting(
+        "metrics_public",
+        "SHELLM_METRICS_PUBLIC",
+        "0",
+        _flag,
+        "1 serves /metrics without a key when auth is on",
+    ),
     Setting("global_rpm", "SHELLM_GLOBAL_RPM", "30", _int(1), "completion requests per minute for the whole gateway"),
     Setting("db", "SHELLM_DB", "~/.shellm/shellm.db", _text, "SQLite usage ledger file"),
     Setting("log_level", "LOG_LEVEL", "info", _log_level, "debug, info, warn, error or critical"),
@@ -240,6 +247,7 @@ class Config:
     circuit_cooldown: float
     clients: tuple[Client, ...] = field(repr=False)
     allow_open: bool
+    metrics_public: bool
     global_rpm: int
     db: str
     log_level: str
@@ -255,10 +263,16 @@ def read_env_file(path: str) -> dict[str, str]:
     A missing file is an empty one.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            data = f.read()
+        lines = data.decode("utf-8").splitlines()
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as e:
+        number = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}, line {number}: not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     values = {}
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -319,8 +333,8 @@ def load_config(
             raw, source = setting.default, setting.env
         try:
             values[setting.name] = setting.parse(raw)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{source}: {e}") from None
+        except (ValueError, TypeError, RecursionError) as e:
+            raise ConfigError(f"{source}: {_reason(e)}") from None
     base_env = {k: environ[k] for k in INHERITED_ENV if k in environ}
     base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     config = Config(**values, base_env=base_env)
@@ -341,15 +355,17 @@ def load_clients(environ: Mapping[str, str], env_file: str | None) -> tuple[Clie
 
     @raise ConfigError: if it is no longer valid (the old clients stay).
     """
-    try:
-        from_file = read_env_file(env_file) if env_file else {}
-    except (OSError, ConfigError) as e:
-        raise ConfigError(f"{env_file}: {e}") from None
+    from_file = read_env_file(env_file) if env_file else {}  # its ConfigError names the file
     raw = from_file.get("SHELLM_CLIENTS", environ.get("SHELLM_CLIENTS", ""))
     try:
         return parse_clients(raw)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"SHELLM_CLIENTS: {e}") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise ConfigError(f"SHELLM_CLIENTS: {_reason(e)}") from None
+
+
+def _reason(error: Exception) -> str:
+    # json.loads gives up on deep nesting with a RecursionError, which says nothing useful.
+    return "is nested too deeply" if isinstance(error, RecursionError) else str(error)
 
 
 def listens_on_loopback(description: str) -> bool:

@@ -16,13 +16,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from shellm import __version__, logs
-from shellm.config import SETTINGS, ConfigError, load_clients, load_config
+from shellm.config import SETTINGS, ConfigError, load_config
 from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
 from shellm.providers.http_client import upstream_client
 from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
 from shellm.providers.registry import Wiring, build_providers
+from shellm.reload import ClientReload
 from shellm.routing.auth import Authenticator
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
@@ -127,13 +128,7 @@ class ShellmService(MultiService):
         """
         Re-read SHELLM_CLIENTS (SIGHUP); requests in flight are unaffected.
         """
-        try:
-            clients = load_clients(os.environ, self._env_file)
-        except ConfigError as e:
-            self.log.error("clients not reloaded: {why}", why=str(e))
-            return
-        self._authenticator.replace(clients)
-        self.log.info("clients reloaded: {count} clients", count=len(clients))
+        ClientReload(self._authenticator, self._env_file, self._api.metrics).run(os.environ)
 
     @inlineCallbacks
     def stopService(self):
@@ -204,6 +199,7 @@ def makeService(options, reactor=None):
         limiter=RateLimiter(reactor, config.global_rpm),
         ledger=ledger,
         metrics=metrics,
+        metrics_public=config.metrics_public,
     )
     site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
 

@@ -92,12 +92,12 @@ def circuit_state(shown) -> str:
     return shown if isinstance(shown, str) else shown["state"]
 
 
-def make_gateway(providers=None, **router_settings) -> Gateway:
+def make_gateway(providers=None, api_options: dict | None = None, **router_settings) -> Gateway:
     clock = Clock()
     clock.advance(1000)  # an arbitrary, non-zero start
     providers = fake_providers() if providers is None else providers
     router = make_router(clock, providers, **router_settings)
-    api = ShellmAPI(clock, router, max_prompt_chars=MAX_PROMPT, heartbeat=HEARTBEAT)
+    api = ShellmAPI(clock, router, max_prompt_chars=MAX_PROMPT, heartbeat=HEARTBEAT, **(api_options or {}))
     site = ShellmSite(api.resource(), clock, MAX_BODY)
     return Gateway(clock, providers, router, site, stub_treq(site), api)
 

@@ -378,7 +378,8 @@ async def test_keys_limits_usage_and_metrics_end_to_end(tmp_path, marker):
     Through a real daemon: 401 without a valid key (health stays open), both
     headers accepted, 403 for a model outside the allow-list, 429 with
     Retry-After past the client's rpm; /usage shows the caller's own totals,
-    which survive a restart; /metrics counts the requests and tokens.
+    which survive a restart; /metrics, for a caller with a key, counts the
+    requests and tokens.
     """
     clients = {
         "alpha": {"key": KEY_A, "rpm": 2, "models": ["claude"]},
@@ -414,7 +415,10 @@ async def test_keys_limits_usage_and_metrics_end_to_end(tmp_path, marker):
         assert usage["client"] == "alpha"
         assert usage["totals"]["requests"] == 2
         assert usage["totals"]["input_tokens"] == 20 and usage["totals"]["output_tokens"] == 10
-        metrics = (await (await treq.get(daemon.url + "/metrics")).content()).decode()
+        response = await treq.get(daemon.url + "/metrics")
+        assert response.code == 401  # it names clients: with auth on, it takes a key
+        await response.content()
+        metrics = (await (await treq.get(daemon.url + "/metrics", headers={"x-api-key": KEY_B})).content()).decode()
         samples = {
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(metrics)

@@ -186,6 +186,26 @@ def test_start_status_stop(shellm, marker):
     assert json.loads(shellm("status", "--json").stdout)["running"] is False
 
 
+def test_status_sends_a_client_key_when_auth_is_on(shellm, marker):
+    """
+    With auth on, /health without a key is only the short form; C{status}
+    sends a configured client's key and still shows every detail.
+    """
+    shellm.env_file.write_text("SHELLM_CLIENTS='{\"ops\": {\"key\": \"sk-ops-0123456789abcdef\"}}'\n")
+    assert shellm("start", "-d").returncode == 0
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(shellm.url + "/health", timeout=20) as response:
+            assert "version" not in json.loads(response.read())
+        report = json.loads(shellm("status", "--json").stdout)
+        assert report["health"]["providers"]["claude"]["authenticated"] is True
+        assert report["health"]["version"]
+        status = shellm("status")
+        assert provider_row(status.stdout, "claude")[1:4] == ["yes", "yes", "closed"]
+    finally:
+        assert shellm("stop").returncode == 0
+
+
 @pytest.mark.parametrize("owner", ["dead", "unrelated"])
 def test_stale_pid_file(shellm, owner):
     """

@@ -521,3 +521,53 @@ def test_readme_documents_every_setting():
     readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
     missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme]
     assert missing == []
+
+
+# -- settings files that cannot be read
+
+
+DEEP = "[" * 100000 + "]" * 100000
+
+
+def test_env_file_that_is_not_utf8_names_the_file(tmp_path):
+    """
+    A settings file that is not UTF-8 is a ConfigError naming the file, the
+    line and the reason, not a UnicodeDecodeError.
+    """
+    path = tmp_path / ".env"
+    path.write_bytes(b"SHELLM_MAX_CONCURRENT=4\nSHELLM_CLIENTS='\xff\xfe'\n")
+    with pytest.raises(ConfigError, match=r"\.env, line 2: not UTF-8 text$"):
+        read_env_file(str(path))
+
+
+def test_env_file_that_cannot_be_read_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        read_env_file(str(tmp_path))  # a directory
+
+
+@pytest.mark.parametrize("env", ["SHELLM_CLIENTS", "SHELLM_MODELS", "SHELLM_CLAUDE_ENV"])
+def test_json_nested_too_deeply_names_the_setting(env):
+    """
+    JSON nested past the parser's depth is a ConfigError naming the setting,
+    not a RecursionError.
+    """
+    with pytest.raises(ConfigError, match=f"^{env}: is nested too deeply$"):
+        load({env: DEEP})
+
+
+def test_unreadable_env_file_stops_start_up_with_a_usage_error(clean_environ):
+    """
+    Through the twistd options, a non-UTF-8 settings file is a usage error
+    that names the file, not a traceback nor a complaint about SHELLM_LISTEN.
+    """
+    (clean_environ / ".env").write_bytes(b"SHELLM_CLIENTS=\xff\n")
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions([])
+    assert "not UTF-8" in str(caught.value) and ".env" in str(caught.value)
+    assert "SHELLM_LISTEN" not in str(caught.value)
+
+
+def test_deep_json_stops_start_up_with_a_usage_error(clean_environ, monkeypatch):
+    monkeypatch.setenv("SHELLM_MODELS", DEEP)
+    with pytest.raises(usage.UsageError, match="SHELLM_MODELS: is nested too deeply"):
+        Options().parseOptions([])

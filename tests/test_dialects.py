@@ -154,6 +154,28 @@ def test_render_refuses_a_conversation_ending_with_an_answer():
         render([Turn("user", "a"), Turn("assistant", "b")])
 
 
+def test_named_turns_are_said_by_their_speaker():
+    """
+    A speaker's name is never dropped: it labels a history turn, and it is
+    said before the text of a system turn and of the message to answer.
+    """
+    system, prompt = render(
+        [
+            Turn("system", "Moderate.", "host"),
+            Turn("user", "Hi all", "alice"),
+            Turn("assistant", "Hello.", "bot"),
+            Turn("user", "What did alice say?", "bob"),
+            Turn("user", "Answer bob."),
+        ]
+    )
+    assert system == "host: Moderate."
+    history, latest = prompt.split("<latest_user_message>\n")
+    assert '<turn role="user" name="alice">\nHi all\n</turn>' in history
+    assert '<turn role="assistant" name="bot">\nHello.\n</turn>' in history
+    assert latest == "bob: What did alice say?\n\nAnswer bob.\n</latest_user_message>"
+    assert render([Turn("user", "Hi", "alice")]) == (None, "alice: Hi")
+
+
 def test_completion_request_cleans_text_for_a_process():
     """
     NUL bytes and lone surrogates, which cannot be handed to a process, are
@@ -392,6 +414,31 @@ def test_openai_bad_values_name_the_field(fields, param):
     refused(chat(**fields), param, param.split(".")[0])
 
 
+@pytest.mark.parametrize("name", ["Bob Smith", "", 5, "x" * 65, "alice\n", 'a"b', "<turn>"])
+def test_openai_message_name_must_be_an_identifier(name):
+    """
+    A message name OpenAI would refuse is a 400 naming the message's
+    C{name}; nothing that could break the transcript's markup gets through.
+    """
+    body = chat(messages=[{"role": "user", "content": "Hi", "name": name}])
+    refused(body, "messages[0].name", "messages[0].name")
+
+
+@pytest.mark.parametrize("effort", ("none", "minimal", "low", "medium", "high", "xhigh"))
+def test_openai_documented_reasoning_efforts_are_accepted(effort):
+    request, _ = parse_chat(chat(reasoning_effort=effort))
+    assert request.prompt == "Hello"
+
+
+@pytest.mark.parametrize("effort", ["turbo-max", "HIGH", "", 3, ["low"]])
+def test_openai_other_reasoning_efforts_are_refused(effort):
+    """
+    Only OpenAI's documented values: anything else is a 400 naming the
+    field and listing them.
+    """
+    refused(chat(reasoning_effort=effort), "reasoning_effort", "reasoning_effort", "minimal", "xhigh")
+
+
 def test_openai_range_limits_are_inclusive():
     request, _ = parse_chat(chat(max_tokens=1, temperature=0, top_p=1, stop=["a", "b", "c", "d"]))
     assert request.temperature == 0.0 and request.top_p == 1.0
@@ -484,7 +531,8 @@ def test_openai_a_trailing_system_message_does_not_hide_the_user_turn():
 def test_openai_multi_turn_is_rendered():
     """
     System and developer messages become the system prompt; text parts are
-    joined; the conversation is rendered with the last user turn set apart.
+    joined; the conversation is rendered with the last user turn set apart,
+    and a message's name labels its turn.
     """
     request, _ = parse_chat(
         chat(
@@ -502,12 +550,13 @@ def test_openai_multi_turn_is_rendered():
         request.prompt
         == render(
             [
-                Turn("user", "Capital of France?"),
+                Turn("user", "Capital of France?", "alice"),
                 Turn("assistant", "Paris."),
                 Turn("user", "And\nItaly?"),
             ]
         )[1]
     )
+    assert '<turn role="user" name="alice">\nCapital of France?\n</turn>' in request.prompt
     assert request.prompt.endswith("<latest_user_message>\nAnd\nItaly?\n</latest_user_message>")
 
 
@@ -880,6 +929,39 @@ def test_anthropic_non_text_system_block_is_refused():
 )
 def test_anthropic_fields_that_change_meaning_are_refused(fields, param):
     refused_msg(msg(**fields), param, param)
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, "output_config.format"),
+        ({"output_config": {"effort": "high", "format": {"type": "json_schema"}}}, "output_config.format"),
+        ({"output_format": {"type": "json_schema", "schema": {"type": "object"}}}, "output_format"),
+    ],
+)
+def test_anthropic_structured_output_is_refused(fields, param):
+    """
+    Structured output, which no backend can guarantee, is a 400 naming the
+    field, never a 200 with free text.
+    """
+    refused_msg(msg(**fields), param, param, "structured output")
+
+
+def test_anthropic_output_config_without_a_format_is_accepted():
+    request, _ = parse_msg(msg(output_config={"effort": "high"}))
+    assert request.prompt == "Hello"
+    refused_msg(msg(output_config="json"), "output_config", "output_config")
+
+
+def test_anthropic_stop_sequences_are_bounded():
+    """
+    At most MAX_STOP_SEQUENCES stop sequences; one more is a 400 naming the
+    field and the bound.
+    """
+    limit = anthropic.MAX_STOP_SEQUENCES
+    request, _ = parse_msg(msg(stop_sequences=[f"s{i}" for i in range(limit)]))
+    assert len(request.stop) == limit
+    refused_msg(msg(stop_sequences=[f"s{i}" for i in range(limit + 1)]), "stop_sequences", str(limit))
 
 
 @pytest.mark.parametrize(

@@ -529,6 +529,67 @@ async def test_anthropic_image_block_is_a_bad_request(gateway):
 
 
 @pytest_twisted.ensureDeferred
+async def test_anthropic_request_id_is_the_sdks_request_id(gateway):
+    """
+    The SDK reads the request id from request-id: a message's _request_id,
+    a stream's request_id and an error's request_id are SheLLM's
+    X-Request-Id.
+    """
+    client = gateway.anthropic()
+    raw = await in_thread(
+        client.messages.with_raw_response.create,
+        model="claude",
+        max_tokens=64,
+        messages=[{"role": "user", "content": PROMPT}],
+    )
+    message = raw.parse()
+    assert message._request_id and message._request_id == raw.headers["x-request-id"]
+
+    def streamed():
+        with client.messages.stream(
+            model="claude", max_tokens=64, messages=[{"role": "user", "content": PROMPT}]
+        ) as stream:
+            stream.get_final_message()
+            return stream.request_id, stream.response.headers["x-request-id"]
+
+    stream_id, header_id = await in_thread(streamed)
+    assert stream_id and stream_id == header_id
+
+    error = await raised(
+        anthropic.BadRequestError,
+        client.messages.create,
+        model="claude",
+        max_tokens=0,
+        messages=[{"role": "user", "content": PROMPT}],
+    )
+    assert error.request_id and error.request_id == error.response.headers["x-request-id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_anthropic_structured_output_is_a_bad_request(gateway):
+    """
+    The SDK's structured output (messages.parse with a model class, which
+    sends output_config.format) is refused with a 400 naming the field,
+    never answered with free text.
+    """
+    pydantic = pytest.importorskip("pydantic")
+
+    class Capital(pydantic.BaseModel):
+        city: str
+
+    error = await raised(
+        anthropic.BadRequestError,
+        gateway.anthropic().messages.parse,
+        model="claude",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "Capital of France?"}],
+        output_format=Capital,
+    )
+    assert error.body["error"]["type"] == "invalid_request_error"
+    assert "output_config.format" in error.body["error"]["message"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_anthropic_wrong_key_is_an_authentication_error(gateway):
     error = await raised(
         anthropic.AuthenticationError,

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from attrs import frozen
 
 from shellm.config import SETTINGS, ConfigError, read_env_file
+from shellm.routing.auth import parse_clients
 
 # Exit codes.  2 is argparse's usage error.
 OK = 0
@@ -205,17 +206,34 @@ class NoAnswer(Exception):
     """
 
 
-def get_health(listener: Listener, timeout: float = HEALTH_TIMEOUT) -> dict:
+def client_key(environ: Mapping[str, str], env_file: str | None) -> str | None:
+    """
+    A configured client's key, so that a command sees the whole C{/health};
+    L{None} when auth is off or C{SHELLM_CLIENTS} cannot be read.
+    """
+    try:
+        clients = parse_clients(setting("clients", environ, env_file))
+    except (CommandError, ValueError, TypeError, RecursionError):
+        return None
+    return clients[0].key if clients else None
+
+
+def get_health(listener: Listener, timeout: float = HEALTH_TIMEOUT, key: str | None = None) -> dict:
     """
     C{GET /health} from the daemon, without any proxy.
 
+    @param key: a client key; without one, a daemon with auth on shows only
+        the short form (status, and whether each provider is usable).
     @raise NoAnswer: with the reason.
     """
     if listener.port is None:
         raise NoAnswer(f"{listener.listen} is not a TCP port; this command only talks TCP")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(listener.url + "/health")
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
     try:
-        with opener.open(listener.url + "/health", timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as e:
         body = e.read()

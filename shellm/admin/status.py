@@ -14,6 +14,7 @@ from shellm.admin.common import (
     OK,
     NoAnswer,
     Paths,
+    client_key,
     duration,
     get_health,
     listener_for,
@@ -72,7 +73,7 @@ def cmd_status(args, environ, paths: Paths) -> int:
     if stale is not None:
         report["stale_pid"] = stale
     try:
-        health = get_health(listener)
+        health = get_health(listener, key=client_key(environ, args.env_file_path))
         why = None
     except NoAnswer as e:
         health, why = None, str(e)

@@ -28,9 +28,10 @@ from shellm.errors import (
 )
 from shellm.http import openapi
 from shellm.http.dialects import anthropic, openai, seed
+from shellm.http.exposure import health_summary
 from shellm.http.sse import EventStream
 from shellm.routing.accounting import Accounting
-from shellm.routing.auth import Authenticator, Client, ModelNotAllowed, token_from_headers
+from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed, token_from_headers
 from shellm.routing.health import overall_status
 from shellm.routing.limits import RateLimiter
 from shellm.routing.router import Admission, Router
@@ -84,9 +85,11 @@ class ShellmAPI:
         limiter: RateLimiter | None = None,
         ledger: Ledger | None = None,
         metrics: Metrics | None = None,
+        metrics_public: bool = False,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
+        @param metrics_public: serve C{/metrics} without a key when auth is on.
         @param limiter: the request-rate limits; none means unlimited.
         @param ledger: where usage is recorded; none means nowhere.
         """
@@ -99,6 +102,7 @@ class ShellmAPI:
         self._ledger = ledger
         self.metrics = metrics or Metrics(router.queues, router.circuits)
         self.accounting = Accounting(clock, self.metrics, ledger)
+        self._metrics_public = metrics_public
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
         self._idle_waiters: list[Deferred] = []
@@ -113,8 +117,14 @@ class ShellmAPI:
     def _respond(self, request, status: int, body) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
+        self._request_id_headers(request)
         return json_bytes(body)
+
+    def _request_id_headers(self, request) -> None:
+        # Both Anthropic SDKs read the id from request-id, not X-Request-Id.
+        request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
+        if (request.dialect or unrouted_dialect(request.path)) is anthropic:
+            request.setHeader(b"request-id", request.request_id.encode("ascii"))
 
     def _read_json(self, request) -> dict:
         if request.content.overflowed:
@@ -135,6 +145,17 @@ class ShellmAPI:
         )
         request.log_fields["client"] = client.name
         return client
+
+    def _has_key(self, request) -> bool:
+        """
+        Whether the caller may see what the open endpoints keep back: auth
+        is off, or it sent a valid key.
+        """
+        try:
+            self._authenticate(request)
+        except AuthRequired:
+            return False
+        return True
 
     def _admit(self, client: Client, completion_request: CompletionRequest) -> Admission:
         """
@@ -262,7 +283,7 @@ class ShellmAPI:
         already did, as an ordinary HTTP error, in L{_admit}; once the stream
         is open, failures become the dialect's error event, never a clean end.
         """
-        request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
+        self._request_id_headers(request)
         self._queue_headers(request, admission.entry.provider)
         stream = EventStream(request, self._clock, self._heartbeat)
         try:
@@ -395,6 +416,8 @@ class ShellmAPI:
     @app.route("/health", methods=["GET"])
     async def health(self, request):
         healths = await self._router.health.current()
+        if not self._has_key(request):
+            return self._respond(request, 200, health_summary(healths, self._router.queues))
         providers = {}
         for name, health in healths.items():
             providers[name] = {**health.to_json(), "circuit": self._router.circuits[name].to_json()}
@@ -432,6 +455,8 @@ class ShellmAPI:
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request):
+        if not self._metrics_public:
+            self._authenticate(request)
         request.setHeader(b"content-type", self.metrics.content_type.encode())
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
         return self.metrics.render()

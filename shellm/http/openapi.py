@@ -110,6 +110,12 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
         "/health": {
             "get": {
                 "summary": "Liveness and a summary of providers and queues",
+                "description": (
+                    "Never needs a key.  When auth is on, a caller without a valid key gets the "
+                    "short form (status, each provider's usable, queue activity); with a key, or "
+                    "when auth is off, every detail."
+                ),
+                "security": _SECURITY,
                 "responses": {
                     "200": {
                         "description": "Health",
@@ -157,11 +163,17 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
+                "description": (
+                    "Needs a client key when auth is on, unless SHELLM_METRICS_PUBLIC=1: the metrics "
+                    "name clients and count their tokens."
+                ),
+                "security": _SECURITY,
                 "responses": {
                     "200": {
                         "description": "Metrics in the Prometheus text format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _ERRORS["401"],
                 },
             }
         },
@@ -250,10 +262,15 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                 },
                 "Health": {
                     "type": "object",
-                    "required": ["status", "providers", "queue", "uptime_seconds", "version"],
+                    "description": (
+                        "uptime_seconds, version and each provider's installed, authenticated, "
+                        "version, error and circuit are only there for a caller with a valid key, "
+                        "or when auth is off; without them each provider says only whether it is usable."
+                    ),
+                    "required": ["status", "providers", "queue"],
                     "properties": {
                         "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
-                        "providers": {"type": "object"},
+                        "providers": {"type": "object", "additionalProperties": {"type": "object"}},
                         "queue": {"type": "object"},
                         "uptime_seconds": {"type": "integer"},
                         "version": {"type": "string"},

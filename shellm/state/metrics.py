@@ -4,7 +4,7 @@ Prometheus metrics, in a registry of the daemon's own.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -88,7 +88,26 @@ class Metrics:
             ["provider", "outcome"],
             registry=self.registry,
         )
+        self.reload_failures = Counter(
+            "shellm_reload_failures",
+            "SIGHUP reloads refused, the clients before them kept",
+            registry=self.registry,
+        )
+        self.last_reload_ok = Gauge(
+            "shellm_last_reload_success",
+            "1 if the last SIGHUP reload was applied (or none was tried), 0 if it was refused",
+            registry=self.registry,
+        )
+        self.last_reload_ok.set(1)
         self.registry.register(_LiveState(queues, circuits))
+
+    def reload_done(self, applied: bool) -> None:
+        """
+        Count the outcome of a reload of the settings (SIGHUP).
+        """
+        self.last_reload_ok.set(1 if applied else 0)
+        if not applied:
+            self.reload_failures.inc()
 
     def count_call(self, provider: str, outcome: str) -> None:
         self.provider_calls.labels(provider, outcome).inc()

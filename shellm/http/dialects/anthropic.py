@@ -16,12 +16,14 @@ What SheLLM does with the request fields:
     not applied.
   - accepted and ignored: C{metadata}, C{top_k}, C{service_tier},
     C{tools} when empty, C{tool_choice} of type C{none}, C{thinking} of type
-    C{disabled}, C{cache_control} on blocks, and fields this module does
-    not know.
+    C{disabled}, C{cache_control} on blocks, C{output_config} without a
+    C{format}, and fields this module does not know.
   - refused with a 400 that names the field or block type: C{tools},
-    C{tool_choice}, C{mcp_servers}, C{thinking} when enabled, and every
-    content block but text (image, document, tool_use, tool_result,
-    thinking, ...).
+    C{tool_choice}, C{mcp_servers}, C{thinking} when enabled, structured
+    output (C{output_config.format}, and the older C{output_format}: no
+    backend can guarantee a schema), more than L{MAX_STOP_SEQUENCES}
+    C{stop_sequences}, and every content block but text (image, document,
+    tool_use, tool_result, thinking, ...).
   - a conversation must end with a user turn: SheLLM cannot continue a
     partial assistant turn (prefill).
 """
@@ -48,6 +50,9 @@ from shellm.http.sse import frame
 from shellm.models import ModelEntry, ModelTable
 
 MAX_TOKENS_LIMIT = 128000
+#: The Anthropic API documents no count; SheLLM's own bound, so a request
+#: cannot hand a backend an unbounded list (OpenAI allows 4).
+MAX_STOP_SEQUENCES = 16
 
 
 @frozen
@@ -139,6 +144,19 @@ def _refuse_unsupported(body: dict) -> None:
     thinking = body.get("thinking")
     if thinking is not None and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
         raise InvalidField("thinking: extended thinking is not supported", "thinking")
+    output_config = body.get("output_config")
+    if output_config is not None and not isinstance(output_config, dict):
+        raise InvalidField("output_config: must be an object", "output_config")
+    for where, value in (
+        ("output_config.format", (output_config or {}).get("format")),
+        ("output_format", body.get("output_format")),
+    ):
+        if value is not None:
+            raise InvalidField(
+                f"{where}: structured output is not supported; no backend can guarantee a schema, "
+                "so describe the format in the prompt",
+                where,
+            )
 
 
 def parse_request(
@@ -170,8 +188,10 @@ def parse_request(
     stop = body.get("stop_sequences")
     if stop is None:
         stop = []
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise InvalidField("stop_sequences: must be a list of non-empty strings", "stop_sequences")
+    if not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stop):
+        raise InvalidField(
+            f"stop_sequences: must be a list of at most {MAX_STOP_SEQUENCES} non-empty strings", "stop_sequences"
+        )
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidField("stream: must be true or false", "stream")

@@ -7,6 +7,10 @@ block makes models answer those turns again, so everything before the
 unanswered user message(s) goes into a labelled history block that the
 model is told is context only, and the message to answer is set apart
 after it.
+
+A turn may carry the speaker's name (OpenAI's C{name}, which tells apart
+participants of the same role): the history labels the turn with it, and
+the system prompt and the message to answer say it before the text.
 """
 
 from __future__ import annotations
@@ -55,10 +59,19 @@ class Turn:
     @ivar role: L{SYSTEM}, L{USER} or L{ASSISTANT}.
     @ivar text: cleaned for a process (L{clean_text}) as it is made, so every
         check sees what the provider will get.
+    @ivar name: who is speaking, when the client says so; the dialect
+        checks it is a plain identifier (it goes into the markup as is).
     """
 
     role: str
     text: str = field(converter=lambda text: clean_text(text))
+    name: str | None = None
+
+    def spoken(self) -> str:
+        """
+        The text, said by its speaker when it has a name.
+        """
+        return f"{self.name}: {self.text}" if self.name else self.text
 
 
 def number_field(body: dict, name: str, low: float, high: float) -> float | None:
@@ -101,20 +114,21 @@ def render(turns: Sequence[Turn]) -> tuple[str | None, str]:
     by blank lines; L{None} when there is none).  The user turns after the
     last assistant turn are the message to answer: with no earlier turns it
     is the prompt verbatim, otherwise it follows a history block of the
-    earlier turns, each labelled with its role.
+    earlier turns, each labelled with its role (and speaker's name).
 
     @raise ValueError: when the conversation does not end with a user turn;
         the dialect parsers check that first, naming the field.
     """
-    system = [t.text for t in turns if t.role == SYSTEM]
+    system = [t.spoken() for t in turns if t.role == SYSTEM]
     history, latest = split_latest(turns)
     if not latest:
         raise ValueError("a conversation must end with a user turn")
-    question = "\n\n".join(t.text for t in latest)
+    question = "\n\n".join(t.spoken() for t in latest)
     if history:
         lines = ["<conversation_history>"]
         for turn in history:
-            lines += [f'<turn role="{turn.role}">', turn.text, "</turn>"]
+            speaker = f' name="{turn.name}"' if turn.name else ""
+            lines += [f'<turn role="{turn.role}"{speaker}>', turn.text, "</turn>"]
         lines.append("</conversation_history>")
         prompt = (
             "\n".join(lines) + "\n\n" + HISTORY_NOTE + "\n\n"

@@ -8,7 +8,8 @@ L{completion_json} or a L{ChatStream}; errors go out through L{error_json}.
 What SheLLM does with the request fields:
 
   - honoured: C{model}, C{messages} (system, developer, user and assistant
-    roles; string or text-part content), C{max_completion_tokens} (or the
+    roles; string or text-part content; a message's C{name}, a plain
+    identifier, is said in the framed transcript), C{max_completion_tokens} (or the
     older C{max_tokens}), C{temperature}, C{top_p}, C{stop}, C{stream},
     C{stream_options.include_usage}.  Sampling fields reach the backends
     that take them and are otherwise not applied.
@@ -19,18 +20,23 @@ What SheLLM does with the request fields:
     C{n: 1}, C{seed}, C{user}, C{frequency_penalty}, C{presence_penalty},
     C{logit_bias} when empty, C{tools}/C{functions} when empty,
     C{tool_choice}/C{function_call} of C{"none"}, C{modalities: ["text"]},
-    C{logprobs: false}, and any field this module does not know (clients add
-    their own; OpenAI itself would refuse them).
+    C{logprobs: false}, C{reasoning_effort} (one of L{REASONING_EFFORTS}: the
+    CLIs pick their own), and any field this module does not know (clients
+    add their own; OpenAI itself would refuse them).
   - refused with a 400 whose C{param} names the field: C{tools},
     C{tool_choice}, C{functions}, C{function_call}, tool messages and
     C{tool_calls}, C{n} > 1, C{logprobs: true}, C{top_logprobs}, a non-empty
     C{logit_bias}, C{audio}, C{modalities} other than text,
-    C{web_search_options}, and image, audio and file parts.
+    C{web_search_options}, and image, audio and file parts.  A
+    C{reasoning_effort} or a message C{name} that OpenAI would refuse is a
+    400 too.
   - a conversation must end with a user message (after any system
     messages): SheLLM cannot continue a partial assistant turn.
 """
 
 from __future__ import annotations
+
+import re
 
 from attrs import frozen
 
@@ -53,6 +59,10 @@ MAX_TOKENS_LIMIT = 128000
 MAX_STOP_SEQUENCES = 4
 JSON_MODE_INSTRUCTION = "Reply with one valid JSON object and nothing else: no prose, no code fences."
 _ROLES = {"system": SYSTEM, "developer": SYSTEM, "user": USER, "assistant": ASSISTANT}
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+# OpenAI's rule for a participant name; it also keeps the name safe to put
+# in the transcript's markup.
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @frozen
@@ -157,6 +167,12 @@ def _refuse_unsupported(body: dict) -> None:
         raise InvalidField(
             '"web_search_options" is not supported: the backends run without web access', "web_search_options"
         )
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise InvalidField(
+            f'"reasoning_effort" must be one of {", ".join(REASONING_EFFORTS)}',
+            "reasoning_effort",
+        )
 
 
 def _response_format(body: dict) -> str | None:
@@ -234,7 +250,13 @@ def _turns(body: dict) -> list[Turn]:
                     f'{where}.{name} is not supported: SheLLM serves text completions only, without tool calls',
                     f"{where}.{name}",
                 )
-        turns.append(Turn(_ROLES[role], _content(message, where)))
+        speaker = message.get("name")
+        if speaker is not None and not (isinstance(speaker, str) and _NAME.fullmatch(speaker)):
+            raise InvalidField(
+                f"{where}.name must be 1 to 64 letters, digits, _ or -",
+                f"{where}.name",
+            )
+        turns.append(Turn(_ROLES[role], _content(message, where), speaker))
     dialogue = [i for i, turn in enumerate(turns) if turn.role != SYSTEM]
     if not dialogue:
         raise InvalidField('"messages" must contain a user message', "messages")

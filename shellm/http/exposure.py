@@ -1,0 +1,34 @@
+"""
+What the endpoints open to load balancers and scrapers show to a caller
+without a key, when auth is on.
+
+C{/health} answers everyone, with what a load balancer needs: the overall
+status, whether each provider is usable, and how busy the queues are.  The
+detail (CLI versions, login state and its fix, circuits, limits, uptime,
+SheLLM's version) is for callers with a valid key, or for everyone when
+auth is off.  C{/metrics} names clients and counts their tokens, so it
+needs a key too unless C{SHELLM_METRICS_PUBLIC} says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shellm.completion import ProviderHealth
+from shellm.routing.health import overall_status
+from shellm.routing.queue import RequestQueue
+
+
+def _load(queue: RequestQueue) -> dict:
+    return {"active": queue.active, "pending": queue.pending}
+
+
+def health_summary(healths: Mapping[str, ProviderHealth], queues: Mapping[str, RequestQueue]) -> dict:
+    """
+    The C{/health} body for a caller without a key.
+    """
+    return {
+        "status": overall_status(healths),
+        "providers": {name: {"usable": health.usable} for name, health in healths.items()},
+        "queue": {**_load(queues["cli"]), "http": _load(queues["http"])},
+    }
