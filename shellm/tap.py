@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 
 from twisted.application import strports
 from twisted.application.service import MultiService
@@ -16,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from shellm import __version__, logs
-from shellm.config import SETTINGS, ConfigError, load_config
+from shellm.config import SETTINGS, Config, ConfigError, load_config
 from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
@@ -161,6 +162,28 @@ class ShellmService(MultiService):
         return waiting.addErrback(lambda failure: failure.trap(defer.TimeoutError))
 
 
+def build_router(clock, providers: Mapping, config: Config) -> Router:
+    """
+    The router over C{providers} with its queues, circuits and health cache,
+    as the daemon (and every test that needs a real router) has it.
+    """
+    queues = {
+        # A CLI run takes seconds, an API call about one: the first
+        # Retry-After, before any call is timed, comes from these.
+        "cli": RequestQueue("cli", config.max_concurrent, config.max_queue_depth, expected_hold=10.0),
+        "http": RequestQueue("http", config.http_max_concurrent, config.http_max_queue_depth, expected_hold=2.0),
+    }
+    return Router(
+        clock,
+        providers,
+        ModelTable(config.models),
+        queues=queues,
+        health=HealthMonitor(clock, providers, config.health_ttl),
+        circuits={name: Circuit(clock, config.circuit_threshold, config.circuit_cooldown) for name in providers},
+        fallback_chain=config.fallback_chain,
+    )
+
+
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
@@ -170,24 +193,9 @@ def makeService(options, reactor=None):
     http, pool = upstream_client(reactor, max_per_host=config.http_max_concurrent)
 
     providers = build_providers(Wiring(reactor, runner, http, config))
-    queues = {
-        # A CLI run takes seconds, an API call about one: the first
-        # Retry-After, before any call is timed, comes from these.
-        "cli": RequestQueue("cli", config.max_concurrent, config.max_queue_depth, expected_hold=10.0),
-        "http": RequestQueue("http", config.http_max_concurrent, config.http_max_queue_depth, expected_hold=2.0),
-    }
-    circuits = {name: Circuit(reactor, config.circuit_threshold, config.circuit_cooldown) for name in providers}
-    metrics = Metrics(queues, circuits)
-    router = Router(
-        reactor,
-        providers,
-        ModelTable(config.models),
-        queues=queues,
-        health=HealthMonitor(reactor, providers, config.health_ttl),
-        circuits=circuits,
-        fallback_chain=config.fallback_chain,
-        on_call=metrics.count_call,
-    )
+    router = build_router(reactor, providers, config)
+    metrics = Metrics(router.queues, router.circuits)
+    router.on_call = metrics.count_call
     authenticator = Authenticator(config.clients)
     ledger = Ledger(config.db, reactor)
     api = ShellmAPI(

@@ -207,25 +207,25 @@ def make_router(
     fallback_chain: tuple[str, ...] = ("claude", "gemini", "cerebras"),
 ):
     """
-    A real L{shellm.routing.router.Router} over fake providers, wired the way
-    L{shellm.tap.makeService} wires it, on C{clock}.
+    A real L{shellm.routing.router.Router} over fake providers, built by
+    the daemon's own L{shellm.tap.build_router}, on C{clock}.
     """
-    from shellm.models import DEFAULT_MODELS, ModelTable
-    from shellm.routing.circuit import Circuit
-    from shellm.routing.health import HealthMonitor
-    from shellm.routing.queue import RequestQueue
-    from shellm.routing.router import Router
+    import attrs
 
-    providers = fake_providers() if providers is None else providers
-    return Router(
-        clock,
-        providers,
-        ModelTable(DEFAULT_MODELS if models is None else models),
-        queues={
-            "cli": RequestQueue("cli", max_concurrent, max_queue_depth),
-            "http": RequestQueue("http", http_max_concurrent, http_max_queue_depth),
-        },
-        health=HealthMonitor(clock, providers, health_ttl),
-        circuits={name: Circuit(clock, circuit_threshold, circuit_cooldown) for name in providers},
+    from shellm.config import load_config
+    from shellm.models import DEFAULT_MODELS
+    from shellm.tap import build_router
+
+    config = attrs.evolve(
+        load_config({}, {}, None),
+        models=DEFAULT_MODELS if models is None else models,
+        max_concurrent=max_concurrent,
+        max_queue_depth=max_queue_depth,
+        http_max_concurrent=http_max_concurrent,
+        http_max_queue_depth=http_max_queue_depth,
+        health_ttl=health_ttl,
+        circuit_threshold=circuit_threshold,
+        circuit_cooldown=circuit_cooldown,
         fallback_chain=fallback_chain,
     )
+    return build_router(clock, fake_providers() if providers is None else providers, config)

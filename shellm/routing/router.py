@@ -48,7 +48,8 @@ class Router:
         @param on_call: told C{(provider, outcome)} after every provider run,
             the outcome being C{"ok"} or an error code.
         """
-        self._on_call = on_call or (lambda provider, outcome: None)
+        #: Told C{(provider, outcome)} after every provider run.
+        self.on_call = on_call or (lambda provider, outcome: None)
         #: Cleared when shutdown begins: new requests are refused, while
         #: those already admitted run on.
         self.admitting = True
@@ -256,11 +257,11 @@ class Router:
         finally:
             self._calls.discard(call)
         circuit.succeeded()
-        self._on_call(name, "ok")
+        self.on_call(name, "ok")
         return result, queued_ms
 
     def _judge(self, circuit: Circuit, name: str, error: BaseException) -> None:
-        self._on_call(
+        self.on_call(
             name,
             error.code
             if isinstance(error, ShellmError)
