@@ -9,6 +9,7 @@ SIGTERM is refused with a 503 and its connection is closed.
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import pytest_twisted
@@ -22,12 +23,16 @@ from tests.fakes.fake_openai_server import start_fake_openai
 
 def read_response(sock: socket.socket) -> bytes:
     """
-    One chunked response, read from a blocking socket (the daemon is
-    another process; these reads take microseconds).
+    One response with a Content-Length, read from a blocking socket (the
+    daemon is another process; these reads take microseconds).
     """
     data = b""
-    while not data.endswith(b"\r\n0\r\n\r\n"):
+    while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
     return data
 
 
@@ -83,8 +88,7 @@ async def test_sigterm_ends_http_streams_cleanly_and_refuses_keep_alive_requests
         lines = head.decode().lower().splitlines()
         assert lines[0].startswith("http/1.1 503")
         assert "connection: close" in lines and "x-should-retry: true" in lines
-        size, _, chunk = body.partition(b"\r\n")  # one chunk, then the last
-        assert json.loads(chunk[: int(size, 16)])["error"] == "provider_unavailable"
+        assert json.loads(body)["error"] == "provider_unavailable"
         rest = await reader.rest_data()
         assert rest[-1]["done"] is True and rest[-1]["error"] == "provider_unavailable"
         assert "shutting down" in rest[-1]["message"]

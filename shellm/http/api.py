@@ -43,6 +43,14 @@ def json_bytes(body) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
+def with_length(request, body: bytes) -> bytes:
+    """
+    C{body}, announced by its length: a whole answer needs no chunked framing.
+    """
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
 def speaks(dialect):
     """
     Declare the dialect a route answers in, its errors included.
@@ -118,7 +126,7 @@ class ShellmAPI:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         self._request_id_headers(request)
-        return json_bytes(body)
+        return with_length(request, json_bytes(body))
 
     def _request_id_headers(self, request) -> None:
         # Both Anthropic SDKs read the id from request-id, not X-Request-Id.
@@ -459,10 +467,10 @@ class ShellmAPI:
             self._authenticate(request)
         request.setHeader(b"content-type", self.metrics.content_type.encode())
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
-        return self.metrics.render()
+        return with_length(request, self.metrics.render())
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi_document(self, request):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
-        return self._openapi
+        return with_length(request, self._openapi)
