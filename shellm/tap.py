@@ -22,8 +22,9 @@ from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
 from shellm.providers.http_client import upstream_client
-from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
+from shellm.providers.process import CliRunner
 from shellm.providers.registry import Wiring, build_providers
+from shellm.providers.spawner import SessionSpawner, find_launcher
 from shellm.routing.auth import Authenticator
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor

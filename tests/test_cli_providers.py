@@ -30,7 +30,8 @@ from shellm.providers.claude import ClaudeProvider
 from shellm.providers.codex import CodexProvider
 from shellm.providers.gemini import GeminiProvider
 from shellm.providers.http_client import ReusedEndpoints, upstream_client
-from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
+from shellm.providers.process import CliRunner
+from shellm.providers.spawner import SessionSpawner, find_launcher
 
 from .conftest import fake_cli, wait_for_no_processes
 from .fakes.fake_openai_server import FakeOpenAI, start_fake_openai
