@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 
 from twisted.application import strports
 from twisted.application.service import MultiService
@@ -25,6 +26,7 @@ from shellm.providers.http_client import upstream_client
 from shellm.providers.process import CliRunner
 from shellm.providers.registry import Wiring, build_providers
 from shellm.providers.spawner import SessionSpawner, find_launcher
+from shellm.providers.watchdog import Watchdog
 from shellm.routing.auth import Authenticator
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
@@ -164,7 +166,8 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     config = options["config"]
 
-    runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout, config.kill_grace)
+    watchdog = Watchdog(reactor, tempfile.gettempdir())
+    runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher(), watchdog), config.timeout, config.kill_grace)
     http, pool = upstream_client(reactor, max_per_host=config.http_max_concurrent)
 
     providers = build_providers(Wiring(reactor, runner, http, config))
@@ -201,6 +204,8 @@ def makeService(options, reactor=None):
     service = ShellmService(
         reactor, runner, router, api, pool, config.drain_timeout, authenticator, ledger, options.get("env-file-path")
     )
+    # Started first; on stop it stays until the drain has reaped every run.
+    watchdog.setServiceParent(service)
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)

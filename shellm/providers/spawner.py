@@ -1,6 +1,6 @@
 """
-Starting a CLI in its own session, killed by the kernel if the daemon dies:
-L{SessionSpawner} and the launcher it uses.  The only module that reaches
+Starting a CLI in its own session, killed by the kernel if the daemon dies
+and reported to the watchdog: L{SessionSpawner} and the launcher it uses.  The only module that reaches
 into Twisted's private spawning helpers (C{twisted.internet.process}).
 """
 
@@ -73,9 +73,29 @@ class _SessionProcess(Process):
     both itself.
     """
 
-    def __init__(self, reactor, executable, args, environment, path, proto, launcher):
+    def __init__(self, reactor, executable, args, environment, path, proto, launcher, watchdog=None):
         self._launcher = launcher
+        self._watchdog = watchdog
+        self._group: int | None = None
+        # Read before the fork: a forked child that asked getppid() itself
+        # would learn init's pid if the daemon were already gone.
+        self._daemon_pid = os.getpid()
         super().__init__(reactor, executable, args, environment, path, proto)
+        if self.pid is not None:  # not already reaped
+            self._watch()
+
+    def _watch(self):
+        if self._watchdog is not None and self._group is None:
+            # The session leader's pid is the session's and the group's id.
+            self._group = self.pid
+            self._watchdog.watch(self._group)
+
+    def processEnded(self, status):
+        # Reaped: the protocol's processExited has KILLed the group.
+        group, self._group = self._group, None
+        super().processEnded(status)
+        if group is not None:
+            self._watchdog.release(group)
 
     def _trySpawnInsteadOfFork(self, path, uid, gid, executable, args, environment, kwargs):
         if (
@@ -106,19 +126,20 @@ class _SessionProcess(Process):
             setsigdef=_ignored_signals(),
             setsid=True,
         )
-        # If the daemon dies before setpriv runs, this child is orphaned
-        # without the death signal; under systemd the unit's control group
-        # is killed anyway.
+        # If the daemon dies before setpriv has set the death signal, the
+        # watchdog still finds this child: by its session once told (at
+        # once, here), and before that by the marker in its environment.
+        self._watch()
         self.status = -1
         return True
 
     def _setupChild(self, fdmap):
         # Runs in the forked child, before exec.
-        parent = os.getppid()
         os.setsid()
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            # The daemon died between fork and prctl: nobody will reap us.
+        if os.getppid() != self._daemon_pid:
+            # The daemon died after the fork, before the death signal was
+            # set: it will never come, so go now, before exec.
             os._exit(1)
         super()._setupChild(fdmap)
 
@@ -128,18 +149,26 @@ class SessionSpawner:
     Starts CLIs in their own session and signals their process groups.
 
     @param launcher: see L{find_launcher}; L{None} forks every child.
+    @param watchdog: a L{shellm.providers.watchdog.Watchdog} told of every
+        child's session, whose marker every child's environment carries.
     """
 
-    def __init__(self, reactor, launcher: tuple[str, str] | None = None):
+    def __init__(self, reactor, launcher: tuple[str, str] | None = None, watchdog=None):
         self._reactor = reactor
         self._launcher = launcher if _getFileActions is not None else None
+        self._watchdog = watchdog
 
     @property
     def spawns(self) -> bool:
         return self._launcher is not None
 
     def spawn(self, protocol, executable, args, env, path):
-        return _SessionProcess(self._reactor, executable, list(args), dict(env), path, protocol, self._launcher)
+        env = dict(env)
+        if self._watchdog is not None:
+            env.update(self._watchdog.environment)
+        return _SessionProcess(
+            self._reactor, executable, list(args), env, path, protocol, self._launcher, self._watchdog
+        )
 
     def signal_group(self, pid: int, signum: int) -> None:
         # The session leader's pid is its process group id.
