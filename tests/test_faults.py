@@ -168,8 +168,9 @@ def _as_deferred(coroutine):
 async def test_sigterm_with_streams_in_flight(tmp_path, marker):
     """
     SIGTERM while streams run: each either finishes or ends with an error
-    event within the drain limit, and the daemon exits cleanly with no
-    child left.
+    event within the drain limit (the watchdog kills nothing early: runs
+    that finish in time do, the others get TERM then KILL), and the daemon
+    exits cleanly with no child left, its watchdog included.
     """
     cli_env = {
         "ANTHROPIC_API_KEY": "fake",
@@ -198,6 +199,7 @@ async def test_sigterm_with_streams_in_flight(tmp_path, marker):
         readers.append(reader)
     for reader in readers:
         await reader.next_frame()
+    [watchdog] = _watchdog_of(daemon.pid)
     daemon.transport.signalProcess("TERM")
     finals = []
     for reader in readers:
@@ -209,6 +211,7 @@ async def test_sigterm_with_streams_in_flight(tmp_path, marker):
     assert "error" not in finals[0] and "error" not in finals[1]
     assert finals[2]["error"] and finals[3]["error"]
     assert processes_with_marker(marker) == []
+    assert not alive(watchdog)
 
 
 def _watchdog_of(daemon_pid: int) -> list[int]:

@@ -1,9 +1,11 @@
 """
-Tests of the watchdog: L{shellm.providers.watchdog.Watchdog} (the daemon's
-side) on a fake reactor that records the spawn and keeps the child's end of
-the pipe; the program it runs (L{shellm.providers.watchdog_main}) on a fake
-C{/proc} and, once, for real; and the sweep of scratch directories
-(L{shellm.providers.scratch}).
+Tests of what cleans up after a daemon that died: the watchdog,
+L{shellm.providers.watchdog.Watchdog} (the daemon's side) on a fake reactor
+that records the spawn and keeps the child's end of the pipe; the program it
+runs (L{shellm.providers.watchdog_main}) on a fake C{/proc} and, once, for
+real; what the spawner tells it, and its fork path's check for a daemon gone
+before the death signal was set (real processes); and the sweep of scratch
+directories (L{shellm.providers.scratch}).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from shellm.providers import scratch
+from shellm.providers.process import CliCommand, CliRunner
+from shellm.providers.spawner import SessionSpawner, find_launcher
 from shellm.providers.watchdog import EXIT_GRACE, PROGRAM, RESTART_DELAY, Watchdog
 from shellm.providers.watchdog_main import MARKER, apply, doomed, follow
 from tests.conftest import processes_with_marker, wait_for_no_processes
@@ -59,6 +63,9 @@ class ProcessReactor(MemoryReactorClock):
 
     def callInThread(self, f, *args, **kwargs):
         self.in_threads.append((f, args, kwargs))
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
 
 
 def received(spawned: dict) -> tuple[bytes, bool]:
@@ -216,15 +223,22 @@ def test_output_is_logged(reactor, watchdog, log_events):
     assert any(e.get("line") == "Traceback: boom" for e in log_events)
 
 
-def test_sweep_started_off_the_reactor_thread(reactor, tmp_path):
+def test_sweep_at_start_off_the_reactor_thread(reactor, tmp_path, log_events):
     """
-    With a scratch root, start-up sweeps it in a thread.
+    With a scratch root, start-up sweeps it in a thread and logs what a dead
+    daemon left there.
     """
+    stale = tmp_path / "shellm-claude-999999999.1-abc"
+    stale.mkdir()
     watchdog = Watchdog(reactor, str(tmp_path))
     watchdog.startService()
-    [(f, args, _)] = reactor.in_threads
-    assert args == (str(tmp_path),)
     os.close(watchdog._fd)
+    watchdog._fd = None
+    [(sweep, args, kwargs)] = reactor.in_threads
+    assert stale.exists()
+    sweep(*args, **kwargs)
+    assert not stale.exists()
+    assert [e["path"] for e in log_events if "path" in e] == [str(stale)]
 
 
 # -- the program
@@ -353,6 +367,77 @@ async def test_program_kills_sessions_when_the_pipe_ends(marker):
     await family.ended
     assert processes_with_marker(marker) in ([], [kids[3]])
     await wait_for_no_processes(marker)
+
+
+# -- the spawner's side
+
+
+class RecordingWatchdog:
+    environment = {MARKER: "tok"}
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+
+    def watch(self, group: int) -> None:
+        self.calls.append(("watch", group))
+
+    def release(self, group: int) -> None:
+        self.calls.append(("release", group))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("way", ["posix_spawn", "fork"])
+@pytest_twisted.ensureDeferred
+async def test_spawner_reports_every_run(way, tmp_path):
+    """
+    Both ways of starting a CLI give it the watchdog's marker (beside its own
+    environment), tell the watchdog its session as soon as it is spawned, and
+    release it once it has been reaped.
+    """
+    from twisted.internet import reactor
+
+    from tests.daemon import sleep
+
+    launcher = find_launcher() if way == "posix_spawn" else None
+    if way == "posix_spawn" and launcher is None:
+        pytest.skip("setpriv or env -C is missing here")
+    watchdog = RecordingWatchdog()
+    runner = CliRunner(reactor, SessionSpawner(reactor, launcher, watchdog), 10.0, 1.0)
+    script = "import os; print(os.environ['SHELLM_WATCHDOG'], os.environ['OWN'], os.getsid(0))"
+    lines: list[str] = []
+    run = runner.run(
+        CliCommand(sys.executable, (sys.executable, "-c", script), {"OWN": "1"}, str(tmp_path)), lines.append
+    )
+    assert watchdog.calls == [("watch", run.pid)]
+    outcome = await run.result
+    await sleep(0)
+    assert outcome.exit_code == 0, outcome
+    assert lines == [f"tok 1 {run.pid}"]
+    assert watchdog.calls == [("watch", run.pid), ("release", run.pid)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("daemon_gone", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_forked_child_of_a_gone_daemon_never_runs(daemon_gone, tmp_path, monkeypatch):
+    """
+    On the fork path, a child whose parent, once the death signal is set, is
+    not the daemon that forked it (the daemon died in between, so the signal
+    will never come) exits at once, before running the CLI.
+    """
+    from twisted.internet import reactor
+
+    ran = tmp_path / "ran"
+    runner = CliRunner(reactor, SessionSpawner(reactor), 10.0, 1.0)
+    script = f"open({str(ran)!r}, 'w').close()"
+    with monkeypatch.context() as patch:
+        if daemon_gone:
+            # As if the daemon had been another process: the parent the
+            # child sees is not the one that forked it.
+            patch.setattr(os, "getpid", lambda: 1)
+        run = runner.run(CliCommand(sys.executable, (sys.executable, "-c", script), {}, str(tmp_path)), print)
+    outcome = await run.result
+    assert (outcome.exit_code, ran.exists()) == ((1, False) if daemon_gone else (0, True))
 
 
 # -- scratch directories

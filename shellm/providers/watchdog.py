@@ -139,8 +139,11 @@ class Watchdog(Service):
             self._close()
 
     def _sweep(self, root: str) -> None:
-        # In a thread: the log is thread-safe, nothing else is touched.
-        for path in scratch.sweep(root):
+        # In a thread; what was removed is logged on the reactor's.
+        self._reactor.callFromThread(self._swept, scratch.sweep(root))
+
+    def _swept(self, paths: list[str]) -> None:
+        for path in paths:
             self.log.info("removed {path}, left by a daemon that is gone", path=path)
 
     def _start(self) -> None:
@@ -177,9 +180,10 @@ class Watchdog(Service):
         except BlockingIOError:
             self.log.error("the watchdog is not reading: session {line} not passed on", line=line.strip().decode())
         except OSError as e:
+            # Never raised to the spawner: the run has started either way.
             if e.errno != errno.EPIPE:
-                raise
-            # It died; ended() starts another, which is told every session.
+                self.log.failure("could not write to the watchdog")
+            # EPIPE: it died; ended() starts another, told every session.
 
     def _close(self) -> None:
         if self._fd is None:
