@@ -23,7 +23,7 @@ try:
     # (another Twisted), every child is forked.
     from twisted.internet.process import _getFileActions, _listOpenFDs
 except ImportError:  # pragma: no cover
-    _getFileActions = _listOpenFDs = None
+    _getFileActions = _listOpenFDs = None  # type: ignore[assignment]
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

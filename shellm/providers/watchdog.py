@@ -21,6 +21,7 @@ import errno
 import os
 import secrets
 import sys
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -43,12 +44,12 @@ class _WatchdogProtocol(ProcessProtocol):
     def __init__(self, watchdog: Watchdog):
         self._watchdog = watchdog
 
-    def outReceived(self, data: bytes):
+    def outReceived(self, data: bytes) -> None:
         self._watchdog.said(data)
 
     errReceived = outReceived
 
-    def processEnded(self, reason):
+    def processEnded(self, reason: Any) -> None:
         self._watchdog.ended(reason.value)
 
 
@@ -67,22 +68,22 @@ class Watchdog(Service):
     """
 
     log = Logger()
-    name = "watchdog"
 
-    def __init__(self, reactor, scratch_root: str | None = None, python: str = sys.executable):
+    def __init__(self, reactor: Any, scratch_root: str | None = None, python: str = sys.executable):
         self._reactor = reactor
         self._scratch_root = scratch_root
         self._python = python
         self.token = secrets.token_hex(16)
         self.pid: int | None = None
         self._fd: int | None = None
-        self._transport = None
+        self._transport: Any = None
         self._watched: set[int] = set()
         self._stopping = False
-        self._exited: Deferred | None = None
-        self._kill_timer = None
-        self._restart_timer = None
-        self._trigger = None
+        # Fired once the running watchdog has been reaped.
+        self._exit_waiters: list[Deferred[None]] | None = None
+        self._kill_timer: Any = None
+        self._restart_timer: Any = None
+        self._trigger: Any = None
         self._shutting_down = False
 
     @property
@@ -117,7 +118,7 @@ class Watchdog(Service):
 
     # -- the service
 
-    def startService(self):
+    def startService(self) -> None:
         super().startService()
         self._stopping = False
         if self._scratch_root is not None:
@@ -126,7 +127,7 @@ class Watchdog(Service):
         self._start()
         self._trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self._until_exited)
 
-    def stopService(self):
+    def stopService(self) -> None:  # type: ignore[override]
         """
         Returns at once: the watchdog stays until the runs are reaped.
         """
@@ -165,7 +166,7 @@ class Watchdog(Service):
             os.close(read)
         self._fd = write
         self.pid = self._transport.pid
-        self._exited = Deferred()
+        self._exit_waiters = []
         for group in sorted(self._watched):
             self._send(b"+%d\n" % group)
         self.log.debug("watchdog {pid} started", pid=self.pid)
@@ -207,7 +208,7 @@ class Watchdog(Service):
             if line.strip():
                 self.log.warn("watchdog: {line}", line=line)
 
-    def ended(self, reason) -> None:
+    def ended(self, reason: BaseException) -> None:
         """
         The watchdog process has exited and been reaped.
         """
@@ -216,7 +217,7 @@ class Watchdog(Service):
         if self._kill_timer is not None and self._kill_timer.active():
             self._kill_timer.cancel()
         self._kill_timer = None
-        exited, self._exited = self._exited, None
+        waiters, self._exit_waiters = self._exit_waiters or [], None
         if self._fd is not None:
             # Not asked to: whatever killed it, runs must stay covered.
             os.close(self._fd)
@@ -224,8 +225,8 @@ class Watchdog(Service):
             self.log.error("the watchdog exited unexpectedly: {why}", why=str(reason))
             if not self._stopping:
                 self._restart_timer = self._reactor.callLater(RESTART_DELAY, self._restart)
-        if exited is not None:
-            exited.callback(None)
+        for waiting in waiters:
+            waiting.callback(None)
         if self._stopping and self._trigger is not None and not self._shutting_down:
             self._reactor.removeSystemEventTrigger(self._trigger)
             self._trigger = None
@@ -235,12 +236,12 @@ class Watchdog(Service):
         if not self._stopping:
             self._start()
 
-    def _until_exited(self):
+    def _until_exited(self) -> Deferred[None] | None:
         # A "before shutdown" trigger, waited for like the service's stop:
         # the daemon exits only once the watchdog has been reaped.
         self._shutting_down = True
-        if self._exited is None:
+        if self._exit_waiters is None:
             return None
-        waiting = Deferred()
-        self._exited.addBoth(lambda result: waiting.callback(None) or result)
+        waiting: Deferred[None] = Deferred()
+        self._exit_waiters.append(waiting)
         return waiting

@@ -72,7 +72,7 @@ def doomed(sessions: set[int], token: str, proc: str = "/proc") -> list[int]:
     """
     needle = f"\0{MARKER}={token}\0".encode()
     me, uid = os.getpid(), os.getuid()
-    found = []
+    found: list[int] = []
     try:
         entries = os.listdir(proc)
     except OSError:
