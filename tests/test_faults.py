@@ -211,7 +211,9 @@ async def test_sigterm_with_streams_in_flight(tmp_path, marker):
     assert "error" not in finals[0] and "error" not in finals[1]
     assert finals[2]["error"] and finals[3]["error"]
     assert processes_with_marker(marker) == []
+    # Reaped by the daemon itself before it exited.
     assert not alive(watchdog)
+    assert any(f"watchdog {watchdog} stopped" in line for line in daemon.log_lines())
 
 
 def _watchdog_of(daemon_pid: int) -> list[int]:

@@ -155,7 +155,7 @@ def test_stop_keeps_watchdog_until_runs_are_reaped(reactor, watchdog):
     assert received(reactor.spawned[0]) == (b"-7\n", True)
 
 
-def test_stop_when_idle_ends_the_pipe_and_waits_for_exit(reactor, watchdog):
+def test_stop_when_idle_ends_the_pipe_and_waits_for_exit(reactor, watchdog, log_events):
     """
     Idle, the pipe ends at once; the reactor's shutdown waits (a before
     trigger) until the watchdog has exited and been reaped.
@@ -169,6 +169,7 @@ def test_stop_when_idle_ends_the_pipe_and_waits_for_exit(reactor, watchdog):
     reactor.spawned[0]["protocol"].processEnded(Failure(ProcessDone(0)))
     assert waiting.called
     assert reactor.getDelayedCalls() == []
+    assert [e.get("pid") for e in log_events if e.get("log_format") == "watchdog {pid} stopped"] == [5000]
 
 
 def test_watchdog_that_does_not_exit_is_killed(reactor, watchdog):

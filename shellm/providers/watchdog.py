@@ -212,8 +212,8 @@ class Watchdog(Service):
         """
         The watchdog process has exited and been reaped.
         """
+        pid, self.pid = self.pid, None
         self._transport = None
-        self.pid = None
         if self._kill_timer is not None and self._kill_timer.active():
             self._kill_timer.cancel()
         self._kill_timer = None
@@ -225,6 +225,8 @@ class Watchdog(Service):
             self.log.error("the watchdog exited unexpectedly: {why}", why=str(reason))
             if not self._stopping:
                 self._restart_timer = self._reactor.callLater(RESTART_DELAY, self._restart)
+        else:
+            self.log.info("watchdog {pid} stopped", pid=pid)
         for waiting in waiters:
             waiting.callback(None)
         if self._stopping and self._trigger is not None and not self._shutting_down:
