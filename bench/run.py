@@ -28,7 +28,7 @@ from bench.loadgen import (
     run_load,
 )
 from bench.processes import Daemon, FloorServer, Upstream, cpu_seconds
-from shellm.providers.process import find_launcher
+from shellm.providers.spawner import find_launcher
 
 
 @define

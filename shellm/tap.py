@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from collections.abc import Mapping
 
 from twisted.application import strports
@@ -22,8 +23,10 @@ from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
 from shellm.providers.http_client import upstream_client
-from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
+from shellm.providers.process import CliRunner
 from shellm.providers.registry import Wiring, build_providers
+from shellm.providers.spawner import SessionSpawner, find_launcher
+from shellm.providers.watchdog import Watchdog
 from shellm.reload import ClientReload
 from shellm.routing.auth import Authenticator
 from shellm.routing.circuit import Circuit
@@ -189,7 +192,8 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     config = options["config"]
 
-    runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout, config.kill_grace)
+    watchdog = Watchdog(reactor, tempfile.gettempdir())
+    runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher(), watchdog), config.timeout, config.kill_grace)
     http, pool = upstream_client(reactor, max_per_host=config.http_max_concurrent)
 
     providers = build_providers(Wiring(reactor, runner, http, config))
@@ -223,6 +227,8 @@ def makeService(options, reactor=None):
         options.get("env-file-path"),
         site,
     )
+    # Started first; on stop it stays until the drain has reaped every run.
+    watchdog.setServiceParent(service)
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)

@@ -45,6 +45,18 @@ def processes_with_marker(marker: str) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
 async def wait_for_no_processes(marker: str, timeout: float = 5.0) -> list[int]:
     """
     Poll (on the real reactor) until no process carries C{marker}; return

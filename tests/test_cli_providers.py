@@ -30,9 +30,10 @@ from shellm.providers.claude import ClaudeProvider
 from shellm.providers.codex import CodexProvider
 from shellm.providers.gemini import GeminiProvider
 from shellm.providers.http_client import ReusedEndpoints, upstream_client
-from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
+from shellm.providers.process import CliRunner
+from shellm.providers.spawner import SessionSpawner, find_launcher
 
-from .conftest import fake_cli, wait_for_no_processes
+from .conftest import alive, fake_cli, wait_for_no_processes
 from .fakes.fake_openai_server import FakeOpenAI, start_fake_openai
 
 #: No single test may take longer than this on the real reactor.
@@ -217,15 +218,6 @@ def logged():
 def read_records(path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
 
 
 # -- success

@@ -8,14 +8,16 @@ be left running or held, and every answer must have been well-formed.
 from __future__ import annotations
 
 import json
+import os
 import random
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
-from tests.conftest import fake_cli, processes_with_marker
+from tests.conftest import alive, fake_cli, processes_with_marker, wait_for_no_processes
 from tests.daemon import Daemon, eventually, health_of, open_stream
 from tests.fakes.fake_openai_server import start_fake_openai
 
@@ -108,7 +110,7 @@ async def test_mixed_faults_leave_nothing_behind(tmp_path, marker):
             "SHELLM_CLAUDE_ENV": json.dumps(cli_env),
             "CEREBRAS_API_KEY": "fake-key",
             "SHELLM_CEREBRAS_BASE_URL": fake.base_url,
-            "SHELLM_TIMEOUT": "1",
+            "SHELLM_TIMEOUT": "2",  # room for a 3 MB line on a busy machine
             "SHELLM_KILL_GRACE": "0.3",
             "SHELLM_MAX_CONCURRENT": "6",
             "SHELLM_MAX_QUEUE_DEPTH": "200",
@@ -166,8 +168,9 @@ def _as_deferred(coroutine):
 async def test_sigterm_with_streams_in_flight(tmp_path, marker):
     """
     SIGTERM while streams run: each either finishes or ends with an error
-    event within the drain limit, and the daemon exits cleanly with no
-    child left.
+    event within the drain limit (the watchdog kills nothing early: runs
+    that finish in time do, the others get TERM then KILL), and the daemon
+    exits cleanly with no child left, its watchdog included.
     """
     cli_env = {
         "ANTHROPIC_API_KEY": "fake",
@@ -196,6 +199,7 @@ async def test_sigterm_with_streams_in_flight(tmp_path, marker):
         readers.append(reader)
     for reader in readers:
         await reader.next_frame()
+    [watchdog] = _watchdog_of(daemon.pid)
     daemon.transport.signalProcess("TERM")
     finals = []
     for reader in readers:
@@ -207,3 +211,102 @@ async def test_sigterm_with_streams_in_flight(tmp_path, marker):
     assert "error" not in finals[0] and "error" not in finals[1]
     assert finals[2]["error"] and finals[3]["error"]
     assert processes_with_marker(marker) == []
+    # Reaped by the daemon itself before it exited.
+    assert not alive(watchdog)
+    assert any(f"watchdog {watchdog} stopped" in line for line in daemon.log_lines())
+
+
+def _watchdog_of(daemon_pid: int) -> list[int]:
+    """
+    The daemon's watchdog process(es): its children running watchdog_main.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == daemon_pid and b"watchdog_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.timeout(90)
+@pytest_twisted.ensureDeferred
+async def test_kill_9_leaves_no_process_and_no_scratch(tmp_path, marker):
+    """
+    After C{kill -9} of the daemon (no systemd to clean up), every process
+    started for a CLI run (the CLI, a grandchild in its session, one that
+    left the session) and the watchdog itself are gone within 2 s.  The
+    run's scratch directory, left behind, is swept when the next daemon
+    starts; nothing else in the temporary directory is touched.
+    """
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    look_alike = tmp / "shellm-claude-abc123"
+    look_alike.mkdir()
+    record, grandchildren = tmp_path / "record.jsonl", tmp_path / "grandchildren"
+    cli_env = {
+        "ANTHROPIC_API_KEY": "fake",
+        "SHELLM_TEST_MARKER": marker,
+        "FAKE_MODE": "grandchild",
+        "FAKE_GRANDCHILDREN": "2",
+        "FAKE_GRANDCHILD_PID": str(grandchildren),
+        # Never created: the CLI waits after its first delta.
+        "FAKE_GATE": str(tmp_path / "never"),
+        "FAKE_RECORD": str(record),
+    }
+    env = {
+        "SHELLM_CLAUDE_BIN": fake_cli("claude"),
+        "SHELLM_CLAUDE_ENV": json.dumps(cli_env),
+        "TMPDIR": str(tmp),
+        "SHELLM_TIMEOUT": "60",
+    }
+    (tmp_path / "first").mkdir()
+    daemon = Daemon(env, marker, str(tmp_path / "first"))
+    await daemon.started()
+    _, reader = await open_stream(
+        daemon.url + "/completions/stream", {"model": "claude", "prompt": "hi", "fallback": False}
+    )
+    assert (await reader.next_data()).get("done") is not True
+
+    async def grandchildren_started():
+        return grandchildren.exists() and len(grandchildren.read_text().split()) == 2
+
+    assert await eventually(grandchildren_started, timeout=10)
+    run = json.loads(record.read_text().splitlines()[0])
+    scratch = os.path.dirname(run["cwd"])
+    watchdogs = _watchdog_of(daemon.pid)
+    victims = [run["pid"], *map(int, grandchildren.read_text().split()), *watchdogs]
+    assert len(watchdogs) == 1 and all(alive(pid) for pid in victims)
+    assert os.getsid(victims[2]) != run["sid"]  # the one that left the session
+
+    daemon.transport.signalProcess("KILL")
+    killed = reactor.seconds()
+
+    async def all_gone():
+        return not any(alive(pid) for pid in victims)
+
+    assert await eventually(all_gone, timeout=2.0, interval=0.02), [p for p in victims if alive(p)]
+    assert reactor.seconds() - killed <= 2.2
+    await daemon.exited()
+    assert os.path.isdir(scratch)  # a daemon killed with SIGKILL cannot remove it
+
+    (tmp_path / "second").mkdir()
+    second = Daemon(env, marker, str(tmp_path / "second"))
+    try:
+        await second.started()
+
+        async def swept():
+            return not os.path.exists(scratch)
+
+        assert await eventually(swept, timeout=5)
+        assert look_alike.is_dir()
+    finally:
+        await second.stop()
+    assert await wait_for_no_processes(marker) == []

@@ -49,7 +49,7 @@ class FakeTransport:
 
 class FakeSpawner:
     """
-    Stands in for L{shellm.providers.process.SessionSpawner}: "starts" a process by
+    Stands in for L{shellm.providers.spawner.SessionSpawner}: "starts" a process by
     connecting the protocol to a L{FakeTransport}, and records group signals.
     """
 

@@ -19,7 +19,8 @@ def build_providers(reactor, config) -> dict:
     """
     from shellm.providers import registry
     from shellm.providers.http_client import upstream_client
-    from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
+    from shellm.providers.process import CliRunner
+    from shellm.providers.spawner import SessionSpawner, find_launcher
 
     runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher()), config.timeout, config.kill_grace)
     http, _ = upstream_client(reactor, persistent=False)

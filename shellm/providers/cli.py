@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred, succeed
@@ -27,6 +26,7 @@ from shellm.errors import (
 )
 from shellm.providers.base import Capabilities
 from shellm.providers.process import CliCommand, CliExit, CliRunner
+from shellm.providers.scratch import make as scratch_dir
 
 #: How long C{--version} may take in a health check.
 VERSION_TIMEOUT = 10.0
@@ -213,7 +213,7 @@ class CliProvider:
         executable = self.resolve_executable()
         if executable is None:
             raise ProviderUnavailable(f"{self.name} is not installed")
-        scratch = tempfile.mkdtemp(prefix=f"shellm-{self.name}-")
+        scratch = scratch_dir(self.name)
         try:
             os.mkdir(os.path.join(scratch, "work"), 0o700)
             os.mkdir(os.path.join(scratch, "tmp"), 0o700)
@@ -258,7 +258,7 @@ class CliProvider:
         if self._version_of is not None and self._version_of[0] == identity:
             return succeed(self._judge_login(env, self._version_of[1]))
         lines: list[str] = []
-        scratch = tempfile.mkdtemp(prefix=f"shellm-{self.name}-check-")
+        scratch = scratch_dir(f"{self.name}-check")
         env["TMPDIR"] = scratch
         try:
             run = self._runner.run(

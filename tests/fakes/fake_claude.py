@@ -23,6 +23,8 @@ FAKE_GATE           file that must exist before anything after the first
                     delta is written (polled every 10 ms, up to 30 s)
 FAKE_RECORD         append a JSON line describing this invocation
 FAKE_GRANDCHILD_PID file receiving the grandchild pid (mode grandchild)
+FAKE_GRANDCHILDREN  how many grandchildren (mode grandchild, default 1); with
+                    2 or more, the last one leaves the session (setsid)
 FAKE_HUGE_BYTES     size of the huge line (mode huge_line, default 10000000)
 FAKE_EXIT_DELAY     seconds to linger before exiting (mode slow_exit, default 5)
 """
@@ -215,14 +217,21 @@ GARBAGE_3 = '{"type": "truncated", "oops\n'
 
 
 def spawn_grandchild():
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"], stdout=sys.stdout, stderr=sys.stderr
-    )
+    count = max(1, env_int("FAKE_GRANDCHILDREN", 1))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+            start_new_session=count > 1 and i == count - 1,
+        )
+        for i in range(count)
+    ]
     path = os.environ.get("FAKE_GRANDCHILD_PID")
     if path:
         with open(path, "w") as f:
-            f.write("%d\n" % child.pid)
-    return child
+            f.write("".join("%d\n" % child.pid for child in children))
+    return children[0]
 
 
 # ---------------------------------------------------------------------------
