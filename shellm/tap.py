@@ -195,7 +195,14 @@ def makeService(options, reactor=None):
         ledger=ledger,
         metrics=metrics,
     )
-    site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
+    site = ShellmSite(
+        api.resource(),
+        reactor,
+        config.max_body_bytes,
+        request_deadline=config.request_deadline,
+        max_connections=config.max_connections,
+        max_connections_per_ip=config.max_connections_per_ip,
+    )
 
     service = ShellmService(
         reactor, runner, router, api, pool, config.drain_timeout, authenticator, ledger, options.get("env-file-path")

@@ -28,8 +28,9 @@ from shellm.errors import (
 )
 from shellm.http import openapi
 from shellm.http.dialects import anthropic, openai, seed
+from shellm.http.headers import header, presented_token
 from shellm.http.sse import EventStream
-from shellm.routing.auth import Authenticator, Client, ModelNotAllowed, token_from_headers
+from shellm.routing.auth import Authenticator, Client, ModelNotAllowed
 from shellm.routing.health import overall_status
 from shellm.routing.limits import RateLimiter
 from shellm.routing.router import Router
@@ -88,7 +89,7 @@ class ShellmAPI:
     def _read_json(self, request) -> dict:
         if request.content.overflowed:
             raise RequestTooLarge(f"the request body is larger than {request.content.cap} bytes")
-        kind = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        kind = (header(request, b"content-type") or "").split(";")[0].strip().lower()
         if kind != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json")
         request.content.seek(0)
@@ -101,7 +102,7 @@ class ShellmAPI:
         """
         path = request.path
         if path.startswith(b"/v1/messages") or (
-            path.startswith(b"/v1/models") and request.getHeader("anthropic-version")
+            path.startswith(b"/v1/models") and header(request, b"anthropic-version")
         ):
             return anthropic
         if path.startswith(b"/v1/"):
@@ -118,9 +119,7 @@ class ShellmAPI:
         return self._respond(request, error.status, body)
 
     def _authenticate(self, request) -> Client:
-        client = self.authenticator.authenticate(
-            token_from_headers(request.getHeader("authorization"), request.getHeader("x-api-key"))
-        )
+        client = self.authenticator.authenticate(presented_token(request))
         request.log_fields["client"] = client.name
         return client
 
