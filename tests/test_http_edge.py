@@ -27,6 +27,7 @@ from shellm.http.api import ShellmAPI
 from shellm.http.connections import LOG_EVERY, ConnectionLimits, peer_key
 from shellm.http.web import ShellmSite, valid_request_id
 from shellm.routing.auth import Authenticator, Client
+from tests.daemon import parse_response as parse
 from tests.fake_providers import fake_providers, make_router
 from tests.test_api import HEARTBEAT, JSON, MAX_BODY, MAX_PROMPT, Gateway, body_of, error_response, header, stub_treq
 
@@ -246,29 +247,6 @@ def connect(site: ShellmSite, peer=PEER):
 
 def hang_up(channel) -> None:
     channel.connectionLost(Failure(ConnectionDone()))
-
-
-def parse(raw: bytes) -> tuple[int, dict, bytes]:
-    """
-    Status, headers (lower-case names) and body (de-chunked) of the one
-    response in C{raw}.
-    """
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        chunks, rest = [], body
-        while True:
-            size, _, rest = rest.partition(b"\r\n")
-            if int(size, 16) == 0:
-                break
-            chunks.append(rest[: int(size, 16)])
-            rest = rest[int(size, 16) + 2 :]
-        body = b"".join(chunks)
-    return int(status_line.split()[1]), headers, body
 
 
 def assert_json_error(raw: bytes, status: int, code: str) -> dict:
