@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from shellm.http.api import ShellmAPI
-from shellm.http.connections import LOG_EVERY, ConnectionLimits, peer_key
+from shellm.http.connections import LOG_EVERY, OTHER_DESCRIPTORS, ConnectionLimits, check_descriptor_limit, peer_key
 from shellm.http.web import ShellmSite, valid_request_id
 from shellm.routing.auth import Authenticator, Client
 from tests.daemon import parse_response as parse
@@ -520,6 +520,24 @@ def test_refusals_are_logged_once_per_interval(log_events):
     assert not limits.admit(None)
     lines = [e for e in log_events if e.get("log_namespace", "").endswith("ConnectionLimits")]
     assert [line["refused"] for line in lines] == [1, 100]
+
+
+@pytest.mark.parametrize(
+    "soft, enough",
+    [(1024, False), (1024 + OTHER_DESCRIPTORS - 1, False), (1024 + OTHER_DESCRIPTORS, True), (-1, True)],
+)
+def test_a_descriptor_limit_below_the_connection_cap_is_a_warning(soft, enough, log_events):
+    """
+    At start-up, a file limit that the connection cap and the daemon's
+    other descriptors would exceed is a warning naming both settings
+    (C{-1}: unlimited).
+    """
+    import resource
+
+    limit = resource.RLIM_INFINITY if soft == -1 else soft
+    assert check_descriptor_limit(1024, lambda which: (limit, limit)) is enough
+    warnings = [e for e in log_events if "LimitNOFILE" in e.get("log_format", "")]
+    assert len(warnings) == (0 if enough else 1)
 
 
 def test_site_closes_connections_past_the_caps_at_once():

@@ -9,11 +9,36 @@ log too.
 from __future__ import annotations
 
 import ipaddress
+import resource
 
 from twisted.logger import Logger
 
 #: Seconds between two log lines about refused connections.
 LOG_EVERY = 10.0
+#: Descriptors the daemon needs besides client connections: the listener,
+#: the CLIs' pipes, upstream connections, the ledger, the log.
+OTHER_DESCRIPTORS = 256
+
+log = Logger()
+
+
+def check_descriptor_limit(total: int, getrlimit=resource.getrlimit) -> bool:
+    """
+    Warn when the process may open too few files for C{total} connections
+    and the rest, so that a flood would meet EMFILE before the cap; say
+    whether the limit is enough.
+    """
+    soft, _ = getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= total + OTHER_DESCRIPTORS:
+        return True
+    log.warn(
+        "the process may open {soft} files, too few for SHELLM_MAX_CONNECTIONS={total} and"
+        " {other} more: raise LimitNOFILE (or ulimit -n), or lower SHELLM_MAX_CONNECTIONS",
+        soft=soft,
+        total=total,
+        other=OTHER_DESCRIPTORS,
+    )
+    return False
 
 
 def peer_key(address) -> str | None:

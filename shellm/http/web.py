@@ -17,7 +17,7 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.server import Request, Site
 
 from shellm.errors import HeadersTooLarge, InvalidRequest, RequestTimeout, ShellmError
-from shellm.http.connections import ConnectionLimits, peer_key
+from shellm.http.connections import ConnectionLimits, check_descriptor_limit, peer_key
 from shellm.http.headers import header
 
 access_log = Logger(namespace="shellm.access")
@@ -259,6 +259,10 @@ class ShellmSite(Site):
         # Bodies are JSON: never let twisted.web parse a form (a malformed
         # multipart body would get its own HTML 400 before our handlers).
         self._parsePOSTFormSubmission = False
+
+    def startFactory(self):
+        super().startFactory()
+        check_descriptor_limit(self.connections.total)
 
     def buildProtocol(self, addr):
         peer = peer_key(addr)
