@@ -75,10 +75,14 @@ class ShellmRequest(Request):
         self._request_id = value
 
     def process(self):
+        """
+        Route the request, unless its Host or path cannot be decoded: that
+        is a JSON 400 here (Klein would answer with an HTML 400 and log a
+        critical traceback).
+        """
         problem = _url_problem(self)
         if problem is None:
             return super().process()
-        # Klein would answer these with an HTML 400 and a critical log line.
         self.site = self.channel.site
         error = InvalidRequest(problem)
         self.setResponseCode(error.status)
@@ -231,6 +235,11 @@ class ShellmChannel(HTTPChannel):
 
 
 class ShellmSite(Site):
+    """
+    The Klein resource served over L{ShellmChannel}s, with the connection
+    limits, the request deadline, the body cap and the access log.
+    """
+
     requestFactory = ShellmRequest
     # The channel itself, not Twisted's wrapper that would pick HTTP/2 when
     # TLS negotiates it: SheLLM speaks HTTP/1.1 (TLS, if any, ends at a proxy).
