@@ -123,6 +123,9 @@ def daemon_settings(
         "SHELLM_HTTP_MAX_QUEUE_DEPTH": "100000",
         "SHELLM_DB": os.path.join(workdir, "usage.db"),
         "SHELLM_DRAIN_TIMEOUT": "5",
+        # Every stream and load connection comes from 127.0.0.1, and the
+        # streams scenario holds 1,000 or more at once: no cap in the way.
+        "SHELLM_MAX_CONNECTIONS": str(10**6),
         "LOG_LEVEL": plan.log_level,
         **plan.daemon_env,
     }

@@ -151,6 +151,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_prompt_chars", "SHELLM_MAX_PROMPT_CHARS", "50000", _int(1), "longest prompt accepted, in characters"),
     Setting("max_body_bytes", "SHELLM_MAX_BODY_BYTES", "262144", _int(1), "largest request body accepted, in bytes"),
     Setting(
+        "request_deadline",
+        "SHELLM_REQUEST_DEADLINE",
+        "30",
+        _seconds(0),
+        "seconds a client has to send a whole request (0: no limit)",
+    ),
+    Setting("max_connections", "SHELLM_MAX_CONNECTIONS", "1024", _int(1), "client connections open at once, at most"),
+    Setting(
+        "max_connections_per_ip",
+        "SHELLM_MAX_CONNECTIONS_PER_IP",
+        "256",
+        _int(1),
+        "client connections from one non-loopback address, at most",
+    ),
+    Setting(
         "claude_bin", "SHELLM_CLAUDE_BIN", "claude", _text, "claude executable: a path, or a name looked up on PATH"
     ),
     Setting(
@@ -233,6 +248,9 @@ class Config:
     heartbeat: float
     max_prompt_chars: int
     max_body_bytes: int
+    request_deadline: float
+    max_connections: int
+    max_connections_per_ip: int
     claude_bin: str
     gemini_bin: str
     codex_bin: str

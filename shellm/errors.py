@@ -69,6 +69,15 @@ class MethodNotAllowed(ShellmError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ShellmError):
+    """
+    The request (line, headers and body) did not arrive in time.
+    """
+
+    status = 408
+    code = "request_timeout"
+
+
 class RequestTooLarge(ShellmError):
     status = 413
     code = "request_too_large"
@@ -77,6 +86,11 @@ class RequestTooLarge(ShellmError):
 class UnsupportedMediaType(ShellmError):
     status = 415
     code = "unsupported_media_type"
+
+
+class HeadersTooLarge(ShellmError):
+    status = 431
+    code = "headers_too_large"
 
 
 class RateLimited(ShellmError):

@@ -213,7 +213,14 @@ def makeService(options, reactor=None):
         metrics=metrics,
         metrics_public=config.metrics_public,
     )
-    site = ShellmSite(api.resource(), reactor, config.max_body_bytes)
+    site = ShellmSite(
+        api.resource(),
+        reactor,
+        config.max_body_bytes,
+        request_deadline=config.request_deadline,
+        max_connections=config.max_connections,
+        max_connections_per_ip=config.max_connections_per_ip,
+    )
 
     service = ShellmService(
         reactor,

@@ -13,6 +13,7 @@ import sys
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseDone
@@ -204,3 +205,61 @@ async def open_stream(url: str, body: dict) -> tuple[object, EventReader]:
     reader = EventReader()
     response.deliverBody(reader)
     return response, reader
+
+
+class RawConnection(Protocol):
+    """
+    A client connection that writes exactly the bytes it is given and keeps
+    everything the server sends; C{closed} fires with it when the
+    connection ends, and C{closed_at} says when.
+    """
+
+    def __init__(self):
+        self.received = b""
+        self.closed = Deferred()
+        self.closed_at: float | None = None
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.closed_at = reactor.seconds()
+        self.closed.callback(self.received)
+
+    def send(self, data: bytes) -> None:
+        if self.closed_at is None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+
+
+async def raw_connect(port: int) -> RawConnection:
+    return await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), RawConnection())
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def parse_response(raw: bytes) -> tuple[int, dict, bytes]:
+    """
+    Status, headers (lower-case names) and body (de-chunked) of the one
+    response in C{raw}.
+    """
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        chunks, rest = [], body
+        while True:
+            size, _, rest = rest.partition(b"\r\n")
+            if int(size, 16) == 0:
+                break
+            chunks.append(rest[: int(size, 16)])
+            rest = rest[int(size, 16) + 2 :]
+        body = b"".join(chunks)
+    return int(status_line.split()[1]), headers, body

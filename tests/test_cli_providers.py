@@ -908,19 +908,20 @@ async def test_cerebras_keeps_no_upstream_cookies(cerebras):
 
 
 @pytest.mark.parametrize(
-    "status, error, client_status",
+    "status, error, client_status, upstream_said",
     [
-        (401, ProviderUnavailable, 503),
-        (429, RateLimited, 429),
-        (500, ProviderFailed, 502),
+        (401, ProviderUnavailable, 503, "Incorrect API key provided"),
+        (429, RateLimited, 429, "Rate limit reached for requests"),
+        (500, ProviderFailed, 502, "The server had an error"),
     ],
 )
 @real_reactor_test
-async def test_cerebras_upstream_errors(cerebras, status, error, client_status, logged):
+async def test_cerebras_upstream_errors(cerebras, status, error, client_status, upstream_said, logged):
     """
     Upstream errors map to what the client should see: a refused key is 503,
     a rate limit 429 with a retry_after, a server error 502; the upstream's
-    body (which echoes the key) never reaches the message, nor the logs.
+    body (which echoes the key) never reaches the message, and is logged
+    redacted, even though it does not end in a newline.
     """
     cerebras.fail_status = status
     provider = cerebras.make()
@@ -933,6 +934,7 @@ async def test_cerebras_upstream_errors(cerebras, status, error, client_status, 
     assert SECRET not in result.message
     assert SECRET not in json.dumps(result.to_json())
     assert SECRET not in logged()
+    assert upstream_said in logged()
     assert sink.events == []
 
 

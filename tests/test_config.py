@@ -51,6 +51,7 @@ def test_defaults():
     assert (config.timeout, config.kill_grace) == (120, 5)
     assert config.health_ttl == 30
     assert (config.max_prompt_chars, config.max_body_bytes) == (50000, 262144)
+    assert (config.request_deadline, config.max_connections, config.max_connections_per_ip) == (30, 1024, 256)
     assert config.claude_env == {} and config.gemini_env == {} and config.codex_env == {}
     assert config.cerebras_api_key is None
     assert config.cerebras_base_url == "https://api.cerebras.ai/v1"

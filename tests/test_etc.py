@@ -141,6 +141,17 @@ def test_unit_stop_lets_the_daemon_drain_then_kills_the_control_group():
     assert float(timeout) > default("drain_timeout") + default("kill_grace")
 
 
+def test_unit_leaves_descriptors_for_every_connection_and_more():
+    """
+    LimitNOFILE leaves room above the default connection cap (each
+    connection is a descriptor) for the CLIs' pipes and the rest, so the
+    cap is reached before the descriptors run out.
+    """
+    service = unit_section("Service")
+    (limit,) = service["LimitNOFILE"]
+    assert int(limit) >= 2 * default("max_connections")
+
+
 def test_unit_sandbox_leaves_the_service_home_writable():
     service = unit_section("Service")
     for directive in (

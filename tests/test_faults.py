@@ -15,10 +15,11 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.task import LoopingCall
 
 from tests.conftest import alive, fake_cli, processes_with_marker, wait_for_no_processes
-from tests.daemon import Daemon, eventually, health_of, open_stream
+from tests.daemon import Daemon, eventually, health_of, open_fds, open_stream, parse_response, raw_connect, sleep
 from tests.fakes.fake_openai_server import start_fake_openai
 
 # (prompt, what the client may see): statuses for a plain request; for a
@@ -310,3 +311,150 @@ async def test_kill_9_leaves_no_process_and_no_scratch(tmp_path, marker):
     finally:
         await second.stop()
     assert await wait_for_no_processes(marker) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_trickling_clients_are_cut_at_the_deadline(tmp_path, marker):
+    """
+    200 clients each sending a header byte every 0.5 s (so the idle timer
+    never fires) are all answered 408 and closed at the request deadline,
+    none much before it; meanwhile /health answers, and afterwards the
+    daemon holds no more descriptors than before.
+    """
+    deadline = 2.0
+    daemon = Daemon({"SHELLM_REQUEST_DEADLINE": str(deadline)}, marker, str(tmp_path))
+    try:
+        await daemon.started()
+        before = open_fds(daemon.pid)
+        connecting = reactor.seconds()
+        clients = await gatherResults([Deferred.fromCoroutine(raw_connect(daemon.port)) for _ in range(200)])
+        opened = reactor.seconds()
+        for client in clients:
+            client.send(b"POST /completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+
+        def drip():
+            for client in clients:
+                client.send(b"x")
+
+        dripping = LoopingCall(drip)
+        dripping.clock = reactor
+        dripping.start(0.5, now=False)
+        try:
+            await sleep(deadline / 2)
+            assert (await treq.get(daemon.url + "/health", timeout=5)).code == 200
+            answers = await gatherResults([client.closed for client in clients])
+        finally:
+            dripping.stop()
+        # Each deadline starts when the daemon accepts: after `connecting`.
+        assert min(client.closed_at - connecting for client in clients) > deadline - 0.1
+        assert max(client.closed_at - opened for client in clients) < deadline + 3
+        for raw in answers:
+            status, headers, body = parse_response(raw)
+            assert status == 408
+            assert json.loads(body)["error"] == "request_timeout"
+        assert (await health_of(daemon.url))["version"]
+        assert await eventually(_fds_back_to(daemon.pid, before), timeout=5)
+    finally:
+        await daemon.stop()
+
+
+def _fds_back_to(pid: int, before: int):
+    async def check():
+        return open_fds(pid) <= before + 2  # a pooled /health connection or two
+
+    return check
+
+
+BAD_HEADER_REQUESTS = {
+    # request: (status, error code or None)
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: \xff\r\nConnection: close\r\n\r\n": (200, None),
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\nConnection: close\r\n\r\n": (
+        401,
+        "auth_required",
+    ),
+    b"GET /providers HTTP/1.1\r\nHost: x\r\nx-api-key: a\r\nx-api-key: b\r\nConnection: close\r\n\r\n": (
+        400,
+        "invalid_request",
+    ),
+    b"POST /completions HTTP/1.1\r\nHost: x\r\nContent-Type: \xff\r\nContent-Length: 2\r\n"
+    b"Connection: close\r\n\r\n{}": (415, "unsupported_media_type"),
+    b"GET /health HTTP/1.1\r\nHost: \xff\r\nConnection: close\r\n\r\n": (400, "invalid_request"),
+    b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n": (431, "headers_too_large"),
+    b"NOT HTTP\r\n\r\n": (400, "invalid_request"),
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_header_bytes_are_answered_and_closed(tmp_path, marker):
+    """
+    350 requests with header bytes that are not UTF-8, a key header sent
+    twice, oversized or malformed headers: every one is answered with JSON
+    and its connection closed by the daemon, nothing is logged as critical,
+    and the daemon's descriptors do not grow.
+    """
+    daemon = Daemon({}, marker, str(tmp_path))
+    problems: list[str] = []
+    try:
+        await daemon.started()
+        before = open_fds(daemon.pid)
+
+        async def one(raw: bytes) -> None:
+            status, code = BAD_HEADER_REQUESTS[raw]
+            client = await raw_connect(daemon.port)
+            client.send(raw)
+            timeout = reactor.callLater(10, client.close)
+            answer = await client.closed
+            if not timeout.active():
+                problems.append(f"{raw[:40]!r}: not closed by the daemon")
+                return
+            timeout.cancel()
+            got, headers, body = parse_response(answer)
+            error = json.loads(body).get("error") if headers.get("content-type") == "application/json" else "not JSON"
+            if isinstance(error, dict):  # the OpenAI dialect's envelope, on /v1/
+                error = error["code"]
+            if got != status or (code and error != code):
+                problems.append(f"{raw[:40]!r}: {got} {error}")
+
+        requests = sorted(BAD_HEADER_REQUESTS) * 50
+        for start in range(0, len(requests), 50):
+            await gatherResults([Deferred.fromCoroutine(one(raw)) for raw in requests[start : start + 50]])
+        assert (await health_of(daemon.url))["version"]
+        assert await eventually(_fds_back_to(daemon.pid, before), timeout=5)
+    finally:
+        await daemon.stop()
+    assert problems == []
+    assert not [line for line in daemon.log_lines() if '"level": "critical"' in line]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_past_the_cap_are_closed_at_once(tmp_path, marker):
+    """
+    With SHELLM_MAX_CONNECTIONS=20, at most 20 idle connections are held
+    (the start-up check may keep one of them) and the rest are closed as
+    soon as they connect, unanswered, with one warning; once the held ones
+    go, the daemon answers again.
+    """
+    daemon = Daemon({"SHELLM_MAX_CONNECTIONS": "20"}, marker, str(tmp_path))
+    try:
+        await daemon.started()
+        clients = [await raw_connect(daemon.port) for _ in range(25)]
+        await gatherResults([client.closed for client in clients[20:]])
+        await sleep(0.5)
+        held = [client for client in clients if not client.closed.called]
+        assert 18 <= len(held) <= 20
+        assert all(client.received == b"" for client in clients if client.closed.called)
+        for client in held:
+            client.close()
+        await gatherResults([client.closed for client in held])
+        assert await eventually(lambda: _health_code(daemon.url), timeout=5) == 200
+    finally:
+        await daemon.stop()
+    warnings = [line for line in daemon.log_lines() if "connection limit reached" in line]
+    assert len(warnings) == 1
+
+
+async def _health_code(url: str) -> int:
+    try:
+        return (await treq.get(url + "/health", timeout=2)).code
+    except Exception:
+        return 0

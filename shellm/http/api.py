@@ -29,9 +29,10 @@ from shellm.errors import (
 from shellm.http import openapi
 from shellm.http.dialects import anthropic, openai, seed
 from shellm.http.exposure import health_summary
+from shellm.http.headers import header, presented_token
 from shellm.http.sse import EventStream
 from shellm.routing.accounting import Accounting
-from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed, token_from_headers
+from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
 from shellm.routing.health import overall_status
 from shellm.routing.limits import RateLimiter
 from shellm.routing.router import Admission, Router
@@ -137,7 +138,7 @@ class ShellmAPI:
     def _read_json(self, request) -> dict:
         if request.content.overflowed:
             raise RequestTooLarge(f"the request body is larger than {request.content.cap} bytes")
-        kind = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        kind = (header(request, b"content-type") or "").split(";")[0].strip().lower()
         if kind != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json")
         request.content.seek(0)
@@ -148,9 +149,7 @@ class ShellmAPI:
         return self._respond(request, error.status, dialect.error_json(error, request.request_id))
 
     def _authenticate(self, request) -> Client:
-        client = self.authenticator.authenticate(
-            token_from_headers(request.getHeader("authorization"), request.getHeader("x-api-key"))
-        )
+        client = self.authenticator.authenticate(presented_token(request))
         request.log_fields["client"] = client.name
         return client
 
@@ -374,7 +373,7 @@ class ShellmAPI:
         The model list is both SDKs' endpoint: the Anthropic SDK says so with
         its version header.
         """
-        request.dialect = anthropic if request.getHeader("anthropic-version") else openai
+        request.dialect = anthropic if header(request, b"anthropic-version") else openai
         return request.dialect
 
     @app.route("/v1/models", methods=["GET"])

@@ -39,6 +39,14 @@ SSE_EVENT = {
     },
 }
 
+#: What any request may get before a route sees it: from the connection
+#: (L{shellm.http.web.ShellmChannel}), always in SheLLM's own error shape.
+_CONNECTION_ERRORS = {
+    "408": _error("The request was not received in full within SHELLM_REQUEST_DEADLINE"),
+    "431": _error("The request line or headers are too large (16 KiB, 500 headers)"),
+}
+_MALFORMED = _error("Not valid HTTP/1.1, a Host or path that is not UTF-8, or a key header sent twice")
+
 _SECURITY = [{"bearer": []}, {"apiKey": []}, {}]
 
 
@@ -191,6 +199,10 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
     }
     paths.update(_compatible_paths(models))
     paths.update(extra_paths or {})
+    for operations in paths.values():
+        for operation in operations.values():
+            operation["responses"].setdefault("400", _MALFORMED)
+            operation["responses"].update(_CONNECTION_ERRORS)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -386,7 +398,7 @@ def _compatible_paths(models: list[str]) -> dict:
             "get": {
                 "summary": "Every model alias, owned_by its provider",
                 "security": _SECURITY,
-                "responses": {"200": model_list, "401": errors["401"]},
+                "responses": {"200": model_list, "400": errors["400"], "401": errors["401"]},
             }
         },
         "/v1/models/{model_id}": {
@@ -399,6 +411,7 @@ def _compatible_paths(models: list[str]) -> dict:
                         "description": "The model",
                         "content": {"application/json": {"schema": {"type": "object", "required": ["id"]}}},
                     },
+                    "400": errors["400"],
                     "401": errors["401"],
                     "404": errors["404"],
                 },

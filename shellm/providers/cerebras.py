@@ -92,6 +92,28 @@ class LineReader(Protocol):
         self.transport.stopProducing()
 
 
+class BodyPrefix(Protocol):
+    """
+    Keeps the first C{limit} bytes of a response body, whatever its lines
+    (an error body is usually one JSON object with no newline at the end),
+    then stops reading.  C{done} fires with the body's end, however it ends.
+    """
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self.data = b""
+        self.done: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data = (self.data + data)[: self._limit]
+        if len(self.data) >= self._limit:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
 class ChatStreamParser:
     """
     OpenAI-style C{chat.completion.chunk} server-sent events.
@@ -259,22 +281,13 @@ class CerebrasProvider:
 
     async def _upstream_error(self, response) -> Exception:
         status = response.code
-        chunks: list[bytes] = []
-
-        def keep(line: str) -> None:
-            if sum(map(len, chunks)) < ERROR_BODY_BYTES:
-                chunks.append(line.encode("utf-8"))
-
-        reader = LineReader(keep)
+        reader = BodyPrefix(ERROR_BODY_BYTES)
         response.deliverBody(reader)
-        try:
-            await reader.done
-        except StreamCut:
-            pass
+        await reader.done
         self.log.warn(
             "cerebras returned HTTP {status}: {body}",
             status=status,
-            body=redact(b"\n".join(chunks).decode("utf-8", "replace")[:500]),
+            body=redact(reader.data.decode("utf-8", "replace")[:500]),
         )
         if status in (401, 403):
             return ProviderUnavailable(f"cerebras refused the API key (HTTP {status})")

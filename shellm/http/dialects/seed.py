@@ -22,8 +22,14 @@ def parse_json_body(raw: bytes) -> dict:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidRequest("the request body is not valid UTF-8")
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise InvalidRequest(f"the request body is not valid JSON ({e.msg} at position {e.pos})")
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply")
+    except ValueError:
+        # Python refuses to convert an integer of more than 4,300 digits
+        # (sys.get_int_max_str_digits), with a plain ValueError.
+        raise InvalidRequest("the request body holds a number too long to read")
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
