@@ -35,6 +35,7 @@ RUN set -eu; \
         npm cache clean --force; \
         DEBIAN_FRONTEND=noninteractive apt-get purge -y --auto-remove npm; \
     fi; \
+    apt-get clean; \
     rm -rf /var/lib/apt/lists/* /root/.npm
 
 # The CLIs keep their logins in these folders (compose.yaml makes each a

@@ -7,8 +7,9 @@ claude.
 No image registry is needed: the Dockerfile's Debian base is made here with
 mmdebstrap and imported, and kept (a tarball under C{$SHELLM_TEST_CACHE},
 default C{~/.cache/shellm-tests}, and the imported image) for the next run.
-Needs C{podman}, C{runc} and C{mmdebstrap} (Debian packages); without them the
-test is skipped, and fails under C{CI=true}.
+Needs C{podman}, C{runc}, C{mmdebstrap} and C{debian-archive-keyring}
+(Debian packages); without them the test is skipped, and fails under
+C{CI=true}.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def dockerfile_base() -> str:
     return base
 
 
+def keyring() -> list[str]:
+    """
+    Debian's archive keys, named outright where they are installed as a
+    package (an Ubuntu host does not trust them for apt by default).
+    """
+    path = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    return [f"--keyring={path}"] if os.path.exists(path) else []
+
+
 def local_cas() -> list[str]:
     if not os.path.isdir(LOCAL_CAS):
         return []
@@ -119,6 +129,7 @@ def base_image(podman: Podman) -> str:
                     "--quiet",
                     *MMDEBSTRAP_OPTIONS,
                     f"--customize-hook={copy_cas}",
+                    *keyring(),
                     suite,
                     partial,
                     MIRROR,
