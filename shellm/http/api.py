@@ -124,7 +124,7 @@ class ShellmAPI:
         request.log_fields["client"] = client.name
         return client
 
-    def _admit(self, client: Client, completion_request: CompletionRequest) -> None:
+    async def _admit(self, client: Client, completion_request: CompletionRequest) -> None:
         """
         Model allow-list, then rate limits: all before any queueing.
         """
@@ -132,7 +132,7 @@ class ShellmAPI:
         if not client.may_use(completion_request.model, entry.provider):
             raise ModelNotAllowed(f"client {client.name} may not use {completion_request.model}")
         if self._limiter is not None:
-            self._limiter.admit(client)
+            await self._limiter.admit(client)
 
     async def _serve(
         self, client: Client, completion_request: CompletionRequest, sink, streaming: bool = False
@@ -299,7 +299,7 @@ class ShellmAPI:
         finally:
             self.in_flight -= 1
 
-    def _parse(self, request, dialect):
+    async def _parse(self, request, dialect):
         """
         Who is asking and for what: the key first (an unknown caller learns
         nothing about validation), then the body, then the client's limits.
@@ -313,25 +313,25 @@ class ShellmAPI:
         )
         request.request_id = completion_request.request_id  # the body may name one
         request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
-        self._admit(client, completion_request)
+        await self._admit(client, completion_request)
         return client, completion_request, options
 
     # -- routes
 
     @app.route("/completions", methods=["POST"])
     async def completions(self, request):
-        client, completion_request, _ = self._parse(request, seed)
+        client, completion_request, _ = await self._parse(request, seed)
         completion = await self._complete(request, client, completion_request)
         return self._respond(request, 200, seed.completion_json(completion))
 
     @app.route("/completions/stream", methods=["POST"])
     async def completions_stream(self, request):
-        client, completion_request, _ = self._parse(request, seed)
+        client, completion_request, _ = await self._parse(request, seed)
         await self._stream(request, client, completion_request, seed.SeedStream(completion_request.request_id))
 
     @app.route("/v1/chat/completions", methods=["POST"])
     async def chat_completions(self, request):
-        client, completion_request, options = self._parse(request, openai)
+        client, completion_request, options = await self._parse(request, openai)
         if options.stream:
             return await self._stream(
                 request, client, completion_request, openai.ChatStream(options, self._clock.seconds())
@@ -341,7 +341,7 @@ class ShellmAPI:
 
     @app.route("/v1/messages", methods=["POST"])
     async def messages(self, request):
-        client, completion_request, options = self._parse(request, anthropic)
+        client, completion_request, options = await self._parse(request, anthropic)
         if options.stream:
             return await self._stream(request, client, completion_request, anthropic.MessageStream(options))
         completion = await self._complete(request, client, completion_request)
@@ -405,6 +405,7 @@ class ShellmAPI:
                 "queue": {**self._router.queues["cli"].to_json(), "http": self._router.queues["http"].to_json()},
                 "uptime_seconds": round(self._clock.seconds() - self._started),
                 "version": __version__,
+                "store": self._ledger.store.to_json() if self._ledger else None,
             },
         )
 

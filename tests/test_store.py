@@ -1,0 +1,456 @@
+"""
+The state store on both engines (SQLite and PostgreSQL, through the
+C{db_setting} fixture): migrations, the usage ledger on it, and the
+request-rate limits shared across nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from contextlib import closing
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent
+
+from shellm.config import ConfigError, load_config
+from shellm.errors import RateLimited, StoreUnavailable
+from shellm.routing.auth import ANONYMOUS, Client
+from shellm.routing.limits import RateLimiter
+from shellm.routing.shared_limits import SharedRateLimiter, rate_limiter
+from shellm.state import ledger as ledger_module
+from shellm.state import store as store_module
+from shellm.state.ledger import Ledger, UsageRecord
+from shellm.state.store import SchemaTooNew, Store, StoreTarget, check_not_newer, latest_version
+from tests.daemon import sleep
+
+
+def _row(client="a", status=200, tokens=(10, 5), cost=0.5, when=1000.0, model="m"):
+    return UsageRecord(when, client, "claude", model, status, tokens[0], tokens[1], cost, 100, 0, "r")
+
+
+@pytest.fixture
+def reader(db_setting):
+    """
+    A second store on the same database, to look at what the first wrote.
+    """
+    store = Store.from_setting(db_setting, reactor)
+    store._ready = True  # no migrating: it only reads what the tested store made
+    store._pool = store._make_pool()
+    yield store
+    store.close()
+
+
+async def _count(reader, table="usage") -> int:
+    rows = await reader.query(f"SELECT COUNT(*) FROM {table}")
+    return rows[0][0]
+
+
+async def _eventually_count(reader, expected: int) -> int:
+    for _ in range(200):
+        found = await _count(reader)
+        if found == expected:
+            break
+        await sleep(0.02)
+    return found
+
+
+# -- settings
+
+
+def test_db_setting_takes_a_path_or_a_postgresql_url():
+    """
+    SHELLM_DB is a file path (SQLite) or a postgresql:// URL; another scheme
+    is refused with a message that does not repeat the password.
+    """
+    assert StoreTarget.parse("~/x.db") == StoreTarget("sqlite", os.path.expanduser("~/x.db"))
+    assert StoreTarget.parse("postgresql://u@h/db").engine == "postgresql"
+    assert StoreTarget.parse("postgres://u@h/db").engine == "postgresql"
+    assert StoreTarget.parse("postgresql://u:secret@h:5/db").display == "postgresql://u:***@h:5/db"
+    with pytest.raises(ConfigError) as raised:
+        load_config({}, {"SHELLM_DB": "mysql://u:secret@h/db"}, None)
+    assert "SHELLM_DB" in str(raised.value) and "mysql:// is not supported" in str(raised.value)
+    assert "secret" not in str(raised.value)
+    with pytest.raises(ConfigError, match="names no database"):
+        load_config({}, {"SHELLM_DB": "postgresql://u@h"}, None)
+
+
+# -- migrations
+
+
+@pytest_twisted.ensureDeferred
+async def test_migrations_create_the_schema_once(db_setting, reader):
+    """
+    Opening an empty database applies every migration; opening it again
+    (a restart) applies none and keeps the rows.
+    """
+    store = Store.from_setting(db_setting, reactor)
+    await store.open()
+    assert store.up and store.to_json() == {"engine": store.engine, "up": True}
+    await store.interact(lambda cursor: cursor.execute("INSERT INTO rate_counts VALUES ('x', 1, 1)"))
+    await store.close()
+    again = Store.from_setting(db_setting, reactor)
+    await again.open()
+    status = await again.describe()
+    await again.close()
+    assert status["schema_version"] == latest_version() == status["latest_version"]
+    assert status["tables"]["rate_counts"] == 1
+    assert status["tables"]["shellm_schema"] == latest_version()
+    assert status["tables"]["usage"] == 0
+    assert status["size_bytes"] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_starting_together_migrate_once(db_setting, reader):
+    """
+    Several stores opening one empty database at the same moment all come
+    up, and each migration is recorded exactly once (the migration lock).
+    """
+    stores = [Store.from_setting(db_setting, reactor) for _ in range(3)]
+    try:
+        await gatherResults([s.open() for s in stores])
+        assert all(s.up for s in stores)
+    finally:
+        for s in stores:
+            await s.close()
+    versions = await reader.query("SELECT version FROM shellm_schema ORDER BY version")
+    assert [v for (v,) in versions] == list(range(1, latest_version() + 1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_from_a_newer_shellm_is_refused(db_setting, reader, log_events):
+    """
+    A schema version this SheLLM does not know stops the store with a
+    message saying what to do, both at start-up (check_not_newer) and when
+    opening.
+    """
+    store = Store.from_setting(db_setting, reactor)
+    await store.open()
+    await store.interact(
+        lambda cursor: cursor.execute("INSERT INTO shellm_schema VALUES (?, 'future', 0)", (latest_version() + 5,))
+    )
+    await store.close()
+    with pytest.raises(SchemaTooNew) as raised:
+        check_not_newer(db_setting)
+    message = str(raised.value)
+    assert f"schema version {latest_version() + 5}" in message and "Upgrade SheLLM" in message
+    again = Store.from_setting(db_setting, reactor)
+    with pytest.raises(SchemaTooNew):
+        await again.open()
+    assert not again.up
+    await again.close()
+    assert any("state store refused" in formatEvent(e) for e in log_events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ledger_file_from_before_the_store_is_adopted(tmp_path):
+    """
+    A SQLite file with the old ledger table (no schema version) keeps its
+    rows and is brought to the current schema.
+    """
+    path = str(tmp_path / "old.db")
+    with closing(sqlite3.connect(path)) as old:
+        statement = store_module.statements(store_module.migrations("sqlite")[0].sql)[0]
+        old.execute(statement)
+        old.execute("INSERT INTO usage (time, client, status) VALUES (1000, 'a', 200)")
+        old.commit()
+    store = Store.from_setting(path, reactor)
+    await store.open()
+    status = await store.describe()
+    await store.close()
+    assert status["tables"]["usage"] == 1 and status["schema_version"] == latest_version()
+
+
+# -- the ledger on the store
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_aggregates_by_provider_and_model(db_setting, reader):
+    """
+    Totals add up requests, tokens, cost and errors per provider and model,
+    for one client or all, within the period, including rows recorded just
+    before; a SQLite file is private (0600).
+    """
+    ledger = Ledger(Store.from_setting(db_setting, reactor), reactor)
+    await ledger.open()
+    try:
+        ledger.record(_row())
+        ledger.record(_row(status=502, tokens=(None, None), cost=None))
+        ledger.record(_row(client="b", tokens=(1, 1), cost=None))
+        ledger.record(_row(when=10.0))  # too old
+        mine = await ledger.totals(500.0, "a")
+        everyone = await ledger.totals(500.0, None)
+    finally:
+        await ledger.close()
+        await ledger.store.close()
+    assert mine["totals"] == {"requests": 2, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5, "errors": 1}
+    assert everyone["totals"]["requests"] == 3 and everyone["totals"]["input_tokens"] == 11
+    assert mine["by_model"] == [
+        {
+            "provider": "claude",
+            "model": "m",
+            "requests": 2,
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cost_usd": 0.5,
+            "errors": 1,
+        }
+    ]
+    if ledger.store.engine == "sqlite":
+        assert stat.S_IMODE(os.stat(db_setting).st_mode) == 0o600
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_writes_in_batches_on_a_timer(db_setting, reader):
+    """
+    Rows wait in memory until the flush interval passes, then reach the
+    database together; closing writes what is still waiting and leaves no
+    timer.
+    """
+    clock = Clock()
+    ledger = Ledger(Store.from_setting(db_setting, clock), clock)
+    await ledger.open()
+    for _ in range(3):
+        ledger.record(_row())
+    assert await _count(reader) == 0
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(ledger_module.FLUSH_INTERVAL)
+    assert await _eventually_count(reader, 3) == 3
+    ledger.record(_row())
+    await ledger.close()
+    await ledger.store.close()
+    assert await _count(reader) == 4
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_writes_at_once_when_a_batch_is_full(db_setting, reader, monkeypatch):
+    """
+    A full batch does not wait for the interval.
+    """
+    monkeypatch.setattr(ledger_module, "FLUSH_ROWS", 4)
+    clock = Clock()
+    ledger = Ledger(Store.from_setting(db_setting, clock), clock)
+    await ledger.open()
+    try:
+        for _ in range(4):
+            ledger.record(_row())
+        clock.advance(0)
+        assert await _eventually_count(reader, 4) == 4
+    finally:
+        await ledger.close()
+        await ledger.store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_bounds_its_backlog_and_says_so(db_setting, reader, monkeypatch, log_events):
+    """
+    Past the backlog limit new rows are dropped rather than held without
+    bound, and the log says how many; what was held is still written.
+    """
+    monkeypatch.setattr(ledger_module, "MAX_PENDING_ROWS", 5)
+    clock = Clock()
+    ledger = Ledger(Store.from_setting(db_setting, clock), clock)
+    await ledger.open()
+    for _ in range(8):
+        ledger.record(_row())
+    await ledger.close()
+    await ledger.store.close()
+    assert await _count(reader) == 5
+    assert "3 rows dropped" in " ".join(formatEvent(e) for e in log_events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_write_failure_is_logged_not_raised(db_setting, reader, log_events):
+    """
+    A statement the database refuses degrades to a logged error; recording
+    and flushing still succeed, and later rows are written once it can be.
+    """
+    clock = Clock()
+    store = Store.from_setting(db_setting, clock)
+    ledger = Ledger(store, clock)
+    await ledger.open()
+    await store.interact(lambda cursor: cursor.execute("ALTER TABLE usage RENAME TO moved"))
+    ledger.record(_row())
+    assert await ledger.flush() is None
+    await store.interact(lambda cursor: cursor.execute("ALTER TABLE moved RENAME TO usage"))
+    ledger.record(_row())
+    await ledger.close()
+    await store.close()
+    assert "could not record usage of 1 requests" in " ".join(formatEvent(e) for e in log_events)
+    assert store.up is False  # closed
+    assert await _count(reader) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_survives_an_unexpected_write_error(db_setting, reader, monkeypatch, log_events):
+    """
+    Any other failure of a batch is logged with its traceback, and the
+    ledger goes on writing the next batches.
+    """
+    from twisted.internet.defer import fail
+
+    clock = Clock()
+    store = Store.from_setting(db_setting, clock)
+    ledger = Ledger(store, clock)
+    await ledger.open()
+    real = store._pool.runInteraction
+    monkeypatch.setattr(store._pool, "runInteraction", lambda *args: fail(RuntimeError("driver bug")))
+    ledger.record(_row())
+    await ledger.flush()
+    monkeypatch.setattr(store._pool, "runInteraction", real)
+    ledger.record(_row())
+    await ledger.close()
+    await store.close()
+    [failure] = [e["log_failure"] for e in log_events if "log_failure" in e]
+    assert failure.check(RuntimeError)
+    assert await _count(reader) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_ledger_keeps_rows_while_the_store_is_down(db_setting, reader, monkeypatch):
+    """
+    A batch that fails because the database cannot be reached is kept, in
+    order, and written once the store is back; nothing is dropped.
+    """
+    from twisted.internet.defer import fail
+
+    from shellm.state.store import Cursor
+
+    clock = Clock()
+    store = Store.from_setting(db_setting, clock)
+    ledger = Ledger(store, clock)
+    await ledger.open()
+    real = store._pool.runInteraction
+    monkeypatch.setattr(store, "is_transient", lambda failure: failure.check(ConnectionRefusedError) is not None)
+    monkeypatch.setattr(store._pool, "runInteraction", lambda *args: fail(ConnectionRefusedError()))
+    ledger.record(_row(client="first"))
+    await ledger.flush()
+    assert not store.up and ledger.backlog == 1
+    with pytest.raises(StoreUnavailable):
+        await ledger.totals(0, None)
+    ledger.record(_row(client="second"))
+    clock.advance(ledger_module.FLUSH_INTERVAL)
+    assert ledger.backlog == 2  # no write tried while down
+    monkeypatch.setattr(store._pool, "runInteraction", real)
+    clock.advance(store_module.RETRY_FIRST)  # the probe finds it back
+    for _ in range(200):
+        if store.up:
+            break
+        await sleep(0.02)
+    clock.advance(0)
+    assert await _eventually_count(reader, 2) == 2
+    rows = await reader.query("SELECT client FROM usage ORDER BY id")
+    assert [c for (c,) in rows] == ["first", "second"]
+    await ledger.close()
+    await store.close()
+    assert Cursor  # the wrapper every interaction gets
+
+
+# -- limits across nodes
+
+
+def _alpha(rpm=3):
+    return Client("alpha", "key-a-0123456789abcdef", rpm)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_keeps_limits_in_memory_postgresql_shares_them(db_setting):
+    """
+    One box (SQLite) counts in memory; PostgreSQL gets the shared limiter.
+    """
+    store = Store.from_setting(db_setting, reactor)
+    limiter = rate_limiter(reactor, store, 10)
+    expected = SharedRateLimiter if store.engine == "postgresql" else RateLimiter
+    assert type(limiter) is expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_shared_limits_hold_across_nodes(postgres_url):
+    """
+    Two nodes on one database share a client's budget: with rpm 3, the
+    fourth request in the minute is refused on the other node, with a
+    Retry-After that is honest; refused requests cost the global budget
+    nothing; the budget comes back as the window slides.
+    """
+    clock = Clock()
+    clock.advance(600)  # the start of a minute
+    stores = [Store.from_setting(postgres_url, clock) for _ in range(2)]
+    await gatherResults([s.open() for s in stores])
+    one, two = (SharedRateLimiter(clock, s, global_rpm=5) for s in stores)
+    try:
+        await one.admit(_alpha())
+        await two.admit(_alpha())
+        await one.admit(_alpha())
+        with pytest.raises(RateLimited) as raised:
+            await two.admit(_alpha())
+        assert "alpha" in raised.value.message and raised.value.retry_after == 80
+        with pytest.raises(RateLimited):
+            await one.admit(_alpha())
+        await two.admit(ANONYMOUS)  # the refusals spent nothing globally: 4 of 5
+        await one.admit(ANONYMOUS)
+        with pytest.raises(RateLimited) as raised:
+            await two.admit(ANONYMOUS)
+        assert "gateway" in raised.value.message
+        clock.advance(raised.value.retry_after)
+        await one.admit(ANONYMOUS)
+        clock.advance(60 + 80 - raised.value.retry_after)
+        await two.admit(_alpha())
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shared_limits_race_for_the_last_place(postgres_url):
+    """
+    Requests arriving at the same moment on several nodes never exceed the
+    limit: the count and the check are one transaction.
+    """
+    clock = Clock()
+    stores = [Store.from_setting(postgres_url, clock) for _ in range(3)]
+    await gatherResults([s.open() for s in stores])
+    limiters = [SharedRateLimiter(clock, s, global_rpm=1000) for s in stores]
+    outcomes = []
+    try:
+        attempts = [limiters[i % 3].admit(_alpha(rpm=7)) for i in range(30)]
+        for attempt in attempts:
+            try:
+                await attempt
+                outcomes.append(True)
+            except RateLimited:
+                outcomes.append(False)
+    finally:
+        for s in stores:
+            await s.close()
+    assert outcomes.count(True) == 7
+
+
+@pytest_twisted.ensureDeferred
+async def test_shared_limits_fall_back_to_the_node_when_the_store_is_down(postgres_url, log_events):
+    """
+    With the store down, each node counts on its own (and says so once);
+    when it is back, counting is shared again.
+    """
+    clock = Clock()
+    store = Store.from_setting(postgres_url, clock)
+    await store.open()
+    limiter = SharedRateLimiter(clock, store, global_rpm=100)
+    try:
+        store._down_since = clock.seconds()  # as after a lost connection
+        for _ in range(3):
+            await limiter.admit(_alpha())
+        with pytest.raises(RateLimited):
+            await limiter.admit(_alpha())
+        warnings = [formatEvent(e) for e in log_events if "per node" in formatEvent(e)]
+        assert len(warnings) == 1 and "state store is down" in warnings[0]
+        store._down_since = None
+        await limiter.admit(_alpha())  # the shared count has none yet
+        assert any("shared across nodes again" in formatEvent(e) for e in log_events)
+    finally:
+        await store.close()
