@@ -6,6 +6,7 @@ request-rate limits shared across nodes.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -454,3 +455,55 @@ async def test_shared_limits_fall_back_to_the_node_when_the_store_is_down(postgr
         assert any("shared across nodes again" in formatEvent(e) for e in log_events)
     finally:
         await store.close()
+
+
+# -- shellm db
+
+
+def test_shellm_db_status_migrate_and_backup(db_setting, tmp_path, marker):
+    """
+    C{shellm db migrate} applies the schema once; C{status} shows the engine,
+    version, rows and size; C{backup} copies a SQLite store into a file that
+    is itself a store, and points PostgreSQL users to pg_dump; a database
+    from a newer SheLLM makes C{migrate} fail with the reason.
+    """
+    from tests.test_command import Shellm
+
+    shellm = Shellm(tmp_path, marker, SHELLM_DB=db_setting)
+    engine = StoreTarget.parse(db_setting).engine
+    before = shellm("db", "status")
+    if engine == "sqlite":
+        assert before.returncode == 1 and "no database" in before.stderr
+    else:
+        assert before.returncode == 0 and "version 0 of" in before.stdout and "shellm db migrate" in before.stdout
+    first = shellm("db", "migrate")
+    assert first.returncode == 0 and f"version {latest_version()}" in first.stdout, first.stderr
+    again = shellm("db", "migrate")
+    assert again.returncode == 0 and "nothing to apply" in again.stdout
+    status = shellm("db", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    described = json.loads(status.stdout)
+    assert described["engine"] == engine and described["schema_version"] == latest_version()
+    assert described["tables"]["usage"] == 0 and described["size_bytes"] > 0
+    copy = tmp_path / "copy.db"
+    backup = shellm("db", "backup", str(copy))
+    if engine == "sqlite":
+        assert backup.returncode == 0, backup.stderr
+        assert stat.S_IMODE(os.stat(copy).st_mode) == 0o600
+        with closing(sqlite3.connect(copy)) as copied:
+            assert copied.execute("SELECT MAX(version) FROM shellm_schema").fetchone()[0] == latest_version()
+        assert shellm("db", "backup", str(copy)).returncode == 1  # never overwrites
+    else:
+        assert backup.returncode == 1 and "pg_dump" in backup.stderr and not copy.exists()
+    if engine == "sqlite":
+        with closing(sqlite3.connect(db_setting)) as connection:
+            connection.execute("INSERT INTO shellm_schema VALUES (99, 'future', 0)")
+            connection.commit()
+    else:
+        import psycopg
+
+        with psycopg.connect(db_setting, autocommit=True) as connection:
+            connection.execute("INSERT INTO shellm_schema VALUES (99, 'future', 0)")
+    newer = shellm("db", "migrate")
+    assert newer.returncode == 1 and "schema version 99" in newer.stderr and "Upgrade SheLLM" in newer.stderr
+    assert "newer SheLLM" in shellm("db", "status").stdout

@@ -220,6 +220,14 @@ def migrate(cursor: Cursor, target: StoreTarget, now: float) -> list[int]:
     return applied
 
 
+def _reachable(cursor: Cursor) -> list[int]:
+    """
+    Open without migrating: the database answers (and nothing was applied).
+    """
+    _schema_version(cursor)
+    return []
+
+
 def connect_now(target: StoreTarget):
     """
     A plain blocking connection, for the command line and start-up checks
@@ -293,6 +301,8 @@ class Store:
         self._delay = RETRY_FIRST
         self._listeners: list[Callable[[], None]] = []
         self._closed = False
+        self._migrating = True
+        self._retrying = True
         self.refused: str | None = None  # why the schema was refused, if it was
 
     @classmethod
@@ -349,10 +359,11 @@ class Store:
             cp_openfun=_configure_sqlite,
         )
 
-    def open(self) -> Deferred:
+    def open(self, migrate: bool = True, retry: bool = True) -> Deferred:
         """
-        Connect and migrate; fires once done.  If the database cannot be
-        reached, keeps trying with backoff (and the store stays down).
+        Connect and (unless told not to) migrate; fires once done.  If the
+        database cannot be reached, keeps trying with backoff (and the store
+        stays down) or, without C{retry}, fails.
 
         @raise SchemaTooNew: (as a failure) the database is ahead of this SheLLM.
         """
@@ -362,6 +373,7 @@ class Store:
             return waiting
         self._opened.append(waiting)
         if self._pool is None:
+            self._migrating, self._retrying = migrate, retry
             self._pool = self._make_pool()
             self._try_open()
         return waiting
@@ -370,7 +382,10 @@ class Store:
         self._probe = None
         if self._closed:
             return
-        self._opening = self._run(migrate, self.target, self._clock.seconds())
+        if self._migrating:
+            self._opening = self._run(migrate, self.target, self._clock.seconds())
+        else:
+            self._opening = self._run(_reachable)
         self._opening.addCallbacks(self._migrated, self._open_failed)
 
     def _migrated(self, applied: list[int]) -> None:
@@ -387,9 +402,10 @@ class Store:
 
     def _open_failed(self, failure: Failure) -> None:
         self._opening = None
-        if failure.check(SchemaTooNew):
-            self.refused = failure.getErrorMessage()
-            self.log.critical("state store refused: {why}", why=self.refused)
+        if failure.check(SchemaTooNew) or not self._retrying:
+            if failure.check(SchemaTooNew):
+                self.refused = failure.getErrorMessage()
+                self.log.critical("state store refused: {why}", why=self.refused)
             opened, self._opened = self._opened, []
             for waiting in opened:
                 waiting.errback(failure)
@@ -510,6 +526,12 @@ class Store:
         return succeed(None)
 
     # -- administration
+
+    def migrate(self) -> Deferred:
+        """
+        Apply the missing migrations now; fires with the versions applied.
+        """
+        return self.interact(migrate, self.target, self._clock.seconds())
 
     def describe(self) -> Deferred:
         """
