@@ -353,7 +353,8 @@ async def test_ledger_keeps_rows_while_the_store_is_down(db_setting, reader, mon
     assert Cursor  # the wrapper every interaction gets
 
 
-# -- limits across nodes
+# -- limits across nodes (the daemon shares them only on PostgreSQL; the
+# counter's SQL is checked on both engines all the same)
 
 
 def _alpha(rpm=3):
@@ -372,7 +373,7 @@ async def test_sqlite_keeps_limits_in_memory_postgresql_shares_them(db_setting):
 
 
 @pytest_twisted.ensureDeferred
-async def test_shared_limits_hold_across_nodes(postgres_url):
+async def test_shared_limits_hold_across_nodes(db_setting):
     """
     Two nodes on one database share a client's budget: with rpm 3, the
     fourth request in the minute is refused on the other node, with a
@@ -381,7 +382,7 @@ async def test_shared_limits_hold_across_nodes(postgres_url):
     """
     clock = Clock()
     clock.advance(600)  # the start of a minute
-    stores = [Store.from_setting(postgres_url, clock) for _ in range(2)]
+    stores = [Store.from_setting(db_setting, clock) for _ in range(2)]
     await gatherResults([s.open() for s in stores])
     one, two = (SharedRateLimiter(clock, s, global_rpm=5) for s in stores)
     try:
@@ -408,13 +409,13 @@ async def test_shared_limits_hold_across_nodes(postgres_url):
 
 
 @pytest_twisted.ensureDeferred
-async def test_shared_limits_race_for_the_last_place(postgres_url):
+async def test_shared_limits_race_for_the_last_place(db_setting):
     """
     Requests arriving at the same moment on several nodes never exceed the
     limit: the count and the check are one transaction.
     """
     clock = Clock()
-    stores = [Store.from_setting(postgres_url, clock) for _ in range(3)]
+    stores = [Store.from_setting(db_setting, clock) for _ in range(3)]
     await gatherResults([s.open() for s in stores])
     limiters = [SharedRateLimiter(clock, s, global_rpm=1000) for s in stores]
     outcomes = []
@@ -433,13 +434,13 @@ async def test_shared_limits_race_for_the_last_place(postgres_url):
 
 
 @pytest_twisted.ensureDeferred
-async def test_shared_limits_fall_back_to_the_node_when_the_store_is_down(postgres_url, log_events):
+async def test_shared_limits_fall_back_to_the_node_when_the_store_is_down(db_setting, log_events):
     """
     With the store down, each node counts on its own (and says so once);
     when it is back, counting is shared again.
     """
     clock = Clock()
-    store = Store.from_setting(postgres_url, clock)
+    store = Store.from_setting(db_setting, clock)
     await store.open()
     limiter = SharedRateLimiter(clock, store, global_rpm=100)
     try:

@@ -31,12 +31,16 @@ from shellm.state.store import Store
 #: node's own counters instead.
 ANSWER_WITHIN = 1.0
 
+# Every scope in one statement, rows locked in the order given (the
+# client's, then the global one) on every node, so two nodes cannot
+# deadlock; then the previous minute's counts.  Both engines accept this
+# SQL; only PostgreSQL stores use it.
 _TAKE = (
-    "INSERT INTO rate_counts (scope, minute, count) VALUES (?, ?, 1)"
+    "INSERT INTO rate_counts (scope, minute, count) VALUES {rows}"
     " ON CONFLICT (scope, minute) DO UPDATE SET count = rate_counts.count + 1"
-    " RETURNING count"
+    " RETURNING scope, count"
 )
-_PREVIOUS = "SELECT count FROM rate_counts WHERE scope = ? AND minute = ?"
+_PREVIOUS = "SELECT scope, count FROM rate_counts WHERE minute = ? AND scope IN ({marks})"
 
 
 class _Refused(Exception):
@@ -67,12 +71,19 @@ def _take(cursor, now: float, checks: list[tuple[str, int, str]]) -> None:
     """
     minute = math.floor(now / WINDOW)
     weight = 1 - (now - minute * WINDOW) / WINDOW
+    scopes = [scope for scope, _, _ in checks]
+    taken = cursor.execute(
+        _TAKE.format(rows=", ".join(["(?, ?, 1)"] * len(scopes))),
+        [value for scope in scopes for value in (scope, minute)],
+    ).fetchall()
+    current = dict(taken)
+    previous = dict(
+        cursor.execute(_PREVIOUS.format(marks=", ".join(["?"] * len(scopes))), [minute - 1, *scopes]).fetchall()
+    )
     for scope, limit, message in checks:
-        current = cursor.execute(_TAKE, (scope, minute)).fetchone()[0]
-        row = cursor.execute(_PREVIOUS, (scope, minute - 1)).fetchone()
-        previous = row[0] if row else 0
-        if previous * weight + current > limit:
-            raise _Refused(message, _retry_after(now, limit, previous, current - 1))
+        before = previous.get(scope, 0)
+        if before * weight + current[scope] > limit:
+            raise _Refused(message, _retry_after(now, limit, before, current[scope] - 1))
 
 
 def _forget(cursor, before: int) -> None:
@@ -117,7 +128,7 @@ class SharedRateLimiter:
             ("global", self.global_rpm, f"the gateway is over its limit of {self.global_rpm} requests per minute")
         )
         answer: Deferred = Deferred()
-        running = self._store.interact(_take, now, checks)
+        running = self._store.interact(_take, now, checks, durable=False)
         timer = self._clock.callLater(ANSWER_WITHIN, self._too_slow, answer, client)
 
         def settled(result):
@@ -163,7 +174,7 @@ class SharedRateLimiter:
         if self._swept_minute == minute:
             return
         self._swept_minute = minute
-        self._store.interact(_forget, minute - 1).addErrback(lambda _: None)
+        self._store.interact(_forget, minute - 1, durable=False).addErrback(lambda _: None)
 
 
 def rate_limiter(clock, store: Store, global_rpm: int):

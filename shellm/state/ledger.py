@@ -125,7 +125,7 @@ class Ledger:
         if self._dropped:
             self.log.error("usage ledger behind the traffic: {count} rows dropped", count=self._dropped)
             self._dropped = 0
-        writing = self._writing = self.store.interact(_insert, rows)
+        writing = self._writing = self.store.interact(_insert, rows, durable=False)
         writing.addErrback(self._write_failed, rows)
         writing.addBoth(self._written)
         return writing
