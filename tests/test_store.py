@@ -504,3 +504,24 @@ def test_shellm_db_status_migrate_and_backup(db_setting, tmp_path, marker):
     newer = shellm("db", "migrate")
     assert newer.returncode == 1 and "schema version 99" in newer.stderr and "Upgrade SheLLM" in newer.stderr
     assert "newer SheLLM" in shellm("db", "status").stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_refuses_a_database_from_a_newer_shellm(db_setting, tmp_path, marker):
+    """
+    C{twistd shellm} on a database a newer SheLLM has migrated does not
+    start, and says why and what to do.
+    """
+    from twisted.internet.error import ProcessTerminated
+
+    from tests.daemon import Daemon
+
+    store = Store.from_setting(db_setting, reactor)
+    await store.open()
+    await store.interact(lambda cursor: cursor.execute("INSERT INTO shellm_schema VALUES (99, 'future', 0)"))
+    await store.close()
+    daemon = Daemon({"SHELLM_DB": db_setting}, marker, str(tmp_path))
+    ended = await daemon.exited(timeout=30)
+    output = daemon.protocol.output.decode()
+    assert "schema version 99" in output and "Upgrade SheLLM" in output, output
+    assert isinstance(ended, ProcessTerminated) and ended.exitCode == 1
