@@ -25,6 +25,7 @@ from shellm.routing.auth import ANONYMOUS, Client
 from shellm.routing.limits import RateLimiter
 from shellm.routing.shared_limits import SharedRateLimiter, rate_limiter
 from shellm.state import ledger as ledger_module
+from shellm.state import schema
 from shellm.state import store as store_module
 from shellm.state.ledger import Ledger, UsageRecord
 from shellm.state.store import SchemaTooNew, Store, StoreTarget, check_not_newer, latest_version
@@ -156,7 +157,7 @@ async def test_a_ledger_file_from_before_the_store_is_adopted(tmp_path):
     """
     path = str(tmp_path / "old.db")
     with closing(sqlite3.connect(path)) as old:
-        statement = store_module.statements(store_module.migrations("sqlite")[0].sql)[0]
+        statement = schema.statements(schema.migrations("sqlite")[0].sql)[0]
         old.execute(statement)
         old.execute("INSERT INTO usage (time, client, status) VALUES (1000, 'a', 200)")
         old.commit()

@@ -5,9 +5,10 @@ C{SHELLM_DB} names it: a file path (SQLite, one box) or a C{postgresql://}
 URL (PostgreSQL 13 or newer, shared by several nodes).  Queries run in
 C{twisted.enterprise.adbapi} pool threads, so the reactor never waits on
 the database.  Features write SQL with C{?} placeholders, the same on both
-engines; this module owns what differs between them: connecting, the
-schema migrations (numbered SQL files in L{shellm.state.migrations}) and
-their lock, sizes and backups.
+engines; this module owns what differs between them (connecting, the
+placeholders, sizes, backups), with L{shellm.state.schema} for the
+versioned migrations.  Engine-specific SQL elsewhere: none (the shared
+limiter's upsert, L{shellm.routing.shared_limits}, is valid on both).
 
 While PostgreSQL is unreachable the store is I{down}: calls fail at once
 with L{StoreUnavailable}, a probe retries with backoff, and listeners
@@ -17,10 +18,8 @@ with L{StoreUnavailable}, a probe retries with backoff, and listeners
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from collections.abc import Callable
-from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 from attrs import frozen
@@ -29,11 +28,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from shellm import __version__
 from shellm.errors import StoreUnavailable
-
-SQLITE = "sqlite"
-POSTGRESQL = "postgresql"
+from shellm.state.schema import (
+    POSTGRESQL,
+    SQLITE,
+    SchemaTooNew,
+    latest_version,
+    migrate,
+    schema_version,
+    too_new_message,
+)
 
 #: Delays between attempts to reach a database that is down: first, then
 #: doubled up to the last.
@@ -41,23 +45,6 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 10.0
 #: Seconds PostgreSQL gets to accept a connection.
 CONNECT_TIMEOUT = 3
-
-#: Held while migrating, so nodes starting together migrate one at a time.
-_MIGRATION_LOCK = 0x5E11_0001
-
-_SCHEMA_TABLE = """
-CREATE TABLE IF NOT EXISTS shellm_schema (
-    version INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    applied_at DOUBLE PRECISION NOT NULL
-)
-"""
-
-
-class SchemaTooNew(Exception):
-    """
-    The database was migrated by a newer SheLLM than this one.
-    """
 
 
 @frozen
@@ -101,47 +88,6 @@ class StoreTarget:
         return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
 
 
-@frozen
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def migrations(engine: str) -> list[Migration]:
-    """
-    The schema steps for C{engine}, in order: C{NNNN_name.ENGINE.sql} where
-    the engines differ, else C{NNNN_name.sql}.
-    """
-    found: dict[int, Migration] = {}
-    for entry in resources.files("shellm.state.migrations").iterdir():
-        match = re.fullmatch(r"(\d{4})_(\w+?)(?:\.(sqlite|postgresql))?\.sql", entry.name)
-        if match is None:
-            continue
-        number, name, only = int(match[1]), match[2], match[3]
-        if only is not None and only != engine:
-            continue
-        if number in found and only is None:
-            continue  # an engine's own file wins over the shared one
-        found[number] = Migration(number, name, entry.read_text(encoding="utf-8"))
-    ordered = [found[n] for n in sorted(found)]
-    if [m.version for m in ordered] != list(range(1, len(ordered) + 1)):
-        raise RuntimeError(f"migrations are not numbered 1..n: {[m.version for m in ordered]}")
-    return ordered
-
-
-def latest_version(engine: str = SQLITE) -> int:
-    return len(migrations(engine))
-
-
-def statements(sql: str) -> list[str]:
-    """
-    The statements of a migration file (no semicolons inside statements).
-    """
-    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
-    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
-
-
 class Cursor:
     """
     A DB-API cursor that takes C{?} placeholders on both engines.
@@ -170,61 +116,11 @@ class Cursor:
         return self._cursor.fetchall()
 
 
-def _table_exists(cursor: Cursor, name: str) -> bool:
-    if cursor.engine == POSTGRESQL:
-        return cursor.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
-    return (
-        cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-    )
-
-
-def _schema_version(cursor: Cursor) -> int:
-    if not _table_exists(cursor, "shellm_schema"):
-        return 0
-    return cursor.execute("SELECT COALESCE(MAX(version), 0) FROM shellm_schema").fetchone()[0]
-
-
-def _too_new_message(target: StoreTarget, found: int, known: int) -> str:
-    return (
-        f"the database {target.display} has schema version {found}, newer than this SheLLM "
-        f"{__version__} knows (up to {known}): it was used by a newer SheLLM. Upgrade SheLLM, "
-        "or set SHELLM_DB to another database"
-    )
-
-
-def migrate(cursor: Cursor, target: StoreTarget, now: float) -> list[int]:
-    """
-    Apply the missing migrations in one transaction, holding the migration
-    lock; return the versions applied.  Run in a pool thread.
-
-    @raise SchemaTooNew: the database is ahead of this SheLLM.
-    """
-    if cursor.engine == POSTGRESQL:
-        # Released at commit; DDL is transactional, so a failed step leaves nothing.
-        cursor.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-    else:
-        cursor.execute("BEGIN EXCLUSIVE")
-    cursor.execute(_SCHEMA_TABLE)
-    current = _schema_version(cursor)
-    steps = migrations(cursor.engine)
-    if current > len(steps):
-        raise SchemaTooNew(_too_new_message(target, current, len(steps)))
-    applied = []
-    for step in steps[current:]:
-        for statement in statements(step.sql):
-            cursor.execute(statement)
-        cursor.execute(
-            "INSERT INTO shellm_schema (version, name, applied_at) VALUES (?, ?, ?)", (step.version, step.name, now)
-        )
-        applied.append(step.version)
-    return applied
-
-
 def _reachable(cursor: Cursor) -> list[int]:
     """
     Open without migrating: the database answers (and nothing was applied).
     """
-    _schema_version(cursor)
+    schema_version(cursor)
     return []
 
 
@@ -255,14 +151,14 @@ def check_not_newer(value: str) -> None:
     except Exception:
         return
     try:
-        found = _schema_version(Cursor(connection.cursor(), target.engine))
+        found = schema_version(Cursor(connection.cursor(), target.engine))
     except Exception:
         return
     finally:
         connection.close()
     known = latest_version(target.engine)
     if found > known:
-        raise SchemaTooNew(_too_new_message(target, found, known))
+        raise SchemaTooNew(too_new_message(target.display, found, known))
 
 
 def _create_private(path: str) -> None:
@@ -383,7 +279,7 @@ class Store:
         if self._closed:
             return
         if self._migrating:
-            self._opening = self._run(migrate, self.target, self._clock.seconds())
+            self._opening = self._run(migrate, self.target.display, self._clock.seconds())
         else:
             self._opening = self._run(_reachable)
         self._opening.addCallbacks(self._migrated, self._open_failed)
@@ -543,7 +439,7 @@ class Store:
         """
         Apply the missing migrations now; fires with the versions applied.
         """
-        return self.interact(migrate, self.target, self._clock.seconds())
+        return self.interact(migrate, self.target.display, self._clock.seconds())
 
     def describe(self) -> Deferred:
         """
@@ -595,7 +491,7 @@ def _describe(cursor: Cursor, target: StoreTarget) -> dict:
         "engine": cursor.engine,
         "server_version": server,
         "location": target.display,
-        "schema_version": _schema_version(cursor),
+        "schema_version": schema_version(cursor),
         "latest_version": latest_version(cursor.engine),
         "tables": rows,
         "size_bytes": size,
