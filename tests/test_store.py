@@ -526,3 +526,62 @@ async def test_the_daemon_refuses_a_database_from_a_newer_shellm(db_setting, tmp
     output = daemon.protocol.output.decode()
     assert "schema version 99" in output and "Upgrade SheLLM" in output, output
     assert isinstance(ended, ProcessTerminated) and ended.exitCode == 1
+
+
+# -- what a client sees while the store is down
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_answers_while_the_store_is_down():
+    """
+    With the PostgreSQL store unreachable, a completion is still answered
+    (the limits fall back to the node's own) and its usage row kept,
+    /health says the store is down, and /usage is a JSON 503 saying the
+    store cannot be reached.
+    """
+    from shellm.completion import ProviderResult, Usage
+    from shellm.http.api import ShellmAPI
+    from shellm.http.web import ShellmSite
+    from tests.fake_providers import fake_providers, make_router
+    from tests.test_api import JSON, URL, stub_treq
+
+    clock = Clock()
+    clock.advance(1000)
+    providers = fake_providers()
+    store = Store(StoreTarget("postgresql", "postgresql://shellm:secret@127.0.0.1:1/shellm"), clock)
+    limiter = rate_limiter(clock, store, 2)
+    ledger = Ledger(store, clock)
+    api = ShellmAPI(clock, make_router(clock, providers), 1000, 15.0, limiter=limiter, ledger=ledger)
+    stub = stub_treq(ShellmSite(api.resource(), clock, 4096))
+    ledger.open()  # nothing listens on port 1: it keeps retrying, on the clock
+
+    health = await (await stub.get(URL + "/health")).json()
+    assert health["store"] == {"engine": "postgresql", "up": False}
+    providers["claude"].on_start = lambda run: run.emit("ok").succeed(ProviderResult(usage=Usage(1, 1)))
+    answers = []
+    for _ in range(3):
+        d = stub.post(URL + "/completions", data=json.dumps({"model": "claude", "prompt": "hi"}), headers=JSON)
+        stub.flush()
+        answers.append((await d).code)
+    assert answers == [200, 200, 429]  # the node's own global limit of 2
+    assert ledger.backlog == 2  # kept for when the store is back
+    response = await stub.get(URL + "/usage")
+    body = await response.json()
+    assert response.code == 503 and body["error"] == "store_unavailable"
+    assert "secret" not in json.dumps(body)
+    await store.close()
+
+
+def test_shellm_db_says_when_postgresql_cannot_be_reached(tmp_path, marker):
+    """
+    C{shellm db status} on a PostgreSQL URL nobody answers exits 1 with the
+    database named, its password hidden.
+    """
+    from tests.daemon import free_port
+    from tests.test_command import Shellm
+
+    url = f"postgresql://shellm:hunter2@127.0.0.1:{free_port()}/shellm"
+    result = Shellm(tmp_path, marker, SHELLM_DB=url)("db", "status")
+    assert result.returncode == 1
+    assert "shellm db: postgresql://shellm:***@127.0.0.1" in result.stderr and "cannot be used" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
