@@ -197,7 +197,8 @@ class Ledger:
 
     async def _totals(self, since: float, client: str | None) -> dict:
         await self._flush()
-        where, params = "time >= ?", [since]
+        where = "time >= ?"
+        params: list[object] = [since]
         if client is not None:
             where += " AND client = ?"
             params.append(client)

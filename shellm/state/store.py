@@ -350,7 +350,12 @@ class Store:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             return interaction(cursor, *args)
 
-        return self._pool.runInteraction(run)
+        return self._live_pool().runInteraction(run)
+
+    def _live_pool(self) -> adbapi.ConnectionPool:
+        if self._pool is None:
+            raise StoreUnavailable(f"the state store ({self.engine}) is closed")
+        return self._pool
 
     def interact(self, interaction, *args, durable: bool = True) -> Deferred:
         """
@@ -456,7 +461,7 @@ class Store:
             raise ValueError("a PostgreSQL store is backed up with pg_dump, e.g. pg_dump -Fc -f shellm.dump URL")
         if not self.up:
             return _unavailable(self.target)
-        return self._pool.runWithConnection(_backup_sqlite, os.path.abspath(os.path.expanduser(path)))
+        return self._live_pool().runWithConnection(_backup_sqlite, os.path.abspath(os.path.expanduser(path)))
 
 
 def _unavailable(target: StoreTarget) -> Deferred:
