@@ -125,7 +125,10 @@ class Ledger:
         if self._dropped:
             self.log.error("usage ledger behind the traffic: {count} rows dropped", count=self._dropped)
             self._dropped = 0
-        writing = self._writing = self.store.interact(_insert, rows, durable=False)
+        # Durable: a batch is one commit every FLUSH_INTERVAL at most, so
+        # waiting for the disk costs little, and a database crash then loses
+        # no row it acknowledged.
+        writing = self._writing = self.store.interact(_insert, rows)
         writing.addErrback(self._write_failed, rows)
         writing.addBoth(self._written)
         return writing

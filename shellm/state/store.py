@@ -361,8 +361,8 @@ class Store:
         """
         Run C{interaction(cursor, *args)} in one transaction in a pool
         thread; it commits if the function returns.  C{durable=False} is for
-        what may be lost in a database crash (counters, accounting): the
-        commit does not wait for the disk, as SQLite's C{synchronous=NORMAL}.
+        what may be forgotten in a database crash (the rate counters): on
+        PostgreSQL the commit does not wait for the WAL to reach the disk.
 
         @raise StoreUnavailable: (as a failure) the store is down or was
             lost during the call.
