@@ -87,6 +87,13 @@ def _provider_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _db(text: str) -> str:
+    from shellm.state.store import StoreTarget
+
+    StoreTarget.parse(text)  # raises ValueError with the reason
+    return text.strip()
+
+
 def _flag(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -229,7 +236,13 @@ SETTINGS: tuple[Setting, ...] = (
         "1 serves /metrics without a key when auth is on",
     ),
     Setting("global_rpm", "SHELLM_GLOBAL_RPM", "30", _int(1), "completion requests per minute for the whole gateway"),
-    Setting("db", "SHELLM_DB", "~/.shellm/shellm.db", _text, "SQLite usage ledger file"),
+    Setting(
+        "db",
+        "SHELLM_DB",
+        "~/.shellm/shellm.db",
+        _db,
+        "state store: a SQLite file, or a postgresql:// URL shared by nodes",
+    ),
     Setting("log_level", "LOG_LEVEL", "info", _log_level, "debug, info, warn, error or critical"),
 )
 

@@ -155,3 +155,12 @@ class Timeout(ShellmError):
 class InternalError(ShellmError):
     status = 500
     code = "internal_error"
+
+
+class StoreUnavailable(ShellmError):
+    """
+    The state store (the database behind SHELLM_DB) cannot be reached now.
+    """
+
+    status = 503
+    code = "store_unavailable"

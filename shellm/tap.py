@@ -31,11 +31,12 @@ from shellm.reload import ClientReload
 from shellm.routing.auth import Authenticator
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
-from shellm.routing.limits import RateLimiter
 from shellm.routing.queue import RequestQueue
 from shellm.routing.router import Router
+from shellm.routing.shared_limits import rate_limiter
 from shellm.state.ledger import Ledger
 from shellm.state.metrics import Metrics
+from shellm.state.store import SchemaTooNew, Store, check_not_newer
 
 
 def _option(name: str) -> str:
@@ -68,7 +69,8 @@ class Options(usage.Options):
             config = load_config(given, os.environ, self["env-file"] or None)
             # Parsed now so a typo stops start-up with a message, not a traceback.
             endpoints.serverFromString(None, config.listen)
-        except ConfigError as e:
+            check_not_newer(config.db)
+        except (ConfigError, SchemaTooNew) as e:
             raise usage.UsageError(str(e))
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"SHELLM_LISTEN: not a valid endpoint ({e})")
@@ -156,6 +158,7 @@ class ShellmService(MultiService):
         yield self._within(2.0, self._site.close_connections())
         yield self._pool.closeCachedConnections()
         yield self._ledger.close()
+        yield self._ledger.store.close()
 
     def _within(self, seconds: float, waiting: Deferred) -> Deferred:
         """
@@ -201,14 +204,15 @@ def makeService(options, reactor=None):
     metrics = Metrics(router.queues, router.circuits)
     router.on_call = metrics.count_call
     authenticator = Authenticator(config.clients)
-    ledger = Ledger(config.db, reactor)
+    store = Store.from_setting(config.db, reactor)
+    ledger = Ledger(store, reactor)
     api = ShellmAPI(
         reactor,
         router,
         config.max_prompt_chars,
         config.heartbeat,
         authenticator=authenticator,
-        limiter=RateLimiter(reactor, config.global_rpm),
+        limiter=rate_limiter(reactor, store, config.global_rpm),
         ledger=ledger,
         metrics=metrics,
         metrics_public=config.metrics_public,

@@ -111,3 +111,36 @@ def log_events():
     globalLogPublisher.addObserver(events.append)
     yield events
     globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """
+    One throwaway PostgreSQL cluster for the session (see tests/postgres.py).
+    """
+    from tests.postgres import start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def postgres_url(request):
+    """
+    A fresh, empty PostgreSQL database on the session's cluster.
+    """
+    from tests.postgres import require_postgres
+
+    require_postgres()
+    return request.getfixturevalue("postgres_cluster").new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_setting(request, tmp_path):
+    """
+    A SHELLM_DB value for an empty store, once per engine.
+    """
+    if request.param == "sqlite":
+        return str(tmp_path / "shellm.db")
+    return request.getfixturevalue("postgres_url")

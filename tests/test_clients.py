@@ -1,30 +1,23 @@
 """
-Clients: keys, limits, the usage ledger and metrics.
+Clients: keys, limits, usage through a daemon, and metrics (the ledger
+itself is tested on both engines in test_store.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import stat
-from contextlib import closing
 
 import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent
 
 from shellm.config import ConfigError, load_config
 from shellm.errors import RateLimited
 from shellm.routing import auth
 from shellm.routing.auth import ANONYMOUS, Authenticator, AuthRequired, Client, parse_clients, token_from_headers
 from shellm.routing.limits import RateLimiter, SlidingWindow
-from shellm.state import ledger as ledger_module
-from shellm.state.ledger import Ledger, UsageRecord
 from tests.conftest import fake_cli, wait_for_no_processes
 from tests.daemon import Daemon, sleep
 
@@ -168,15 +161,15 @@ def test_client_limit_rejection_does_not_spend_the_global_budget():
     clock = Clock()
     limiter = RateLimiter(clock, global_rpm=3)
     greedy, other = Client("greedy", KEY_A, 1), Client("other", KEY_B, 10)
-    limiter.admit(greedy)
+    limiter.admit_now(greedy)
     for _ in range(5):
         with pytest.raises(RateLimited) as raised:
-            limiter.admit(greedy)
+            limiter.admit_now(greedy)
         assert "greedy" in raised.value.message and raised.value.retry_after == 60
-    limiter.admit(other)
-    limiter.admit(other)
+    limiter.admit_now(other)
+    limiter.admit_now(other)
     with pytest.raises(RateLimited) as raised:
-        limiter.admit(other)
+        limiter.admit_now(other)
     assert "gateway" in raised.value.message
     assert len(limiter.global_window) == 3
 
@@ -187,167 +180,12 @@ def test_anonymous_is_bound_by_the_global_limit_only():
     """
     clock = Clock()
     limiter = RateLimiter(clock, global_rpm=2)
-    limiter.admit(ANONYMOUS)
-    limiter.admit(ANONYMOUS)
+    limiter.admit_now(ANONYMOUS)
+    limiter.admit_now(ANONYMOUS)
     with pytest.raises(RateLimited):
-        limiter.admit(ANONYMOUS)
+        limiter.admit_now(ANONYMOUS)
     clock.advance(60)
-    limiter.admit(ANONYMOUS)
-
-
-# -- ledger
-
-
-def _row(client="a", status=200, tokens=(10, 5), cost=0.5, when=1000.0, model="m"):
-    return UsageRecord(when, client, "claude", model, status, tokens[0], tokens[1], cost, 100, 0, "r")
-
-
-def _rows_on_disk(path) -> int:
-    with closing(sqlite3.connect(path)) as connection:
-        return connection.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
-
-
-@pytest_twisted.ensureDeferred
-async def test_ledger_aggregates_by_provider_and_model(tmp_path):
-    """
-    Totals add up requests, tokens, cost and errors per provider and model,
-    for one client or all, within the period, including rows recorded just
-    before; the file is private (0600).
-    """
-    path = str(tmp_path / "sub" / "shellm.db")
-    ledger = Ledger(path, reactor)
-    await ledger.open()
-    try:
-        ledger.record(_row())
-        ledger.record(_row(status=502, tokens=(None, None), cost=None))
-        ledger.record(_row(client="b", tokens=(1, 1), cost=None))
-        ledger.record(_row(when=10.0))  # too old
-        mine = await ledger.totals(500.0, "a")
-        everyone = await ledger.totals(500.0, None)
-    finally:
-        await ledger.close()
-    assert mine["totals"] == {"requests": 2, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5, "errors": 1}
-    assert everyone["totals"]["requests"] == 3 and everyone["totals"]["input_tokens"] == 11
-    assert mine["by_model"] == [
-        {
-            "provider": "claude",
-            "model": "m",
-            "requests": 2,
-            "input_tokens": 10,
-            "output_tokens": 5,
-            "cost_usd": 0.5,
-            "errors": 1,
-        }
-    ]
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-
-
-@pytest_twisted.ensureDeferred
-async def test_ledger_writes_in_batches_on_a_timer(tmp_path):
-    """
-    Rows wait in memory until the flush interval passes, then reach the file
-    together; closing writes what is still waiting and leaves no timer.
-    """
-    path = str(tmp_path / "shellm.db")
-    clock = Clock()
-    ledger = Ledger(path, clock)
-    await ledger.open()
-    for _ in range(3):
-        ledger.record(_row())
-    assert _rows_on_disk(path) == 0
-    assert len(clock.getDelayedCalls()) == 1
-    clock.advance(ledger_module.FLUSH_INTERVAL)
-    for _ in range(100):
-        if _rows_on_disk(path) == 3:
-            break
-        await sleep(0.02)
-    assert _rows_on_disk(path) == 3
-    ledger.record(_row())
-    await ledger.close()
-    assert _rows_on_disk(path) == 4
-    assert clock.getDelayedCalls() == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_ledger_writes_at_once_when_a_batch_is_full(tmp_path, monkeypatch):
-    """
-    A full batch does not wait for the interval.
-    """
-    monkeypatch.setattr(ledger_module, "FLUSH_ROWS", 4)
-    path = str(tmp_path / "shellm.db")
-    clock = Clock()
-    ledger = Ledger(path, clock)
-    await ledger.open()
-    try:
-        for _ in range(4):
-            ledger.record(_row())
-        clock.advance(0)
-        for _ in range(100):
-            if _rows_on_disk(path) == 4:
-                break
-            await sleep(0.02)
-        assert _rows_on_disk(path) == 4
-    finally:
-        await ledger.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_ledger_bounds_its_backlog_and_says_so(tmp_path, monkeypatch, log_events):
-    """
-    Past the backlog limit new rows are dropped rather than held without
-    bound, and the log says how many; what was held is still written.
-    """
-    monkeypatch.setattr(ledger_module, "MAX_PENDING_ROWS", 5)
-    path = str(tmp_path / "shellm.db")
-    ledger = Ledger(path, Clock())
-    await ledger.open()
-    for _ in range(8):
-        ledger.record(_row())
-    await ledger.close()
-    assert _rows_on_disk(path) == 5
-    assert "3 rows dropped" in " ".join(formatEvent(e) for e in log_events)
-
-
-@pytest_twisted.ensureDeferred
-async def test_ledger_write_failure_is_logged_not_raised(tmp_path, log_events):
-    """
-    A database that cannot be written degrades to a logged error; recording
-    and flushing still succeed, and later rows are written once it can be.
-    """
-    path = str(tmp_path / "shellm.db")
-    ledger = Ledger(path, Clock())
-    await ledger.open()
-    await ledger._pool.runOperation("ALTER TABLE usage RENAME TO moved")
-    ledger.record(_row())
-    assert await ledger.flush() is None
-    await ledger._pool.runOperation("ALTER TABLE moved RENAME TO usage")
-    ledger.record(_row())
-    await ledger.close()
-    assert "could not record usage of 1 requests" in " ".join(formatEvent(e) for e in log_events)
-    assert _rows_on_disk(path) == 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_ledger_survives_an_unexpected_write_error(tmp_path, monkeypatch, log_events):
-    """
-    Any other failure of a batch is logged with its traceback, and the
-    ledger goes on writing the next batches.
-    """
-    from twisted.internet.defer import fail
-
-    path = str(tmp_path / "shellm.db")
-    ledger = Ledger(path, Clock())
-    await ledger.open()
-    real = ledger._pool.runInteraction
-    monkeypatch.setattr(ledger._pool, "runInteraction", lambda *args: fail(RuntimeError("driver bug")))
-    ledger.record(_row())
-    await ledger.flush()
-    monkeypatch.setattr(ledger._pool, "runInteraction", real)
-    ledger.record(_row())
-    await ledger.close()
-    [failure] = [e["log_failure"] for e in log_events if "log_failure" in e]
-    assert failure.check(RuntimeError)
-    assert _rows_on_disk(path) == 1
+    limiter.admit_now(ANONYMOUS)
 
 
 # -- through a real daemon

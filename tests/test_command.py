@@ -29,7 +29,7 @@ from tests.conftest import fake_cli, processes_with_marker
 from tests.daemon import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("start", "stop", "restart", "status", "logs", "check", "version", "env-example")
+COMMANDS = ("start", "stop", "restart", "status", "logs", "check", "version", "env-example", "db")
 
 
 class Shellm:

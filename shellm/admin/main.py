@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from shellm import __version__
 from shellm.admin.check import cmd_check
 from shellm.admin.common import ENV_FILES, ERROR, CommandError, Paths, env_file_for, port_number, warn
+from shellm.admin.db import cmd_db
 from shellm.admin.env_example import cmd_env_example, cmd_version
 from shellm.admin.lifecycle import cmd_restart, cmd_start, cmd_stop
 from shellm.admin.logs import cmd_logs
@@ -29,6 +30,7 @@ commands:
   check     whether each CLI is installed and logged in, and how to fix it
   version   print the version
   env-example  print every setting with its default (etc/shellm.env.example)
+  db        the state store: status, migrate, backup PATH
 
 Files: $SHELLM_HOME (default ~/.shellm)/shellm.pid and logs/shellm.log.
 Settings (port, CLIs, keys) are read like the daemon reads them: the
@@ -172,6 +174,21 @@ def parser() -> argparse.ArgumentParser:
         "Print an example settings file: every setting with its default.",
         "  0  always\n",
     )
+    db = command(
+        "db",
+        cmd_db,
+        "The state store named by SHELLM_DB (a SQLite file, or a PostgreSQL database shared by "
+        "several nodes): `status` shows the engine, schema version, rows and size; `migrate` "
+        "applies the schema now (the daemon also does at start); `backup PATH` copies a SQLite "
+        "store while the daemon runs (for PostgreSQL, use pg_dump).",
+        "  0  done\n  1  the database cannot be reached, is from a newer SheLLM, or the command failed\n",
+    )
+    actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    db_status = actions.add_parser("status", help="engine, schema version, rows per table, size")
+    db_status.add_argument("--json", action="store_true", help="print JSON")
+    actions.add_parser("migrate", help="apply the missing schema migrations")
+    db_backup = actions.add_parser("backup", help="copy a SQLite store to PATH (online)")
+    db_backup.add_argument("path", metavar="PATH", help="the new file (must not exist)")
     return top
 
 

@@ -164,7 +164,7 @@ class ShellmAPI:
             return False
         return True
 
-    def _admit(self, client: Client, completion_request: CompletionRequest) -> Admission:
+    async def _admit(self, client: Client, completion_request: CompletionRequest) -> Admission:
         """
         Model allow-list, then the router's admission (a provider and a
         place in its queue), then rate limits: a request refused by a full
@@ -180,7 +180,7 @@ class ShellmAPI:
             raise
         if self._limiter is not None:
             try:
-                self._limiter.admit(client)
+                await self._limiter.admit(client)
             except BaseException:
                 admission.withdraw()
                 raise
@@ -315,7 +315,7 @@ class ShellmAPI:
         finally:
             stream.close()
 
-    def _take_on(self, request, dialect):
+    async def _take_on(self, request, dialect):
         """
         Who is asking and for what: the key first (an unknown caller learns
         nothing about validation), then the body, then the admission.
@@ -329,28 +329,28 @@ class ShellmAPI:
         )
         request.request_id = completion_request.request_id  # the body may name one
         request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
-        return client, completion_request, options, self._admit(client, completion_request)
+        return client, completion_request, options, await self._admit(client, completion_request)
 
     # -- routes
 
     @app.route("/completions", methods=["POST"])
     @speaks(seed)
     async def completions(self, request):
-        client, completion_request, _, admission = self._take_on(request, seed)
+        client, completion_request, _, admission = await self._take_on(request, seed)
         completion = await self._complete(request, client, completion_request, admission)
         return self._respond(request, 200, seed.completion_json(completion))
 
     @app.route("/completions/stream", methods=["POST"])
     @speaks(seed)
     async def completions_stream(self, request):
-        client, completion_request, _, admission = self._take_on(request, seed)
+        client, completion_request, _, admission = await self._take_on(request, seed)
         writer = seed.SeedStream(completion_request.request_id)
         await self._stream(request, client, completion_request, admission, writer)
 
     @app.route("/v1/chat/completions", methods=["POST"])
     @speaks(openai)
     async def chat_completions(self, request):
-        client, completion_request, options, admission = self._take_on(request, openai)
+        client, completion_request, options, admission = await self._take_on(request, openai)
         if options.stream:
             writer = openai.ChatStream(options, self._clock.seconds())
             return await self._stream(request, client, completion_request, admission, writer)
@@ -360,7 +360,7 @@ class ShellmAPI:
     @app.route("/v1/messages", methods=["POST"])
     @speaks(anthropic)
     async def messages(self, request):
-        client, completion_request, options, admission = self._take_on(request, anthropic)
+        client, completion_request, options, admission = await self._take_on(request, anthropic)
         if options.stream:
             writer = anthropic.MessageStream(options)
             return await self._stream(request, client, completion_request, admission, writer)
@@ -424,7 +424,8 @@ class ShellmAPI:
     async def health(self, request):
         healths = await self._router.health.current()
         if not self._has_key(request):
-            return self._respond(request, 200, health_summary(healths, self._router.queues))
+            store_up = self._ledger.store.up if self._ledger else None
+            return self._respond(request, 200, health_summary(healths, self._router.queues, store_up))
         providers = {}
         for name, health in healths.items():
             providers[name] = {**health.to_json(), "circuit": self._router.circuits[name].to_json()}
@@ -437,6 +438,7 @@ class ShellmAPI:
                 "queue": {**self._router.queues["cli"].to_json(), "http": self._router.queues["http"].to_json()},
                 "uptime_seconds": round(self._clock.seconds() - self._started),
                 "version": __version__,
+                "store": self._ledger.store.to_json() if self._ledger else None,
             },
         )
 

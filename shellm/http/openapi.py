@@ -165,6 +165,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                     "400": _ERRORS["400"],
                     "401": _ERRORS["401"],
                     "500": _ERRORS["500"],
+                    "503": _error("The state store (SHELLM_DB) cannot be reached now"),
                 },
             }
         },
@@ -286,6 +287,15 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "queue": {"type": "object"},
                         "uptime_seconds": {"type": "integer"},
                         "version": {"type": "string"},
+                        "store": {
+                            "description": "The state store (SHELLM_DB) and whether it answers now",
+                            "type": ["object", "null"],
+                            "required": ["engine", "up"],
+                            "properties": {
+                                "engine": {"type": "string", "enum": ["sqlite", "postgresql"]},
+                                "up": {"type": "boolean"},
+                            },
+                        },
                     },
                 },
             },

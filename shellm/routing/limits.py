@@ -1,11 +1,15 @@
 """
-Requests per minute, globally and per client, over sliding 60-second windows.
+Requests per minute, globally and per client, over sliding 60-second
+windows, in this node's memory (the limits on one box; with a shared store,
+L{shellm.routing.shared_limits} counts across nodes and falls back to this).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from shellm.errors import RateLimited
 from shellm.routing.auth import Client
@@ -66,8 +70,19 @@ class RateLimiter:
             window = self._client_windows[client.name] = SlidingWindow(self._clock, client.rpm)
         return window
 
-    def admit(self, client: Client) -> None:
+    def admit(self, client: Client) -> Deferred:
         """
+        Count one request of C{client}, or refuse it.  The same interface as
+        the shared limiter, which has to ask the database.
+
+        @raise RateLimited: (as a failure) with C{retry_after} in whole seconds.
+        """
+        return maybeDeferred(self.admit_now, client)
+
+    def admit_now(self, client: Client) -> None:
+        """
+        L{admit}, at once.
+
         @raise RateLimited: with C{retry_after} in whole seconds.
         """
         own = self.window_for(client)

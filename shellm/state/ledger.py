@@ -1,39 +1,19 @@
 """
-The usage ledger: one row per finished request in an embedded SQLite
-database, written and read through C{twisted.enterprise.adbapi} so the
-reactor never waits on the disk.
+The usage ledger: one row per finished request, in the state store
+(L{shellm.state.store}: SQLite on one box, PostgreSQL shared by several
+nodes), written in batches from pool threads so the reactor never waits.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-
 from attrs import frozen
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
-PERIODS = {"24h": 24 * 3600, "7d": 7 * 24 * 3600, "30d": 30 * 24 * 3600}
+from shellm.errors import StoreUnavailable
+from shellm.state.store import Store
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    client TEXT NOT NULL,
-    provider TEXT,
-    model TEXT,
-    status INTEGER NOT NULL,
-    input_tokens INTEGER,
-    output_tokens INTEGER,
-    cost_usd REAL,
-    duration_ms INTEGER,
-    queued_ms INTEGER,
-    request_id TEXT
-);
-CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time);
-CREATE INDEX IF NOT EXISTS usage_by_client_time ON usage (client, time);
-"""
+PERIODS = {"24h": 24 * 3600, "7d": 7 * 24 * 3600, "30d": 30 * 24 * 3600}
 
 
 @frozen
@@ -51,22 +31,13 @@ class UsageRecord:
     request_id: str | None
 
 
-def _connect_private(path: str):
-    """
-    Create the database file (and its folder) readable by the service user
-    only, before SQLite opens it.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-
-
 #: Rows are written together, at most this long after the first of them...
 FLUSH_INTERVAL = 0.2
 #: ...or as soon as this many are waiting.
 FLUSH_ROWS = 500
-#: Rows held while the disk is slower than the traffic; past this, new rows
-#: are dropped (and counted in the log) rather than growing without bound.
+#: Rows held while the database is slower than the traffic, or unreachable;
+#: past this, new rows are dropped (and counted in the log) rather than
+#: growing without bound.
 MAX_PENDING_ROWS = 50_000
 
 _INSERT = (
@@ -80,52 +51,41 @@ class Ledger:
     """
     Rows are buffered in memory and written in batches, one transaction at a
     time: a thread hand-off and a commit per request would cost more than
-    the rest of the request put together.
+    the rest of the request put together.  While the store is down, rows
+    wait (within L{MAX_PENDING_ROWS}) and are written when it is back.
     """
 
     log = Logger()
 
-    def __init__(self, path: str, clock):
-        self.path = os.path.expanduser(path)
+    def __init__(self, store: Store, clock):
+        self.store = store
         self._clock = clock
-        self._pool: adbapi.ConnectionPool | None = None
+        self._open = False
         self._pending: list[tuple] = []
         self._timer = None
         self._writing: Deferred | None = None
         self._dropped = 0
+        store.when_up(self._store_up)
 
     def open(self) -> Deferred:
         """
-        Create the file and the schema (in a pool thread).
+        Open the store (connect and migrate); fires when it is usable.
+        Rows recorded before then wait for it.
         """
-        _connect_private(self.path)
-        self._pool = adbapi.ConnectionPool(
-            "sqlite3",
-            self.path,
-            check_same_thread=False,
-            timeout=5,
-            cp_min=1,
-            cp_max=1,  # SQLite writes one at a time anyway
-            cp_openfun=self._configure,
-        )
-        return self._pool.runInteraction(self._create)
+        self._open = True
+        return self.store.open()
 
-    def _configure(self, connection) -> None:
-        connection.execute("PRAGMA journal_mode=WAL")
-        # With WAL this cannot corrupt the file; a power cut may lose the
-        # last batch, which is accounting, not a request.
-        connection.execute("PRAGMA synchronous=NORMAL")
-
-    def _create(self, cursor) -> None:
-        cursor.executescript(_SCHEMA)
+    def _store_up(self) -> None:
+        if self._pending:
+            self._write_soon(0)
 
     def record(self, row: UsageRecord) -> None:
         """
-        Queue a row; it reaches the file within L{FLUSH_INTERVAL}.  Never
-        fails: a full disk or a locked database is logged, and the request
-        it describes is unaffected.
+        Queue a row; it reaches the database within L{FLUSH_INTERVAL} (or
+        once the database is back).  Never fails: a full disk or a lost
+        database is logged, and the request it describes is unaffected.
         """
-        if self._pool is None:
+        if not self._open:
             return
         if len(self._pending) >= MAX_PENDING_ROWS:
             self._dropped += 1
@@ -151,8 +111,8 @@ class Ledger:
             self._write_soon(FLUSH_INTERVAL)
 
     def _write_soon(self, delay: float) -> None:
-        if self._writing is not None:
-            return  # the running write starts the next one when it ends
+        if self._writing is not None or not self.store.up:
+            return  # the running write, or the store coming back, starts the next
         if self._timer is not None:
             if delay:
                 return
@@ -165,8 +125,11 @@ class Ledger:
         if self._dropped:
             self.log.error("usage ledger behind the traffic: {count} rows dropped", count=self._dropped)
             self._dropped = 0
-        writing = self._writing = self._pool.runInteraction(_insert, rows)
-        writing.addErrback(self._write_failed, len(rows))
+        # Durable: a batch is one commit every FLUSH_INTERVAL at most, so
+        # waiting for the disk costs little, and a database crash then loses
+        # no row it acknowledged.
+        writing = self._writing = self.store.interact(_insert, rows)
+        writing.addErrback(self._write_failed, rows)
         writing.addBoth(self._written)
         return writing
 
@@ -175,30 +138,44 @@ class Ledger:
         if self._pending:
             self._write_soon(0 if len(self._pending) >= FLUSH_ROWS else FLUSH_INTERVAL)
 
-    def _write_failed(self, failure, count: int) -> None:
-        if failure.check(sqlite3.Error, OSError):
-            self.log.error("could not record usage of {count} requests: {why}", count=count, why=str(failure.value))
+    def _write_failed(self, failure, rows: list[tuple]) -> None:
+        if failure.check(StoreUnavailable):
+            # Kept, oldest first, for when the store is back.
+            kept = (rows + self._pending)[:MAX_PENDING_ROWS]
+            self._dropped += len(rows) + len(self._pending) - len(kept)
+            self._pending = kept
+        elif self.store.is_sql_error(failure):
+            self.log.error("could not record usage of {count} requests: {why}", count=len(rows), why=str(failure.value))
         else:
-            self.log.failure("could not record usage of {count} requests", failure, count=count)
+            self.log.failure("could not record usage of {count} requests", failure, count=len(rows))
+
+    @property
+    def backlog(self) -> int:
+        """
+        Rows recorded but not yet written.
+        """
+        return len(self._pending)
 
     def flush(self) -> Deferred:
         """
-        Fires once every row recorded so far is written (or has failed).
+        Fires once every row recorded so far is written, has failed, or
+        waits for the store to come back.
         """
         return ensureDeferred(self._flush())
 
     async def _flush(self) -> None:
-        while self._pool is not None and (self._pending or self._writing is not None):
+        while self._open and (self._writing is not None or (self._pending and self.store.up)):
             if self._writing is not None:
                 await self._writing
             else:
                 if self._timer is not None:
                     self._timer.cancel()
+                    self._timer = None
                 await self._write()
 
     def close(self) -> Deferred:
         """
-        Write what is pending, then close the database.
+        Write what is pending; the store itself is closed by its owner.
         """
         return ensureDeferred(self._close())
 
@@ -207,25 +184,28 @@ class Ledger:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        if self._pending:
+            self.log.error("usage of {count} requests not recorded: the state store is down", count=len(self._pending))
+        self._open = False
 
     def totals(self, since: float, client: str | None) -> Deferred:
         """
         Requests, tokens, cost and errors by provider and model since
         C{since}, for one client or (L{None}) all, including every request
         recorded before the call.
+
+        @raise StoreUnavailable: (as a failure) the store is down.
         """
         return ensureDeferred(self._totals(since, client))
 
     async def _totals(self, since: float, client: str | None) -> dict:
         await self._flush()
-        where, params = "time >= ?", [since]
+        where = "time >= ?"
+        params: list[object] = [since]
         if client is not None:
             where += " AND client = ?"
             params.append(client)
-        rows = await self._pool.runQuery(
+        rows = await self.store.query(
             "SELECT provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens),"
             " SUM(cost_usd), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)"
             f" FROM usage WHERE {where} GROUP BY provider, model ORDER BY provider, model",
@@ -246,11 +226,12 @@ def _shape_totals(rows) -> dict:
         entry = {
             "provider": provider,
             "model": model,
-            "requests": requests,
-            "input_tokens": tokens_in or 0,
-            "output_tokens": tokens_out or 0,
-            "cost_usd": round(cost or 0.0, 6),
-            "errors": errors,
+            # int(): PostgreSQL sums integers as NUMERIC (Decimal).
+            "requests": int(requests),
+            "input_tokens": int(tokens_in or 0),
+            "output_tokens": int(tokens_out or 0),
+            "cost_usd": round(float(cost or 0.0), 6),
+            "errors": int(errors or 0),
         }
         by_model.append(entry)
         for key in totals:
