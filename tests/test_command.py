@@ -22,7 +22,7 @@ import urllib.request
 import pytest
 
 from shellm import __version__
-from shellm.admin.common import Listener, Paths
+from shellm.admin.common import PROBE_TIMEOUT, Listener, Paths
 from shellm.admin.lifecycle import last_exception
 from shellm.admin.logs import render_log_line
 from tests.conftest import fake_cli, processes_with_marker
@@ -216,18 +216,23 @@ def test_stale_pid_file(shellm, owner):
 @pytest.mark.parametrize("listening", [True, False], ids=["listening", "bound"])
 def test_port_in_use(shellm, marker, listening):
     """
-    When another program holds the port, C{start} fails with a message
-    that says so and a non-zero exit, and leaves no PID file or process:
-    whether the command sees it first (a listener) or twistd's bind fails.
+    When another program holds the port (listening without ever answering,
+    or only bound), C{start} fails at once with a message that says so and
+    a non-zero exit, and leaves no PID file or process.  "At once": the
+    command's own start-up plus at most PROBE_TIMEOUT, where it used to wait
+    5 s for an answer and then for twistd to fail.
     """
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", shellm.port))
         if listening:
             taken.listen()
-        for args in (("start", "-d"), ("start",)) if listening else (("start", "-d"),):
+        for args in (("start", "-d"), ("start",)):
+            began = time.monotonic()
             result = shellm(*args)
+            took = time.monotonic() - began
             assert result.returncode == 1, (args, result.stdout, result.stderr)
-            assert f"port {shellm.port} is already in use" in result.stderr
+            assert f"port {shellm.port} is already in use by another program" in result.stderr
+            assert took < PROBE_TIMEOUT + 2.5, f"{args}: {took:.1f}s"
             assert "Traceback" not in result.stderr
             assert shellm.pid() is None
     wait_until(lambda: no_processes(marker), 10, "no process left")
@@ -364,6 +369,9 @@ def test_foreground_daemon_is_managed_elsewhere(shellm, marker):
         assert json.loads(shellm("status", "--json").stdout)["managed"] == "elsewhere"
         stop = shellm("stop")
         assert stop.returncode == 5 and "managed elsewhere" in stop.stderr
+        again = shellm("start", "-d")
+        assert again.returncode == 1 and "already running on port" in again.stderr
+        assert "managed elsewhere" in again.stderr
         assert shellm.answers()
     finally:
         foreground.send_signal(signal.SIGTERM)

@@ -45,6 +45,12 @@ ENV_FILES = (".env", "/etc/shellm/shellm.env")
 HEALTH_TIMEOUT = 20.0  # the first /health waits for every provider's check
 
 
+#: How long C{start} waits for whatever holds its port to answer as SheLLM:
+#: C{/openapi.json} needs no provider check, so a daemon answers at once and
+#: a program that holds the port silently costs only this.
+PROBE_TIMEOUT = 1.0
+
+
 class CommandError(Exception):
     """
     Ends the command with a message on stderr and C{code}.
@@ -243,6 +249,23 @@ def get_health(listener: Listener, timeout: float = HEALTH_TIMEOUT) -> dict:
     if not isinstance(health, dict) or "providers" not in health:
         raise NoAnswer("the answer is not SheLLM's /health")
     return health
+
+
+def answers_as_shellm(listener: Listener, timeout: float = PROBE_TIMEOUT) -> bool:
+    """
+    Whether SheLLM answers on the daemon's port, asked with its
+    C{/openapi.json} (unlike C{/health}, it does not wait for the providers).
+    """
+    if listener.port is None:
+        return False
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(listener.url + "/openapi.json", timeout=timeout) as response:
+            document = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    info = document.get("info") if isinstance(document, dict) else None
+    return isinstance(info, dict) and info.get("title") == "SheLLM"
 
 
 def port_taken(listener: Listener) -> bool:

@@ -24,6 +24,7 @@ from shellm.admin.common import (
     Listener,
     NoAnswer,
     Paths,
+    answers_as_shellm,
     get_health,
     is_daemon,
     listener_for,
@@ -58,20 +59,17 @@ def refuse_if_running(paths: Paths, listener: Listener) -> None:
         raise CommandError(f"SheLLM is already running (pid {pid}); `shellm stop` first")
     if stale is not None:
         remove_pid_file(paths, stale)
-    try:
-        get_health(listener, timeout=5)
-    except NoAnswer:
-        pass
-    else:
+    # Trying the port is instant; asking what holds it is needed only when
+    # it is held, and is bounded by PROBE_TIMEOUT rather than /health's wait.
+    why = bind_error(listener)
+    if why is None:
+        return
+    if port_taken(listener) and answers_as_shellm(listener):
         raise CommandError(
             f"SheLLM is already running on port {listener.port}, managed elsewhere "
             "(e.g. systemd: `systemctl status shellm`)"
         )
-    if port_taken(listener):
-        raise CommandError(
-            f"port {listener.port} is already in use by another program; "
-            "stop it, or choose another port with --port or SHELLM_LISTEN"
-        )
+    raise CommandError(why)
 
 
 def daemon_arguments(args, listener: Listener) -> list[str]:
@@ -167,7 +165,10 @@ def bind_error(listener: Listener) -> str | None:
             probe.bind((interface, listener.port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                return f"port {listener.port} is already in use; choose another with --port or SHELLM_LISTEN"
+                return (
+                    f"port {listener.port} is already in use by another program; "
+                    "stop it, or choose another port with --port or SHELLM_LISTEN"
+                )
             if e.errno == errno.EACCES:
                 return f"not allowed to listen on port {listener.port} (ports below 1024 need root)"
             if e.errno == errno.EADDRNOTAVAIL:
