@@ -19,7 +19,6 @@ import sys
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
@@ -33,6 +32,7 @@ from shellm.providers.http_client import ReusedEndpoints, upstream_client
 from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
 
 from .conftest import fake_cli, wait_for_no_processes
+from .daemon import eventually
 from .fakes.fake_openai_server import FakeOpenAI, start_fake_openai
 
 #: No single test may take longer than this on the real reactor.
@@ -68,16 +68,15 @@ async def _reactor_left_clean(reactor, before, within: float = 3.0) -> None:
     Wait (briefly) until every timer, pipe and socket the test created is
     gone, then insist on it.
     """
-    waited = 0.0
-    while True:
+
+    def extra():
         calls, readers, writers = _reactor_state(reactor)
-        extra = (calls - before[0], readers - before[1], writers - before[2])
-        if not any(extra) or waited >= within:
-            break
-        await deferLater(reactor, 0.05, lambda: None)
-        waited += 0.05
-    assert not extra[0], f"timers left pending: {extra[0]}"
-    assert not extra[1] and not extra[2], f"connections left open: {extra[1:]}"
+        return calls - before[0], readers - before[1], writers - before[2]
+
+    await eventually(lambda: not any(extra()), within)
+    left = extra()
+    assert not left[0], f"timers left pending: {left[0]}"
+    assert not left[1] and not left[2], f"connections left open: {left[1:]}"
 
 
 def real_reactor_test(f):
@@ -97,12 +96,6 @@ def real_reactor_test(f):
         await _reactor_left_clean(reactor, before)
 
     return pytest_twisted.ensureDeferred(guarded)
-
-
-async def sleep(seconds: float) -> None:
-    from twisted.internet import reactor
-
-    await deferLater(reactor, seconds, lambda: None)
 
 
 def request(
@@ -628,10 +621,7 @@ async def test_cancel_mid_run(cli, make_provider, marker, tmp_path):
     record = tmp_path / "record.jsonl"
     provider = make_provider(cli, env={"FAKE_MODE": "hang", "FAKE_RECORD": str(record)})
     run = provider.start(request(cli), None, Events())
-    for _ in range(200):
-        if record.exists() and record.stat().st_size:
-            break
-        await sleep(0.025)
+    assert await eventually(lambda: record.exists() and record.stat().st_size)
     [rec] = read_records(record)
     assert alive(rec["pid"])
     run.result.cancel()
@@ -850,11 +840,7 @@ async def upstream_connection_closed(fake, within: float = 2.0) -> bool:
     Whether the server saw every streaming request's connection go away
     (before the test shuts the server down, which would close them anyway).
     """
-    waited = 0.0
-    while fake._open and waited < within:
-        await sleep(0.05)
-        waited += 0.05
-    return not fake._open
+    return await eventually(lambda: not fake._open, within)
 
 
 async def cerebras_run(provider, req, upstream="gpt-oss-120b"):

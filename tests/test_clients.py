@@ -26,7 +26,7 @@ from shellm.routing.limits import RateLimiter, SlidingWindow
 from shellm.state import ledger as ledger_module
 from shellm.state.ledger import Ledger, UsageRecord
 from tests.conftest import fake_cli, wait_for_no_processes
-from tests.daemon import Daemon, sleep
+from tests.daemon import Daemon, eventually
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
@@ -257,11 +257,7 @@ async def test_ledger_writes_in_batches_on_a_timer(tmp_path):
     assert _rows_on_disk(path) == 0
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(ledger_module.FLUSH_INTERVAL)
-    for _ in range(100):
-        if _rows_on_disk(path) == 3:
-            break
-        await sleep(0.02)
-    assert _rows_on_disk(path) == 3
+    assert await eventually(lambda: _rows_on_disk(path) == 3)
     ledger.record(_row())
     await ledger.close()
     assert _rows_on_disk(path) == 4
@@ -282,11 +278,7 @@ async def test_ledger_writes_at_once_when_a_batch_is_full(tmp_path, monkeypatch)
         for _ in range(4):
             ledger.record(_row())
         clock.advance(0)
-        for _ in range(100):
-            if _rows_on_disk(path) == 4:
-                break
-            await sleep(0.02)
-        assert _rows_on_disk(path) == 4
+        assert await eventually(lambda: _rows_on_disk(path) == 4)
     finally:
         await ledger.close()
 
@@ -466,11 +458,11 @@ async def test_sighup_reloads_clients_from_the_env_file(tmp_path, marker):
         assert (await _post(daemon, KEY_A))[0].code == 200
         (tmp_path / ".env").write_text(f"SHELLM_CLIENTS='{json.dumps({'b': {'key': KEY_B}})}'\n")
         daemon.transport.signalProcess("HUP")
-        for _ in range(50):
-            if (await _post(daemon, KEY_A))[0].code == 401:
-                break
-            await sleep(0.05)
-        assert (await _post(daemon, KEY_A))[0].code == 401
+
+        async def old_key_refused():
+            return (await _post(daemon, KEY_A))[0].code == 401
+
+        assert await eventually(old_key_refused)
         assert (await _post(daemon, KEY_B))[0].code == 200
     finally:
         await daemon.stop()

@@ -26,7 +26,7 @@ from shellm.admin.common import PROBE_TIMEOUT, Listener, Paths
 from shellm.admin.lifecycle import last_exception
 from shellm.admin.logs import render_log_line
 from tests.conftest import fake_cli, processes_with_marker
-from tests.daemon import free_port
+from tests.daemon import free_port, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("start", "stop", "restart", "status", "logs", "check", "version", "env-example")
@@ -103,15 +103,6 @@ class Shellm:
             return self.get("/health") == 200
         except OSError:
             return False
-
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def no_processes(marker: str) -> bool:
@@ -469,8 +460,12 @@ def test_log_file_honours_log_level(shellm):
     assert shellm("start", "-d").returncode == 0
     try:
         assert shellm.get("/health") == 200
-        time.sleep(0.5)
-        assert '"path": "/health"' in open(shellm.paths.log_file).read()
+
+        def access_line_logged() -> bool:
+            with open(shellm.paths.log_file) as f:
+                return '"path": "/health"' in f.read()
+
+        wait_until(access_line_logged, 10, "the /health access line")
     finally:
         assert shellm("stop").returncode == 0
 
