@@ -35,6 +35,8 @@ from .conftest import fake_cli, wait_for_no_processes
 from .daemon import eventually
 from .fakes.fake_openai_server import FakeOpenAI, start_fake_openai
 
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
+
 #: No single test may take longer than this on the real reactor.
 GUARD_SECONDS = 20.0
 #: What the fakes print in their errors, stderr and upstream bodies.

@@ -364,6 +364,7 @@ async def _post(daemon, key=None, model="claude", header="authorization"):
     return response, json.loads(await response.content())
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_keys_limits_usage_and_metrics_end_to_end(tmp_path, marker):
     """
@@ -443,6 +444,7 @@ async def test_keys_limits_usage_and_metrics_end_to_end(tmp_path, marker):
     assert await wait_for_no_processes(marker) == []
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_sighup_reloads_clients_from_the_env_file(tmp_path, marker):
     """

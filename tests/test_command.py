@@ -28,6 +28,8 @@ from shellm.admin.logs import render_log_line
 from tests.conftest import fake_cli, processes_with_marker
 from tests.daemon import free_port, wait_until
 
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("start", "stop", "restart", "status", "logs", "check", "version", "env-example")
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
 import pytest_twisted
 import treq
 
 from tests.conftest import fake_cli, processes_with_marker, wait_for_no_processes
 from tests.daemon import Daemon, eventually, health_of, open_stream
+
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
 
 
 def claude_env(marker, **fake):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -18,6 +19,8 @@ from twisted.internet.defer import DeferredList
 from tests.conftest import fake_cli, processes_with_marker
 from tests.daemon import Daemon, eventually, health_of, open_stream
 from tests.fakes.fake_openai_server import start_fake_openai
+
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
 
 # (prompt, what the client may see): statuses for a plain request; for a
 # stream, whether it may end in "done" and/or "error".
