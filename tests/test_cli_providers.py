@@ -33,6 +33,7 @@ from shellm.providers.process import CliRunner, SessionSpawner, find_launcher
 
 from .conftest import fake_cli, wait_for_no_processes
 from .daemon import eventually
+from .fakes.engine import split_text  # the pieces the fakes send for FAKE_CHUNKS=n
 from .fakes.fake_openai_server import FakeOpenAI, start_fake_openai
 
 pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
@@ -50,14 +51,6 @@ CLI_PROVIDERS = {
 ALL_CLIS = pytest.mark.parametrize("cli", sorted(CLI_PROVIDERS))
 #: The CLIs that stream pieces of text (codex sends whole messages).
 TOKEN_CLIS = ("claude", "gemini")
-
-
-def split_text(text: str, n: int) -> list[str]:
-    """
-    The pieces the fakes send for C{FAKE_CHUNKS=n} (same rule as theirs).
-    """
-    n = max(1, min(n, len(text)))
-    return [text[i * len(text) // n : (i + 1) * len(text) // n] for i in range(n)]
 
 
 def _reactor_state(reactor):
