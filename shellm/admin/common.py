@@ -154,7 +154,7 @@ def setting(name: str, environ: Mapping[str, str], env_file: str | None) -> str:
     return from_file.get(spec.env, spec.default)
 
 
-def listener_for(args, environ: Mapping[str, str]) -> Listener:
+def listener_for(args: argparse.Namespace, environ: Mapping[str, str]) -> Listener:
     listener = Listener.parse(setting("listen", environ, args.env_file_path).strip())
     if getattr(args, "port", None) is not None:
         listener = listener.on_port(args.port)
@@ -308,7 +308,7 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def yes_no(value) -> str:
+def yes_no(value: object) -> str:
     return "?" if value is None else ("yes" if value else "no")
 
 
