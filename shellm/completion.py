@@ -115,7 +115,7 @@ class ProviderHealth:
         return self.installed and self.authenticated
 
     def to_json(self) -> dict:
-        body = {"installed": self.installed, "authenticated": self.authenticated}
+        body: dict[str, object] = {"installed": self.installed, "authenticated": self.authenticated}
         if self.version:
             body["version"] = self.version
         if self.error:

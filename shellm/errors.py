@@ -48,7 +48,7 @@ class ShellmError(Exception):
         return None
 
     def to_json(self) -> dict:
-        body = {"error": self.code, "message": self.message}
+        body: dict[str, object] = {"error": self.code, "message": self.message}
         if self.retry_after is not None:
             body["retry_after"] = self.retry_after
         return body

@@ -5,7 +5,7 @@ it, and the model string passed on to that provider.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from attrs import frozen
@@ -98,5 +98,5 @@ class ModelTable:
     def aliases_of(self, provider: str) -> list[str]:
         return [a for a, e in self._by_alias.items() if e.provider == provider]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelEntry]:
         return iter(self._by_alias.values())

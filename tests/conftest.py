@@ -62,16 +62,10 @@ async def wait_for_no_processes(marker: str, timeout: float = 5.0) -> list[int]:
     Poll (on the real reactor) until no process carries C{marker}; return
     what is still there after C{timeout}.
     """
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
+    from tests.daemon import eventually
 
-    left = processes_with_marker(marker)
-    waited = 0.0
-    while left and waited < timeout:
-        await deferLater(reactor, 0.05, lambda: None)
-        waited += 0.05
-        left = processes_with_marker(marker)
-    return left
+    await eventually(lambda: not processes_with_marker(marker), timeout)
+    return processes_with_marker(marker)
 
 
 @pytest.fixture

@@ -1,14 +1,18 @@
 """
-A real C{twistd -n shellm} in a child process, and a streaming HTTP client
-that reads server-sent events one at a time, for the integration tests.
+A real C{twistd -n shellm} in a child process, a streaming HTTP client
+that reads server-sent events one at a time, and the tests' one way to wait
+for something (L{eventually}, L{wait_until}: a bounded poll, never a fixed
+sleep), for the integration tests.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
 import sys
+import time
 
 import treq
 from twisted.internet import reactor
@@ -25,22 +29,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
+POLL_INTERVAL = 0.05
 
 
-async def eventually(check, timeout: float = 10.0, interval: float = 0.05):
+async def eventually(check, timeout: float = 10.0, interval: float = POLL_INTERVAL):
     """
-    Await C{check()} (a coroutine function) until it returns something true;
-    return its last result.
+    Call C{check()} (a plain or a coroutine function) on the real reactor
+    until it returns something true, for at most C{timeout} seconds; return
+    its last result, so C{assert await eventually(...)} fails on time-out.
     """
-    waited = 0.0
+    deadline = time.monotonic() + timeout
     while True:
-        result = await check()
-        if result or waited >= timeout:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result or time.monotonic() >= deadline:
             return result
-        await sleep(interval)
-        waited += interval
+        await deferLater(reactor, interval, lambda: None)
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition", interval: float = POLL_INTERVAL):
+    """
+    The blocking L{eventually}, for tests that drive subprocesses without a
+    reactor: return C{predicate()}'s first true result.
+
+    @raise AssertionError: naming C{what}, after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 async def health_of(url: str, key: str | None = None) -> dict:
@@ -112,20 +134,19 @@ class Daemon:
         return self.protocol.output.decode("utf-8", "replace").splitlines()
 
     async def started(self, timeout: float = 15.0) -> None:
-        waited = 0.0
-        while waited < timeout:
+
+        async def answers() -> bool:
             if self.protocol.ended.called:
                 raise AssertionError("daemon exited:\n" + self.protocol.output.decode())
             try:
                 response = await treq.get(self.url + "/health", timeout=2)
                 await response.content()
-                if response.code == 200:
-                    return
             except Exception:
-                pass
-            await sleep(0.1)
-            waited += 0.1
-        raise AssertionError("daemon did not start:\n" + self.protocol.output.decode())
+                return False
+            return response.code == 200
+
+        if not await eventually(answers, timeout, interval=0.1):
+            raise AssertionError("daemon did not start:\n" + self.protocol.output.decode())
 
     async def stop(self, signal: str = "TERM", timeout: float = 20.0):
         if not self.protocol.ended.called:
@@ -133,11 +154,7 @@ class Daemon:
         return await self.exited(timeout)
 
     async def exited(self, timeout: float = 20.0):
-        waited = 0.0
-        while not self.protocol.ended.called and waited < timeout:
-            await sleep(0.05)
-            waited += 0.05
-        if not self.protocol.ended.called:
+        if not await eventually(lambda: self.protocol.ended.called, timeout):
             self.transport.signalProcess("KILL")
             raise AssertionError("daemon did not exit in time:\n" + self.protocol.output.decode())
         return await self.protocol.ended

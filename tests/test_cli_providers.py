@@ -19,7 +19,6 @@ import sys
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 
 from shellm.completion import CompletionRequest, ProviderResult, TextDelta, Usage
@@ -34,7 +33,11 @@ from shellm.providers.process import CliRunner
 from shellm.providers.spawner import SessionSpawner, find_launcher
 
 from .conftest import alive, fake_cli, wait_for_no_processes
+from .daemon import eventually
+from .fakes.engine import split_text  # the pieces the fakes send for FAKE_CHUNKS=n
 from .fakes.fake_openai_server import FakeOpenAI, start_fake_openai
+
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
 
 #: No single test may take longer than this on the real reactor.
 GUARD_SECONDS = 20.0
@@ -51,14 +54,6 @@ ALL_CLIS = pytest.mark.parametrize("cli", sorted(CLI_PROVIDERS))
 TOKEN_CLIS = ("claude", "gemini")
 
 
-def split_text(text: str, n: int) -> list[str]:
-    """
-    The pieces the fakes send for C{FAKE_CHUNKS=n} (same rule as theirs).
-    """
-    n = max(1, min(n, len(text)))
-    return [text[i * len(text) // n : (i + 1) * len(text) // n] for i in range(n)]
-
-
 def _reactor_state(reactor):
     calls = {c for c in reactor.getDelayedCalls() if c.active()}
     return calls, set(reactor.getReaders()), set(reactor.getWriters())
@@ -69,16 +64,15 @@ async def _reactor_left_clean(reactor, before, within: float = 3.0) -> None:
     Wait (briefly) until every timer, pipe and socket the test created is
     gone, then insist on it.
     """
-    waited = 0.0
-    while True:
+
+    def extra():
         calls, readers, writers = _reactor_state(reactor)
-        extra = (calls - before[0], readers - before[1], writers - before[2])
-        if not any(extra) or waited >= within:
-            break
-        await deferLater(reactor, 0.05, lambda: None)
-        waited += 0.05
-    assert not extra[0], f"timers left pending: {extra[0]}"
-    assert not extra[1] and not extra[2], f"connections left open: {extra[1:]}"
+        return calls - before[0], readers - before[1], writers - before[2]
+
+    await eventually(lambda: not any(extra()), within)
+    left = extra()
+    assert not left[0], f"timers left pending: {left[0]}"
+    assert not left[1] and not left[2], f"connections left open: {left[1:]}"
 
 
 def real_reactor_test(f):
@@ -98,12 +92,6 @@ def real_reactor_test(f):
         await _reactor_left_clean(reactor, before)
 
     return pytest_twisted.ensureDeferred(guarded)
-
-
-async def sleep(seconds: float) -> None:
-    from twisted.internet import reactor
-
-    await deferLater(reactor, seconds, lambda: None)
 
 
 def request(
@@ -620,10 +608,7 @@ async def test_cancel_mid_run(cli, make_provider, marker, tmp_path):
     record = tmp_path / "record.jsonl"
     provider = make_provider(cli, env={"FAKE_MODE": "hang", "FAKE_RECORD": str(record)})
     run = provider.start(request(cli), None, Events())
-    for _ in range(200):
-        if record.exists() and record.stat().st_size:
-            break
-        await sleep(0.025)
+    assert await eventually(lambda: record.exists() and record.stat().st_size)
     [rec] = read_records(record)
     assert alive(rec["pid"])
     run.result.cancel()
@@ -842,11 +827,7 @@ async def upstream_connection_closed(fake, within: float = 2.0) -> bool:
     Whether the server saw every streaming request's connection go away
     (before the test shuts the server down, which would close them anyway).
     """
-    waited = 0.0
-    while fake._open and waited < within:
-        await sleep(0.05)
-        waited += 0.05
-    return not fake._open
+    return await eventually(lambda: not fake._open, within)
 
 
 async def cerebras_run(provider, req, upstream="gpt-oss-120b"):

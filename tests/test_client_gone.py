@@ -12,7 +12,6 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 
 from shellm.errors import ProviderUnavailable
@@ -20,6 +19,7 @@ from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.http_client import upstream_client
+from tests.daemon import eventually
 from tests.fake_providers import FakeRun, fake_providers, make_router
 from tests.fakes.fake_openai_server import start_fake_openai
 from tests.test_api import HEARTBEAT, JSON, MAX_BODY, MAX_PROMPT, _hang_up, _HangUp, make_gateway
@@ -134,11 +134,8 @@ async def test_three_impatient_clients_leave_the_http_provider_closed():
             )
             with pytest.raises(ResponseNeverReceived):  # treq's timeout cancelled the request
                 await attempt
-        for _ in range(100):  # the server notices each disconnect within a few turns
-            if requests_counted(api, "499").get("cerebras") == 3:
-                break
-            await deferLater(reactor, 0.02, lambda: None)
-        assert requests_counted(api, "499") == {"cerebras": 3}
+        # The server notices each disconnect within a few turns.
+        assert await eventually(lambda: requests_counted(api, "499") == {"cerebras": 3})
         assert router.circuits["cerebras"].state == "closed"
         assert router.circuits["cerebras"].failures == 0
         assert all(not p.runs for name, p in providers.items() if name != "cerebras")

@@ -22,11 +22,13 @@ import urllib.request
 import pytest
 
 from shellm import __version__
-from shellm.admin.common import Listener, Paths
+from shellm.admin.common import PROBE_TIMEOUT, Listener, Paths
 from shellm.admin.lifecycle import last_exception
 from shellm.admin.logs import render_log_line
 from tests.conftest import fake_cli, processes_with_marker
-from tests.daemon import free_port
+from tests.daemon import free_port, wait_until
+
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("start", "stop", "restart", "status", "logs", "check", "version", "env-example", "db")
@@ -103,15 +105,6 @@ class Shellm:
             return self.get("/health") == 200
         except OSError:
             return False
-
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def no_processes(marker: str) -> bool:
@@ -236,18 +229,38 @@ def test_stale_pid_file(shellm, owner):
 @pytest.mark.parametrize("listening", [True, False], ids=["listening", "bound"])
 def test_port_in_use(shellm, marker, listening):
     """
-    When another program holds the port, C{start} fails with a message
-    that says so and a non-zero exit, and leaves no PID file or process:
-    whether the command sees it first (a listener) or twistd's bind fails.
+    When another program holds the port (listening without ever answering,
+    or only bound), C{start} fails at once with a message that says so and
+    a non-zero exit, and leaves no PID file or process.  "At once": at most
+    PROBE_TIMEOUT (plus a margin for a busy machine) longer than the same
+    command stopped by a bad setting just before the port is looked at; it
+    used to wait 5 s for an answer and then for twistd to fail.
     """
+
+    def timed(*args, **env):
+        began = time.monotonic()
+        result = subprocess.run(
+            shellm.argv(*args),
+            env={**shellm.env, **env},
+            cwd=shellm.cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        return result, time.monotonic() - began
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", shellm.port))
         if listening:
             taken.listen()
-        for args in (("start", "-d"), ("start",)) if listening else (("start", "-d"),):
-            result = shellm(*args)
+        for args in (("start", "-d"), ("start",)):
+            refused, baseline = timed(*args, SHELLM_MAX_CONCURRENT="lots")
+            assert refused.returncode == 1 and "SHELLM_MAX_CONCURRENT" in refused.stderr
+            result, took = timed(*args)
             assert result.returncode == 1, (args, result.stdout, result.stderr)
-            assert f"port {shellm.port} is already in use" in result.stderr
+            assert f"port {shellm.port} is already in use by another program" in result.stderr
+            assert took - baseline < PROBE_TIMEOUT + 1.5, f"{args}: {took:.1f}s, {baseline:.1f}s without the port check"
             assert "Traceback" not in result.stderr
             assert shellm.pid() is None
     wait_until(lambda: no_processes(marker), 10, "no process left")
@@ -384,6 +397,9 @@ def test_foreground_daemon_is_managed_elsewhere(shellm, marker):
         assert json.loads(shellm("status", "--json").stdout)["managed"] == "elsewhere"
         stop = shellm("stop")
         assert stop.returncode == 5 and "managed elsewhere" in stop.stderr
+        again = shellm("start", "-d")
+        assert again.returncode == 1 and "already running on port" in again.stderr
+        assert "managed elsewhere" in again.stderr
         assert shellm.answers()
     finally:
         foreground.send_signal(signal.SIGTERM)
@@ -481,8 +497,12 @@ def test_log_file_honours_log_level(shellm):
     assert shellm("start", "-d").returncode == 0
     try:
         assert shellm.get("/health") == 200
-        time.sleep(0.5)
-        assert '"path": "/health"' in open(shellm.paths.log_file).read()
+
+        def access_line_logged() -> bool:
+            with open(shellm.paths.log_file) as f:
+                return '"path": "/health"' in f.read()
+
+        wait_until(access_line_logged, 10, "the /health access line")
     finally:
         assert shellm("stop").returncode == 0
 

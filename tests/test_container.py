@@ -30,7 +30,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from tests.conftest import fake_cli
-from tests.daemon import free_port
+from tests.daemon import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -175,15 +175,14 @@ def run_as_compose(podman: Podman, image: str, name: str, port: int, env_file: s
 
 
 def wait_for_health(url: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    def health() -> dict | None:
         try:
             with urllib.request.urlopen(url + "/health", timeout=5) as response:
                 return json.loads(response.read())
         except (OSError, urllib.error.URLError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            return None
+
+    return wait_until(health, timeout=timeout, what=f"{url}/health to answer")
 
 
 def post(url: str, body: dict, key: str | None = None) -> tuple[int, dict]:

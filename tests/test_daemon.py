@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
 import pytest_twisted
 import treq
 
 from tests.conftest import fake_cli, processes_with_marker, wait_for_no_processes
-from tests.daemon import Daemon, eventually, health_of, open_stream, sleep
+from tests.daemon import Daemon, eventually, health_of, open_stream
+
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
 
 
 def claude_env(marker, **fake):
@@ -176,18 +179,13 @@ async def test_disconnect_mid_stream_kills_the_process_group(tmp_path, marker):
         assert await eventually(cli_running(record))
         assert len(processes_with_marker(marker)) > 1  # the daemon and the CLI
         reader.abort()
-        for _ in range(100):
-            if processes_with_marker(marker) == [daemon.pid]:
-                break
-            await sleep(0.05)
-        assert processes_with_marker(marker) == [daemon.pid]
+        assert await eventually(lambda: processes_with_marker(marker) == [daemon.pid])
+
         # The slot is freed once the daemon has reaped the child.
-        for _ in range(100):
-            health = json.loads(await (await treq.get(daemon.url + "/health")).content())
-            if health["queue"]["active"] == 0:
-                break
-            await sleep(0.05)
-        assert health["queue"]["active"] == 0
+        async def slot_freed():
+            return (await health_of(daemon.url))["queue"]["active"] == 0
+
+        assert await eventually(slot_freed)
     finally:
         await daemon.stop()
     assert await wait_for_no_processes(marker) == []
@@ -225,7 +223,15 @@ async def test_disconnect_while_queued_never_starts_a_process(tmp_path, marker):
 
         assert await eventually(first_cli_started)
         first.abort()
-        await sleep(1.5)
+
+        # The semaphore hands a freed slot straight to a waiter: had the
+        # second request still been queued, "active" would never read 0.
+        async def all_idle():
+            queue = (await health_of(daemon.url))["queue"]
+            return queue["active"] == 0 and queue["pending"] == 0
+
+        assert await eventually(all_idle)
+        assert processes_with_marker(marker) == [daemon.pid]
         assert len(record.read_text().splitlines()) == 1
         assert json.loads(record.read_text())["stdin"] == "a"
     finally:

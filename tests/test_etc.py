@@ -20,6 +20,8 @@ from shellm.admin.common import Paths
 from shellm.admin.env_example import ENV_EXAMPLES, render_env_example
 from shellm.config import SETTINGS, load_config, read_env_file
 
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(ROOT, "etc", "shellm.service")
 LOGROTATE = os.path.join(ROOT, "etc", "logrotate.conf")

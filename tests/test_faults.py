@@ -19,8 +19,10 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.task import LoopingCall
 
 from tests.conftest import alive, fake_cli, processes_with_marker, wait_for_no_processes
-from tests.daemon import Daemon, eventually, health_of, open_fds, open_stream, parse_response, raw_connect, sleep
+from tests.daemon import Daemon, eventually, health_of, open_fds, open_stream, parse_response, raw_connect
 from tests.fakes.fake_openai_server import start_fake_openai
+
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
 
 # (prompt, what the client may see): statuses for a plain request; for a
 # stream, whether it may end in "done" and/or "error".
@@ -332,7 +334,10 @@ async def test_trickling_clients_are_cut_at_the_deadline(tmp_path, marker):
         for client in clients:
             client.send(b"POST /completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
 
+        drips = []
+
         def drip():
+            drips.append(None)
             for client in clients:
                 client.send(b"x")
 
@@ -340,7 +345,8 @@ async def test_trickling_clients_are_cut_at_the_deadline(tmp_path, marker):
         dripping.clock = reactor
         dripping.start(0.5, now=False)
         try:
-            await sleep(deadline / 2)
+            assert await eventually(lambda: len(drips) >= 2)  # a second of trickling, all still held
+            assert not any(client.closed.called for client in clients)
             assert (await treq.get(daemon.url + "/health", timeout=5)).code == 200
             answers = await gatherResults([client.closed for client in clients])
         finally:
@@ -439,7 +445,8 @@ async def test_connections_past_the_cap_are_closed_at_once(tmp_path, marker):
         await daemon.started()
         clients = [await raw_connect(daemon.port) for _ in range(25)]
         await gatherResults([client.closed for client in clients[20:]])
-        await sleep(0.5)
+        probe = await raw_connect(daemon.port)  # refused at once: a round trip after the others
+        await probe.closed
         held = [client for client in clients if not client.closed.called]
         assert 18 <= len(held) <= 20
         assert all(client.received == b"" for client in clients if client.closed.called)

@@ -38,6 +38,7 @@ def _all_providers_env(marker, cerebras_url="http://127.0.0.1:9/v1"):
     return env
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker):
     """
@@ -61,6 +62,7 @@ async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker
     assert "claude-sonnet" in document["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"]
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_schemathesis_finds_no_undocumented_answer(tmp_path, marker):
     """

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ("shellm", "twisted", "setup.py", "pyproject.toml", "README.md", "LICENSE")
 

@@ -27,6 +27,8 @@ from tests.conftest import fake_cli, processes_with_marker, wait_for_no_processe
 from tests.daemon import Daemon, eventually, health_of  # noqa: E402
 from tests.fakes.fake_openai_server import start_fake_openai  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
+
 PROVIDERS = ("claude", "gemini", "codex", "cerebras")
 CLI_PROVIDERS = ("claude", "gemini", "codex")
 KEY = "sk-shellm-sdk-test-0123456789"

@@ -29,7 +29,7 @@ from shellm.state import schema
 from shellm.state import store as store_module
 from shellm.state.ledger import Ledger, UsageRecord
 from shellm.state.store import SchemaTooNew, Store, StoreTarget, check_not_newer, latest_version
-from tests.daemon import sleep
+from tests.daemon import eventually
 
 
 def _row(client="a", status=200, tokens=(10, 5), cost=0.5, when=1000.0, model="m"):
@@ -54,12 +54,11 @@ async def _count(reader, table="usage") -> int:
 
 
 async def _eventually_count(reader, expected: int) -> int:
-    for _ in range(200):
-        found = await _count(reader)
-        if found == expected:
-            break
-        await sleep(0.02)
-    return found
+    async def reached():
+        return await _count(reader) == expected
+
+    await eventually(reached, timeout=4)
+    return await _count(reader)
 
 
 # -- settings
@@ -338,10 +337,7 @@ async def test_ledger_keeps_rows_while_the_store_is_down(db_setting, reader, mon
     assert ledger.backlog == 2  # no write tried while down
     monkeypatch.setattr(store._pool, "runInteraction", real)
     clock.advance(store_module.RETRY_FIRST)  # the probe finds it back
-    for _ in range(200):
-        if store.up:
-            break
-        await sleep(0.02)
+    assert await eventually(lambda: store.up, timeout=4)
     clock.advance(0)
     assert await _eventually_count(reader, 2) == 2
     rows = await reader.query("SELECT client FROM usage ORDER BY id")

@@ -10,8 +10,11 @@ directories (L{shellm.providers.scratch}).
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import sys
+import termios
 
 import pytest
 import pytest_twisted
@@ -27,6 +30,7 @@ from shellm.providers.spawner import SessionSpawner, find_launcher
 from shellm.providers.watchdog import EXIT_GRACE, PROGRAM, RESTART_DELAY, Watchdog
 from shellm.providers.watchdog_main import MARKER, apply, doomed, follow
 from tests.conftest import processes_with_marker, wait_for_no_processes
+from tests.daemon import eventually
 
 
 class FakeProcess:
@@ -300,6 +304,15 @@ def test_doomed_processes(tmp_path):
     assert sorted(doomed(set(), "", str(tmp_path))) == []
 
 
+def _unread(fd: int) -> int:
+    """
+    Bytes written to a pipe and not yet read from it (FIONREAD on its write end).
+    """
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]
+
+
 class _Lines(ProcessProtocol):
     def __init__(self):
         self.output = b""
@@ -344,8 +357,6 @@ async def test_program_kills_sessions_when_the_pipe_ends(marker):
     """
     from twisted.internet import reactor
 
-    from tests.daemon import sleep
-
     token = "test-" + marker
     env = {"KEEP": marker, "SHELLM_TEST_MARKER": marker, MARKER: token, "PATH": os.environ["PATH"]}
     family = _Lines()
@@ -358,7 +369,7 @@ async def test_program_kills_sessions_when_the_pipe_ends(marker):
     )
     os.close(read)
     os.write(write, b"+%d\n" % leader)
-    await sleep(0.3)  # it has started and read the line
+    assert await eventually(lambda: _unread(write) == 0)  # it has started and read the line
     assert guard.ended.called is False
     os.close(write)
     exited = await guard.ended
@@ -397,8 +408,6 @@ async def test_spawner_reports_every_run(way, tmp_path):
     """
     from twisted.internet import reactor
 
-    from tests.daemon import sleep
-
     launcher = find_launcher() if way == "posix_spawn" else None
     if way == "posix_spawn" and launcher is None:
         pytest.skip("setpriv or env -C is missing here")
@@ -411,7 +420,7 @@ async def test_spawner_reports_every_run(way, tmp_path):
     )
     assert watchdog.calls == [("watch", run.pid)]
     outcome = await run.result
-    await sleep(0)
+    assert await eventually(lambda: len(watchdog.calls) == 2)
     assert outcome.exit_code == 0, outcome
     assert lines == [f"tok 1 {run.pid}"]
     assert watchdog.calls == [("watch", run.pid), ("release", run.pid)]

@@ -5,14 +5,22 @@ to fix it, from the providers' own health checks.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from shellm.admin.common import ERROR, OK, CommandError, Paths, say, table, yes_no
-from shellm.config import ConfigError, load_config
+from shellm.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from shellm.completion import ProviderHealth
+    from shellm.providers.base import Provider
+    from shellm.providers.cli import CliProvider
 
 
-def build_providers(reactor, config) -> dict:
+def build_providers(reactor: Any, config: Config) -> dict[str, Provider]:
     """
     The providers as the daemon builds them (the same registry), for their
     health checks.  Imported here: the other sub-commands never load them.
@@ -27,7 +35,7 @@ def build_providers(reactor, config) -> dict:
     return registry.build_providers(registry.Wiring(reactor, runner, http, config))
 
 
-def run_health_checks(config) -> tuple[dict, dict]:
+def run_health_checks(config: Config) -> tuple[dict[str, Provider], dict[str, ProviderHealth]]:
     """
     Every provider's own C{check_health} (no tokens spent), on a reactor
     run just for this.  Returns the providers and their L{ProviderHealth}.
@@ -39,7 +47,7 @@ def run_health_checks(config) -> tuple[dict, dict]:
     providers = build_providers(reactor, config)
     outcome: list = []
 
-    def go():
+    def go() -> None:
         names = list(providers)
         d = gatherResults([providers[n].check_health() for n in names], consumeErrors=True)
         d.addCallback(lambda results: dict(zip(names, results)))
@@ -55,7 +63,7 @@ def run_health_checks(config) -> tuple[dict, dict]:
     return providers, outcome[0]
 
 
-def judge_cli(name: str, provider, health, config) -> dict:
+def judge_cli(name: str, provider: CliProvider, health: ProviderHealth, config: Config) -> dict:
     from shellm.providers.registry import NPM_PACKAGES
 
     env = provider.environment(None)
@@ -95,7 +103,7 @@ def judge_cli(name: str, provider, health, config) -> dict:
     }
 
 
-def judge_http(name: str, health, config, env_file: str | None) -> dict:
+def judge_http(name: str, health: ProviderHealth, config: Config, env_file: str | None) -> dict:
     key_set = bool(config.cerebras_api_key)
     where = env_file or "the service's environment file (/etc/shellm/shellm.env)"
     if not key_set:
@@ -123,7 +131,7 @@ def judge_http(name: str, health, config, env_file: str | None) -> dict:
     }
 
 
-def cmd_check(args, environ, paths: Paths) -> int:
+def cmd_check(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     try:
         config = load_config({}, environ, args.env_file_path)
     except ConfigError as e:
@@ -132,7 +140,7 @@ def cmd_check(args, environ, paths: Paths) -> int:
     results = {}
     for name, provider in providers.items():
         if getattr(provider, "kind", None) == "cli":
-            results[name] = judge_cli(name, provider, healths[name], config)
+            results[name] = judge_cli(name, cast("CliProvider", provider), healths[name], config)
         else:
             results[name] = judge_http(name, healths[name], config, args.env_file_path)
     usable = [name for name, r in results.items() if r["usable"]]

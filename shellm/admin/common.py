@@ -32,6 +32,12 @@ ENV_FILES = (".env", "/etc/shellm/shellm.env")
 HEALTH_TIMEOUT = 20.0  # the first /health waits for every provider's check
 
 
+#: How long C{start} waits for whatever holds its port to answer as SheLLM:
+#: C{/openapi.json} needs no provider check, so a daemon answers at once and
+#: a program that holds the port silently costs only this.
+PROBE_TIMEOUT = 1.0
+
+
 class CommandError(Exception):
     """
     Ends the command with a message on stderr and C{code}.
@@ -135,7 +141,7 @@ def setting(name: str, environ: Mapping[str, str], env_file: str | None) -> str:
     return from_file.get(spec.env, spec.default)
 
 
-def listener_for(args, environ: Mapping[str, str]) -> Listener:
+def listener_for(args: argparse.Namespace, environ: Mapping[str, str]) -> Listener:
     listener = Listener.parse(setting("listen", environ, args.env_file_path).strip())
     if getattr(args, "port", None) is not None:
         listener = listener.on_port(args.port)
@@ -249,6 +255,23 @@ def get_health(listener: Listener, timeout: float = HEALTH_TIMEOUT, key: str | N
     return health
 
 
+def answers_as_shellm(listener: Listener, timeout: float = PROBE_TIMEOUT) -> bool:
+    """
+    Whether SheLLM answers on the daemon's port, asked with its
+    C{/openapi.json} (unlike C{/health}, it does not wait for the providers).
+    """
+    if listener.port is None:
+        return False
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(listener.url + "/openapi.json", timeout=timeout) as response:
+            document = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    info = document.get("info") if isinstance(document, dict) else None
+    return isinstance(info, dict) and info.get("title") == "SheLLM"
+
+
 def port_taken(listener: Listener) -> bool:
     """
     Whether something accepts connections on the daemon's port.
@@ -289,7 +312,7 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def yes_no(value) -> str:
+def yes_no(value: object) -> str:
     return "?" if value is None else ("yes" if value else "no")
 
 

@@ -5,7 +5,9 @@ default, as C{etc/shellm.env.example} holds it.
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Mapping
 
 from shellm import __version__
 from shellm.admin.common import OK, Paths, say
@@ -20,7 +22,7 @@ ENV_EXAMPLES = {
 }
 
 
-def cmd_version(args, environ, paths: Paths) -> int:
+def cmd_version(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     say(f"shellm {__version__}")
     return OK
 
@@ -51,6 +53,6 @@ def render_env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_env_example(args, environ, paths: Paths) -> int:
+def cmd_env_example(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     sys.stdout.write(render_env_example())
     return OK

@@ -5,6 +5,7 @@ foreground or as a daemon, and stop it by its PID file.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 
 from shellm import __version__
 from shellm.admin.common import (
@@ -24,6 +26,7 @@ from shellm.admin.common import (
     Listener,
     NoAnswer,
     Paths,
+    answers_as_shellm,
     get_health,
     is_daemon,
     listener_for,
@@ -58,23 +61,20 @@ def refuse_if_running(paths: Paths, listener: Listener) -> None:
         raise CommandError(f"SheLLM is already running (pid {pid}); `shellm stop` first")
     if stale is not None:
         remove_pid_file(paths, stale)
-    try:
-        get_health(listener, timeout=5)
-    except NoAnswer:
-        pass
-    else:
+    # Trying the port is instant; asking what holds it is needed only when
+    # it is held, and is bounded by PROBE_TIMEOUT rather than /health's wait.
+    why = bind_error(listener)
+    if why is None:
+        return
+    if port_taken(listener) and answers_as_shellm(listener):
         raise CommandError(
             f"SheLLM is already running on port {listener.port}, managed elsewhere "
             "(e.g. systemd: `systemctl status shellm`)"
         )
-    if port_taken(listener):
-        raise CommandError(
-            f"port {listener.port} is already in use by another program; "
-            "stop it, or choose another port with --port or SHELLM_LISTEN"
-        )
+    raise CommandError(why)
 
 
-def daemon_arguments(args, listener: Listener) -> list[str]:
+def daemon_arguments(args: argparse.Namespace, listener: Listener) -> list[str]:
     """
     The C{shellm} plugin's own options: the listener when --port changed
     it, and the settings file this command read.
@@ -87,7 +87,7 @@ def daemon_arguments(args, listener: Listener) -> list[str]:
     return extra
 
 
-def check_settings(args, environ, listener: Listener) -> None:
+def check_settings(args: argparse.Namespace, environ: Mapping[str, str], listener: Listener) -> None:
     """
     Validate the settings as the daemon will, so a mistake is one clear
     line here rather than twistd's usage text.
@@ -99,7 +99,7 @@ def check_settings(args, environ, listener: Listener) -> None:
         raise CommandError(f"the settings are not valid: {e}")
 
 
-def cmd_start(args, environ, paths: Paths) -> int:
+def cmd_start(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     listener = listener_for(args, environ)
     check_settings(args, environ, listener)
     refuse_if_running(paths, listener)
@@ -112,7 +112,7 @@ def cmd_start(args, environ, paths: Paths) -> int:
     return start_daemon(args, environ, paths, listener)
 
 
-def start_daemon(args, environ, paths: Paths, listener: Listener) -> int:
+def start_daemon(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths, listener: Listener) -> int:
     for directory in (paths.home, os.path.dirname(paths.log_file)):
         os.makedirs(directory, mode=0o700, exist_ok=True)
     argv = (
@@ -167,7 +167,10 @@ def bind_error(listener: Listener) -> str | None:
             probe.bind((interface, listener.port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                return f"port {listener.port} is already in use; choose another with --port or SHELLM_LISTEN"
+                return (
+                    f"port {listener.port} is already in use by another program; "
+                    "stop it, or choose another port with --port or SHELLM_LISTEN"
+                )
             if e.errno == errno.EACCES:
                 return f"not allowed to listen on port {listener.port} (ports below 1024 need root)"
             if e.errno == errno.EADDRNOTAVAIL:
@@ -201,7 +204,7 @@ def last_exception(path: str, offset: int, wait: float = 3.0) -> str | None:
         time.sleep(0.1)
 
 
-def stop_timeout(args, environ) -> float:
+def stop_timeout(args: argparse.Namespace, environ: Mapping[str, str]) -> float:
     """
     How long to wait after TERM: the daemon's drain limit plus its CLI kill
     grace, plus a margin.
@@ -226,7 +229,7 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return not is_daemon(pid)
 
 
-def stop_daemon(args, environ, paths: Paths) -> int:
+def stop_daemon(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     pid, stale = running_pid(paths)
     if pid is None:
         if stale is not None:
@@ -269,11 +272,11 @@ def stop_daemon(args, environ, paths: Paths) -> int:
     return KILLED
 
 
-def cmd_stop(args, environ, paths: Paths) -> int:
+def cmd_stop(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     return stop_daemon(args, environ, paths)
 
 
-def cmd_restart(args, environ, paths: Paths) -> int:
+def cmd_restart(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     code = stop_daemon(args, environ, paths)
     if code == ELSEWHERE:
         return ELSEWHERE

@@ -4,9 +4,12 @@ C{shellm logs}: the daemon-mode log file, rendered or raw, and followed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
+from collections.abc import Mapping
+from typing import BinaryIO
 
 from shellm.admin.common import OK, CommandError, Paths, say
 
@@ -21,7 +24,7 @@ def render_log_line(line: str, raw: bool) -> str:
         return line
 
 
-def last_lines(f, end: int, count: int) -> list[str]:
+def last_lines(f: BinaryIO, end: int, count: int) -> list[str]:
     """
     The last C{count} lines before offset C{end} of the binary file C{f},
     reading only its tail.
@@ -42,7 +45,7 @@ def last_lines(f, end: int, count: int) -> list[str]:
     return lines[-count:]
 
 
-def cmd_logs(args, environ, paths: Paths) -> int:
+def cmd_logs(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     path = paths.log_file
     try:
         f = open(path, "rb")
@@ -63,7 +66,7 @@ def cmd_logs(args, environ, paths: Paths) -> int:
         return follow(f, path, args.json)
 
 
-def follow(f, path: str, raw: bool) -> int:
+def follow(f: BinaryIO, path: str, raw: bool) -> int:
     """
     Print lines as they are appended to C{f}, and to a new file at C{path}
     once logrotate has renamed it, until interrupted.

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from shellm import __version__
 from shellm.admin.check import cmd_check
@@ -65,7 +65,13 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"shellm {__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", help="one of the commands below")
 
-    def command(name, func, description, codes, parents=(common,)):
+    def command(
+        name: str,
+        func: Callable[[argparse.Namespace, Mapping[str, str], Paths], int],
+        description: str,
+        codes: str,
+        parents: Sequence[argparse.ArgumentParser] = (common,),
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             parents=list(parents),

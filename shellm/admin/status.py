@@ -5,6 +5,7 @@ from its C{/health}.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Mapping
 
@@ -27,7 +28,7 @@ from shellm.admin.common import (
 
 
 def queue_text(queue: Mapping) -> str:
-    def one(name, q):
+    def one(name: str, q: Mapping) -> str:
         return (
             f"{name} {q.get('active', '?')} running, {q.get('pending', '?')} waiting "
             f"(at most {q.get('max_concurrent', '?')} running, "
@@ -58,7 +59,7 @@ def providers_table(providers: Mapping) -> str:
     return table(rows)
 
 
-def cmd_status(args, environ, paths: Paths) -> int:
+def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     listener = listener_for(args, environ)
     pid, stale = running_pid(paths)
     report: dict = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+from twisted.internet.interfaces import IReactorTime
+
 
 class Circuit:
     """
@@ -19,13 +21,13 @@ class Circuit:
     cancelled requests neither open nor close it.
     """
 
-    def __init__(self, clock, threshold: int, cooldown: float):
+    def __init__(self, clock: IReactorTime, threshold: int, cooldown: float):
         self._clock = clock
         self.threshold = threshold
         self.cooldown = cooldown
         self._state = "closed"
         self.failures = 0
-        self._opened_at: float | None = None
+        self._opened_at = 0.0  # when it last opened; read only while open
         self._probing = False
         self.changed_at: float | None = None
 

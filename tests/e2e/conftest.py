@@ -11,9 +11,9 @@ itself when a version differs) and fix what the new version broke.
 from __future__ import annotations
 
 import fcntl
-import fnmatch
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -143,6 +143,107 @@ def cli_bins():
     return install_clis()
 
 
+# -- a private /tmp for each CLI
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if path is None:
+        _unavailable(f"{name} is not installed, so the CLIs cannot get a private /tmp")
+    return path
+
+
+class PrivateTmp:
+    """
+    What a CLI writes to C{/tmp}, caught: the CLI runs through a launcher
+    that gives it (and everything it starts) a mount namespace of its own
+    whose C{/tmp} is the empty directory L{root}, with only the test's own
+    directories (C{passed}: its tmp_path, the daemon's TMPDIR) mounted back
+    at their usual paths.  Whatever else the CLIs write under C{/tmp} lands
+    in L{root}, and nothing else on the machine does.
+    """
+
+    def __init__(self, passed: list[str]):
+        self.tmp = os.path.realpath("/tmp")
+        self.root = tempfile.mkdtemp(prefix="shellm-e2e-tmp-")
+        self.mountpoints = set()
+        for path in passed:
+            path = os.path.realpath(path)
+            if os.path.commonpath([path, self.tmp]) == self.tmp and path != self.tmp:
+                relative = os.path.relpath(path, self.tmp)
+                os.makedirs(os.path.join(self.root, relative))
+                self.mountpoints.add(relative)
+        #: The mountpoints and the directories above them, all empty.
+        self.skeleton = {parent for m in self.mountpoints for parent in _ancestors(m)}
+
+    def launcher(self, program: str, where: str) -> str:
+        """
+        Write, in C{where}, an executable that runs C{program} with its
+        arguments, environment and pid (the product's signals reach it as
+        before), in the private C{/tmp}.
+        """
+        mounts = [
+            f"{_tool('mount')} --bind {shlex.quote(os.path.join(self.tmp, m))} "
+            f"{shlex.quote(os.path.join(self.root, m))}"
+            for m in sorted(self.mountpoints)
+        ]
+        mounts.append(f"{_tool('mount')} --rbind {shlex.quote(self.root)} {shlex.quote(self.tmp)}")
+        inner = " && ".join(mounts) + ' && exec "$0" "$@"'
+        # Unprivileged, a user namespace that maps the user to itself grants
+        # the mounts without changing who the CLI runs as.
+        user = [] if os.geteuid() == 0 else ["--user", "--map-current-user"]
+        unshare = [_tool("unshare"), *user, "--mount", "--propagation", "private", "--", "/bin/sh", "-c", inner]
+        path = os.path.join(where, f"private-tmp-{os.path.basename(program)}")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n")
+            f.write(f'exec {shlex.join(unshare)} {shlex.quote(program)} "$@"\n')
+        os.chmod(path, 0o755)
+        return path
+
+    def written(self) -> list[str]:
+        """
+        What the CLIs put in their C{/tmp}, as paths they saw.
+        """
+        found = []
+        for directory, dirs, files in os.walk(self.root):
+            relative = os.path.relpath(directory, self.root)
+            for name in sorted(dirs + files):
+                entry = os.path.normpath(os.path.join(relative, name))
+                if entry not in self.skeleton:
+                    found.append(os.path.join("/tmp", entry))
+        return found
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _ancestors(relative: str) -> list[str]:
+    parts = relative.split(os.sep)
+    return [os.path.join(*parts[: i + 1]) for i in range(len(parts))]
+
+
+@pytest.fixture(scope="session")
+def private_tmp_works(tmp_path_factory):
+    """
+    Whether this machine lets the tests give a CLI a private C{/tmp}: one
+    launcher run that writes there, seen in the private directory only.
+    """
+    where = str(tmp_path_factory.mktemp("private-tmp-probe"))
+    private = PrivateTmp([where])
+    try:
+        probe = os.path.join(where, "probe")
+        with open(probe, "w") as f:
+            f.write(f"#!/bin/sh\necho private > /tmp/shellm-probe && test -d {shlex.quote(where)}\n")
+        os.chmod(probe, 0o755)
+        done = subprocess.run(
+            [private.launcher(probe, where)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0 or private.written() != ["/tmp/shellm-probe"] or os.path.exists("/tmp/shellm-probe"):
+            _unavailable(f"cannot give the CLIs a private /tmp (unshare --mount): {done.stderr.strip()[-500:]}")
+    finally:
+        private.close()
+
+
 # -- what differs between the vendors
 
 FAKES = {
@@ -220,16 +321,18 @@ class Rig:
     env: dict = field(init=False)
     daemons: list = field(factory=list)
     daemon_dirs: list = field(factory=list)
-    tmp_before: set = field(factory=set)
     daemon_tmp: str = field(init=False)
+    private_tmp: PrivateTmp = field(init=False)
+    launcher: str = field(init=False)
 
     def __attrs_post_init__(self):
-        self.tmp_before = set(os.listdir("/tmp"))
         self.home = os.path.join(self.root, "home")
         os.makedirs(self.home)
         # Short: claude puts a UNIX socket under its TMPDIR and, when the path
         # would be too long for one, falls back to /tmp/cc-socks-<uid>.
         self.daemon_tmp = tempfile.mkdtemp(prefix="shellm-e2e-")
+        self.private_tmp = PrivateTmp([os.path.dirname(self.root), self.daemon_tmp])
+        self.launcher = self.private_tmp.launcher(self.bin, self.root)
         outside = os.path.join(self.root, "outside")
         os.makedirs(outside)
         self.targets = ToolTargets(
@@ -250,7 +353,8 @@ class Rig:
             "HOME": self.home,
             # The daemon's own temporary files (each run's scratch directory).
             "TMPDIR": self.daemon_tmp,
-            f"SHELLM_{self.name.upper()}_BIN": self.bin,
+            # The CLI, run with a /tmp of its own (see PrivateTmp).
+            f"SHELLM_{self.name.upper()}_BIN": self.launcher,
             f"SHELLM_{self.name.upper()}_ENV": json.dumps(self.env),
             "SHELLM_FALLBACK_CHAIN": self.name,
             "SHELLM_HEALTH_TTL": "300",
@@ -285,7 +389,7 @@ class Rig:
         """
         Files the runs left where they should not: anything in HOME but the
         CLI's own config, each run's scratch directory still there, the
-        tool targets, anything new in /tmp.
+        tool targets, anything the CLIs wrote in /tmp.
         """
         stray = [f"$HOME/{e}" for e in sorted(self.home_entries() - CONFIG_ENTRIES[self.name])]
         stray += [f"$TMPDIR/{e} (a run's scratch directory)" for e in sorted(os.listdir(self.daemon_tmp))]
@@ -293,25 +397,12 @@ class Rig:
         stray += [os.path.join(outside, e) for e in sorted(os.listdir(outside)) if e != "secret.txt"]
         for cwd in self.daemon_dirs:
             stray += [os.path.join(cwd, e) for e in sorted(os.listdir(cwd)) if not e.startswith("shellm.db")]
-        new = set(os.listdir("/tmp")) - self.tmp_before - {os.path.basename(self.daemon_tmp)}
-        if in_ci():
-            new = {e for e in new if not any(fnmatch.fnmatch(e, p) for p in FOREIGN_TMP_ENTRIES)}
-        else:
-            # Other programs on a developer's machine write to /tmp as well.
-            new = {e for e in new if any(fnmatch.fnmatch(e, p) for p in CLI_TMP_ENTRIES)}
-        stray += [f"/tmp/{e}" for e in sorted(new)]
+        stray += self.private_tmp.written()
         return stray
 
     def close(self):
         shutil.rmtree(self.daemon_tmp, ignore_errors=True)
-
-
-#: What else may appear in /tmp while these tests run in CI (pytest itself,
-#: pip, other tests' scratch directories).
-FOREIGN_TMP_ENTRIES = ("pytest-of-*", "pip-*", "shellm-*", "tmp*")
-#: Outside CI, only names like these count: what the CLIs are known to put
-#: in /tmp when not told otherwise.
-CLI_TMP_ENTRIES = ("claude*", "cc-socks*", "codex*", "gemini*", "*.sock", "node-*", "v8-*")
+        self.private_tmp.close()
 
 
 #: Content of the secret file that tool calls try to read.
@@ -319,7 +410,7 @@ SECRET = "e2e-secret-7f3a9c1d5b"
 
 
 @pytest_twisted.async_yield_fixture
-async def rigs(cli_bins, tmp_path, marker):
+async def rigs(cli_bins, private_tmp_works, tmp_path, marker):
     """
     C{rigs(name)} makes a L{Rig}; afterwards every daemon is stopped, every
     fake closed, and no process of the test may be left.

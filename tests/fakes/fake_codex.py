@@ -1,230 +1,21 @@
 #!/usr/bin/env python3
-"""Stand-in for the `codex exec --json` CLI.
+"""
+Stand-in for the C{codex exec --json} CLI: codex's lines, on the shared
+engine (C{engine.py}, which documents the C{FAKE_*} settings).
 
 Invoked the way the gateway runs the real tool::
 
     codex exec --json ... [-m M] -   < prompt
 
-The prompt is read from stdin. Behaviour is driven by environment variables:
-
-FAKE_MODE           ok (default), echo, not_logged_in, upstream_401,
-                    upstream_429, upstream_500, exit_nonzero, hang,
-                    ignore_term, grandchild, byte_by_byte, huge_line,
-                    invalid_utf8, garbage, slow_exit,
-                    from_prompt (the prompt's first word, mode:<name>, picks one)
-FAKE_TEXT           answer text (default "Hi! I am a fake model."); split on
-                    "|" into one agent_message item per piece
-FAKE_INPUT_TOKENS   default 10
-FAKE_OUTPUT_TOKENS  default 5
-FAKE_DELAY          seconds to sleep between agent_message items (default 0)
-FAKE_GATE           file that must exist before anything after the first
-                    agent_message is written (polled every 10 ms, up to 30 s)
-FAKE_RECORD         append a JSON line describing this invocation
-FAKE_GRANDCHILD_PID file receiving the grandchild pid (mode grandchild)
-FAKE_HUGE_BYTES     size of the huge line (mode huge_line, default 10000000)
-FAKE_EXIT_DELAY     seconds to linger before exiting (mode slow_exit, default 5)
+FAKE_TEXT is split on "|" into one agent_message item per piece.
 """
 
-import datetime
-import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import uuid
 
-# ---------------------------------------------------------------------------
-# Shared helpers (each fake is standalone, so these are repeated per script)
-# ---------------------------------------------------------------------------
-
-DEFAULT_TEXT = "Hi! I am a fake model."
-SECRET = "sk-ant-SECRET0123456789abcdef"
-INVALID_MARK = "@@FAKE-INVALID-UTF8@@"
-MODES = (
-    "ok",
-    "echo",
-    "not_logged_in",
-    "upstream_401",
-    "upstream_429",
-    "upstream_500",
-    "exit_nonzero",
-    "hang",
-    "ignore_term",
-    "grandchild",
-    "byte_by_byte",
-    "huge_line",
-    "invalid_utf8",
-    "garbage",
-    "slow_exit",
-)
-
-
-def env_int(name, default):
-    value = os.environ.get(name, "").strip()
-    try:
-        return int(value) if value else default
-    except ValueError:
-        return default
-
-
-def env_float(name, default):
-    value = os.environ.get(name, "").strip()
-    try:
-        return float(value) if value else default
-    except ValueError:
-        return default
-
-
-def arg_value(args, *names):
-    """Value of the last `NAME VALUE` / `NAME=VALUE` option among args."""
-    found = None
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        for name in names:
-            if arg == name and i + 1 < len(args):
-                found = args[i + 1]
-                i += 1
-                break
-            if arg.startswith(name + "="):
-                found = arg[len(name) + 1 :]
-                break
-        i += 1
-    return found
-
-
-def split_text(text, n):
-    """Split text into n pieces of roughly equal size (never empty pieces
-    unless the text itself is empty)."""
-    if not text:
-        return [""]
-    n = max(1, min(n, len(text)))
-    size = len(text)
-    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
-
-
-def now_iso():
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def encode(obj):
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-
-
-def read_prompt():
-    data = sys.stdin.buffer.read()
-    return data.decode("utf-8", errors="replace")
-
-
-def parent_death_signal():
-    # prctl(PR_GET_PDEATHSIG): the signal this process gets if its parent dies.
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    signum = ctypes.c_int(0)
-    libc.prctl(2, ctypes.byref(signum), 0, 0, 0)
-    return signum.value
-
-
-def record(prompt):
-    path = os.environ.get("FAKE_RECORD")
-    if not path:
-        return
-    rec = {
-        "argv": sys.argv,
-        "stdin": prompt,
-        "cwd": os.getcwd(),
-        "env": dict(os.environ),
-        "pid": os.getpid(),
-        "pgid": os.getpgid(0),
-        "sid": os.getsid(0),
-        "pdeathsig": parent_death_signal(),
-    }
-    spf = arg_value(sys.argv[1:], "--system-prompt-file")
-    if spf is not None:
-        try:
-            with open(spf, "rb") as f:
-                rec["system_prompt_file_content"] = f.read().decode("utf-8", errors="replace")
-        except OSError as exc:
-            rec["system_prompt_file_content"] = None
-            rec["system_prompt_file_error"] = str(exc)
-    line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def wait_gate():
-    path = os.environ.get("FAKE_GATE")
-    if not path:
-        return
-    deadline = time.monotonic() + 30.0
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def sleep_forever():
-    while True:
-        time.sleep(3600)
-
-
-def stderr(text):
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-class Out:
-    """Writes raw bytes to stdout, flushing every write; in byte-by-byte
-    mode every single byte is written and flushed on its own."""
-
-    def __init__(self, byte_by_byte=False):
-        self.raw = sys.stdout.buffer
-        self.byte_by_byte = byte_by_byte
-        self.written = 0
-
-    def write(self, data):
-        if not self.byte_by_byte:
-            self.raw.write(data)
-            self.raw.flush()
-            return
-        for b in data:
-            self.raw.write(bytes((b,)))
-            self.raw.flush()
-            self.written += 1
-            if self.written % 64 == 0:
-                time.sleep(0.0005)
-
-    def line(self, obj):
-        self.write(encode(obj))
-
-    def text(self, s):
-        self.write(s.encode("utf-8"))
-
-
-GARBAGE_1 = "<<<not json>>>\n"
-GARBAGE_2 = "\x1b[33mWarning:\x1b[0m fake terminal noise \x1b[2K\r\n"
-GARBAGE_3 = '{"type": "truncated", "oops\n'
-
-
-def spawn_grandchild():
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"], stdout=sys.stdout, stderr=sys.stderr
-    )
-    path = os.environ.get("FAKE_GRANDCHILD_PID")
-    if path:
-        with open(path, "w") as f:
-            f.write("%d\n" % child.pid)
-    return child
-
-
-# ---------------------------------------------------------------------------
-# codex specifics
-# ---------------------------------------------------------------------------
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the engine beside this script
+import engine
 
 ERROR_401 = (
     "unexpected status 401 Unauthorized: Incorrect API key provided: "
@@ -233,130 +24,68 @@ ERROR_401 = (
 UPSTREAM = {
     401: ERROR_401,
     429: "exceeded retry limit, last status: 429 Too Many Requests",
-    500: ("We're currently experiencing high demand, which may cause temporary errors."),
+    500: "We're currently experiencing high demand, which may cause temporary errors.",
 }
 
 
-class Codex:
-    def __init__(self, out):
-        self.out = out
+class Codex(engine.Vendor):
+    name = "codex"
+    version = "codex-cli 0.169.0"
+    crash_lines = (
+        "  request headers: authorization: Bearer %s" % engine.SECRET,
+        "  OPENAI_API_KEY=%s" % engine.SECRET,
+        "thread 'main' panicked at fake/src/main.rs:1:1",
+    )
+
+    def __init__(self, args, out):
+        super().__init__(args, out)
         self.thread_id = str(uuid.uuid4())
         self.next_item = 0
-
-    def start_lines(self):
-        self.out.line({"type": "thread.started", "thread_id": self.thread_id})
-        self.out.line({"type": "turn.started"})
 
     def item(self, item_type, text):
         item_id = "item_%d" % self.next_item
         self.next_item += 1
-        return {
-            "type": "item.completed",
-            "item": {"id": item_id, "type": item_type, "text": text},
-        }
+        return {"type": "item.completed", "item": {"id": item_id, "type": item_type, "text": text}}
+
+    def opening(self):
+        return [{"type": "thread.started", "thread_id": self.thread_id}, {"type": "turn.started"}]
 
     def fail(self, message):
+        self.out.lines(self.opening())
         self.out.line({"type": "error", "message": message})
         self.out.line({"type": "turn.failed", "error": {"message": message}})
         return 1
 
+    def not_logged_in(self, prompt):
+        return self.fail(ERROR_401)
 
-def run_success(c, mode, messages):
-    out = c.out
-    input_tokens = env_int("FAKE_INPUT_TOKENS", 10)
-    output_tokens = env_int("FAKE_OUTPUT_TOKENS", 5)
-    delay = env_float("FAKE_DELAY", 0.0)
+    def upstream_error(self, status, prompt):
+        return self.fail(UPSTREAM[status])
 
-    out.line({"type": "thread.started", "thread_id": c.thread_id})
-    if mode == "garbage":
-        out.text(GARBAGE_1)
-    out.line({"type": "turn.started"})
-    if mode == "huge_line":
-        size = env_int("FAKE_HUGE_BYTES", 10_000_000)
-        huge = c.item("reasoning", "")
-        huge["item"]["text"] = "x" * max(0, size - len(encode(huge)))
-        out.line(huge)
-    for i, message in enumerate(messages):
-        if i > 0 and delay > 0:
-            time.sleep(delay)
-        piece = message + INVALID_MARK if (mode == "invalid_utf8" and i == 0) else message
-        data = encode(c.item("agent_message", piece))
-        if mode == "invalid_utf8" and i == 0:
-            data = data.replace(INVALID_MARK.encode("ascii"), b"\xff\xfe", 1)
-        out.write(data)
-        if i == 0:
-            wait_gate()
-            if mode == "garbage":
-                out.text(GARBAGE_2)
-    if mode == "garbage":
-        out.text(GARBAGE_3)
-    out.line(
-        {
-            "type": "turn.completed",
-            "usage": {
-                "input_tokens": input_tokens,
-                "cached_input_tokens": 0,
-                "cache_write_input_tokens": 0,
-                "output_tokens": output_tokens,
-                "reasoning_output_tokens": 0,
-            },
+    def pieces(self, text, echoed):
+        return [text] if echoed or "|" not in text else text.split("|")
+
+    def head(self, prompt, input_tokens, huge):
+        lines = self.opening()
+        if huge is not None:
+            line = self.item("reasoning", "")
+            line["item"]["text"] = "x" * max(0, huge - len(engine.encode(line)))
+            lines.append(line)
+        return lines
+
+    def piece_line(self, text):
+        return self.item("agent_message", text)
+
+    def tail(self, text, input_tokens, output_tokens):
+        usage = {
+            "input_tokens": input_tokens,
+            "cached_input_tokens": 0,
+            "cache_write_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "reasoning_output_tokens": 0,
         }
-    )
-    return 0
-
-
-def main():
-    if sys.argv[1:] == ["--version"]:
-        sys.stdout.write("codex-cli 0.169.0\n")
-        return 0
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    mode = os.environ.get("FAKE_MODE", "ok") or "ok"
-    prompt = read_prompt()
-    record(prompt)
-    if mode == "from_prompt":
-        # "mode:<name> ..." in the prompt picks the behaviour per request.
-        words = prompt.split()
-        mode = words[0][len("mode:") :] if words and words[0].startswith("mode:") else "ok"
-    if mode not in MODES:
-        stderr("fake_codex: unknown FAKE_MODE %r" % mode)
-        return 2
-
-    c = Codex(Out(byte_by_byte=(mode == "byte_by_byte")))
-    if mode == "echo":
-        messages = [prompt]
-    else:
-        text = os.environ.get("FAKE_TEXT", DEFAULT_TEXT)
-        messages = text.split("|") if "|" in text else [text]
-
-    if mode == "not_logged_in":
-        c.start_lines()
-        return c.fail(ERROR_401)
-    if mode.startswith("upstream_"):
-        c.start_lines()
-        return c.fail(UPSTREAM[int(mode.split("_", 1)[1])])
-    if mode == "exit_nonzero":
-        c.start_lines()
-        stderr("Error: fake crash while talking to the API")
-        stderr("  request headers: authorization: Bearer %s" % SECRET)
-        stderr("  OPENAI_API_KEY=%s" % SECRET)
-        stderr("thread 'main' panicked at fake/src/main.rs:1:1")
-        return 3
-    if mode == "hang":
-        c.start_lines()
-        sleep_forever()
-    if mode == "ignore_term":
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        c.start_lines()
-        sleep_forever()
-    if mode == "grandchild":
-        spawn_grandchild()
-
-    rc = run_success(c, mode, messages)
-    if mode == "slow_exit":
-        time.sleep(env_float("FAKE_EXIT_DELAY", 5.0))
-    return rc
+        return [{"type": "turn.completed", "usage": usage}]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    engine.main(Codex)

@@ -42,37 +42,22 @@ requests       list of dicts {method, path, uri, headers, body, raw_body},
 import argparse
 import copy
 import itertools
-import json
+import os
 import sys
 import time
 
-from twisted.web import http, resource, server
+if not __package__:  # run as a script: make the tests package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-DEFAULT_TEXT = "Hi! I am a fake model."
+from twisted.web import server
+
+from tests.fakes.serving import DEFAULT_TEXT, headers_of, json_body, json_bytes, quiet_site, set_status, split_text
+
 SECRET = "csk-SECRETKEY0123456789"
 CHAT_PATHS = (b"/v1/chat/completions", b"/chat/completions")
 MODELS_PATHS = (b"/v1/models", b"/models")
 
 _ids = itertools.count(1)
-
-_REASONS = {429: b"Too Many Requests", 529: b"Overloaded"}
-
-
-def _set_status(request, status):
-    request.setResponseCode(status, _REASONS.get(status) or http.RESPONSES.get(status, b"Error"))
-
-
-def split_text(text, n):
-    """Split text into n pieces of roughly equal size."""
-    if not text:
-        return [""]
-    n = max(1, min(int(n), len(text)))
-    size = len(text)
-    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
-
-
-def _json_bytes(obj):
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _error_body(status):
@@ -89,17 +74,6 @@ def _error_body(status):
         message = "Request failed with status %d (key %s)." % (status, SECRET)
         kind, code = "invalid_request_error", None
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-class _Root(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, fake):
-        resource.Resource.__init__(self)
-        self.fake = fake
-
-    def render(self, request):
-        return self.fake._handle(request)
 
 
 class FakeOpenAI:
@@ -132,13 +106,8 @@ class FakeOpenAI:
         """http://127.0.0.1:<port>/v1 once listening."""
         return "http://127.0.0.1:%d/v1" % self.port.getHost().port
 
-    def resource(self):
-        return _Root(self)
-
     def site(self):
-        site = server.Site(self.resource())
-        site.log = lambda request: None
-        return site
+        return quiet_site(self._handle)
 
     # -- lifecycle ------------------------------------------------------
 
@@ -162,13 +131,8 @@ class FakeOpenAI:
     # -- request handling -----------------------------------------------
 
     def _record(self, request, raw):
-        headers = {}
-        for name, values in request.requestHeaders.getAllRawHeaders():
-            headers[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
-        try:
-            body = json.loads(raw.decode("utf-8")) if raw else None
-        except (UnicodeDecodeError, ValueError):
-            body = None
+        headers = headers_of(request)
+        body = json_body(raw)
         self.requests.append(
             {
                 "method": request.method.decode("latin-1"),
@@ -182,9 +146,9 @@ class FakeOpenAI:
         return body
 
     def _send_json(self, request, status, obj):
-        _set_status(request, status)
+        set_status(request, status)
         request.setHeader(b"content-type", b"application/json")
-        return _json_bytes(obj)
+        return json_bytes(obj)
 
     def _handle(self, request):
         raw = request.content.read() if request.content is not None else b""
@@ -342,8 +306,8 @@ class FakeOpenAI:
             ],
             "usage": self._usage(),
         }
-        data = _json_bytes(answer)
-        _set_status(request, 200)
+        data = json_bytes(answer)
+        set_status(request, 200)
         request.setHeader(b"content-type", b"application/json")
         if self.stall:
             request.write(b"")
@@ -381,7 +345,7 @@ class FakeOpenAI:
             }
             if include_usage:
                 obj["usage"] = self._usage() if usage else None
-            return b"data: " + _json_bytes(obj) + b"\n\n"
+            return b"data: " + json_bytes(obj) + b"\n\n"
 
         events = []
         for i, piece in enumerate(split_text(self.text, self.chunks)):
@@ -395,7 +359,7 @@ class FakeOpenAI:
 
     def _start_stream(self, request, body):
         events = self._stream_events(body)
-        _set_status(request, 200)
+        set_status(request, 200)
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"set-cookie", b"upstream_session=%d; Path=/" % len(self.requests))

@@ -7,19 +7,16 @@ once the tool's result comes back).
 
 from __future__ import annotations
 
-import json
-
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web import http, resource, server
+from twisted.web import server
 
-DEFAULT_TEXT = "Hi! I am a fake model."
+from tests.fakes.serving import DEFAULT_TEXT, headers_of, json_body, json_bytes, quiet_site, set_status, split_text
+
 #: What the fakes answer once a tool's result has come back.
 AFTER_TOOL_TEXT = "I could not use that tool."
-
-_REASONS = {429: b"Too Many Requests", 529: b"Overloaded"}
 
 
 @frozen
@@ -75,34 +72,10 @@ class Script:
     after_tool_text: str = AFTER_TOOL_TEXT
 
 
-def split_text(text: str, n: int) -> list[str]:
-    """
-    C{text} in C{n} pieces of about equal size.
-    """
-    n = max(1, min(n, len(text)))
-    size = len(text)
-    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
-
-
-def json_bytes(value) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
 #: A marker in a frame list: wait C{Script.delay} seconds here.
 PAUSE = object()
 #: A marker in a frame list: wait for C{Script.gate} here.
 GATE = object()
-
-
-class _Root(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, fake):
-        super().__init__()
-        self._fake = fake
-
-    def render(self, request):
-        return self._fake.render(request)
 
 
 @define(eq=False)
@@ -135,10 +108,7 @@ class FakeUpstream:
     # -- lifecycle
 
     def start(self) -> FakeUpstream:
-        site = server.Site(_Root(self))
-        site.log = lambda request: None
-        site.displayTracebacks = False
-        self._port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+        self._port = self.reactor.listenTCP(0, quiet_site(self.render), interface="127.0.0.1")
         return self
 
     @property
@@ -183,14 +153,8 @@ class FakeUpstream:
 
     def render(self, request):
         raw = request.content.read() if request.content is not None else b""
-        headers = {
-            name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-            for name, values in request.requestHeaders.getAllRawHeaders()
-        }
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
+        headers = headers_of(request)
+        body = json_body(raw)
         recorded = RecordedRequest(
             method=request.method.decode("latin-1"),
             path=request.path.decode("latin-1"),
@@ -212,19 +176,15 @@ class FakeUpstream:
         raise NotImplementedError
 
     def error(self, request, status: int) -> bytes:
-        self.set_status(request, status)
+        set_status(request, status)
         request.setHeader(b"content-type", b"application/json")
         return json_bytes(self.error_body(status))
 
     def error_body(self, status: int) -> dict:
         raise NotImplementedError
 
-    @staticmethod
-    def set_status(request, status: int) -> None:
-        request.setResponseCode(status, _REASONS.get(status) or http.RESPONSES.get(status, b"Error"))
-
     def send_json(self, request, value, status: int = 200) -> bytes:
-        self.set_status(request, status)
+        set_status(request, status)
         request.setHeader(b"content-type", b"application/json")
         return json_bytes(value)
 
