@@ -10,10 +10,11 @@ import os
 from collections.abc import Mapping
 
 from shellm.completion import CompletionRequest, ProviderResult, Usage
-from shellm.errors import NotLoggedIn, RateLimited
+from shellm.errors import NotLoggedIn, QuotaExhausted, RateLimited
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
 from shellm.providers.process import CliExit
+from shellm.providers.usage_limits import gemini_limit_error
 
 #: No tools (so no shell, file or web access whatever the prompt says), one
 #: attempt (fail fast, let fallback act), no usage statistics.
@@ -43,15 +44,23 @@ class GeminiOutput(OutputParser):
         elif kind == "result":
             self.result = event
 
+    def limit_text(self, said: str):
+        return gemini_limit_error(said, self.now())
+
     def outcome(self, exit: CliExit) -> ProviderResult:
         result = self.result
         if exit.exit_code in _EXIT_NOT_LOGGED_IN:
             raise NotLoggedIn("gemini is not logged in or its credentials were refused")
+        error = (result or {}).get("error")
+        said = json.dumps(error) if error else ""
         if exit.exit_code == _EXIT_RATE_LIMITED:
+            # A spent daily quota, or an ordinary per-minute rate limit.
+            failure = self.failed(exit, said)
+            if isinstance(failure, QuotaExhausted):
+                raise failure
             raise RateLimited("gemini: the upstream rate limit was reached", retry_after=60)
         if result is None or exit.exit_code != 0 or result.get("status") != "success":
-            error = (result or {}).get("error")
-            raise self.failed(exit, json.dumps(error) if error else "")
+            raise self.failed(exit, said)
         stats = result.get("stats") or {}
         tokens_in = token_count(stats.get("input_tokens", stats.get("input")))
         tokens_out = token_count(stats.get("output_tokens"))

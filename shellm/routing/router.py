@@ -22,11 +22,12 @@ from shellm.completion import (
     ProviderRun,
     TextDelta,
 )
-from shellm.errors import NotLoggedIn, ProviderUnavailable, ShellmError, ShuttingDown
+from shellm.errors import NotLoggedIn, ProviderUnavailable, QuotaExhausted, ShellmError, ShuttingDown
 from shellm.models import ModelEntry, ModelTable
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
 from shellm.routing.queue import RequestQueue
+from shellm.routing.quota import QuotaTracker
 
 
 class Router:
@@ -42,9 +43,12 @@ class Router:
         circuits: Mapping[str, Circuit],
         fallback_chain: tuple[str, ...],
         on_call: Callable[[str, str], None] | None = None,
+        quota: QuotaTracker | None = None,
     ):
         """
         @param queues: by provider kind, C{"cli"} and C{"http"}.
+        @param quota: the providers' subscription windows; a spent one makes
+            the router skip its provider until it resets.
         @param on_call: told C{(provider, outcome)} after every provider run,
             the outcome being C{"ok"} or an error code.
         """
@@ -62,6 +66,7 @@ class Router:
         self.health = health
         self.circuits = circuits
         self.fallback_chain = fallback_chain
+        self.quota = quota if quota is not None else QuotaTracker(clock)
         self._calls: set[_Call] = set()
 
     def queue_for(self, provider_name: str) -> RequestQueue:
@@ -76,7 +81,23 @@ class Router:
             return health.error or f"{name} is not available"
         if not self.circuits[name].allows():
             return f"{name} is failing; its circuit is open"
+        if self.quota.exhausted(name) is not None:
+            return f"{name}'s subscription usage limit is reached"
         return None
+
+    def _quota_refusal(self, name: str) -> QuotaExhausted | None:
+        """
+        The error for a provider whose subscription window is spent: it is
+        not called, and its circuit is not told (nothing failed).
+        """
+        state = self.quota.exhausted(name)
+        if state is None:
+            return None
+        kind = state.ruling.kind.replace("_", "-") if state.ruling else "usage"
+        return QuotaExhausted(
+            f"{name}: its {kind} usage limit is reached until it resets",
+            retry_after=self.quota.retry_after(state),
+        )
 
     def admit(
         self,
@@ -101,7 +122,9 @@ class Router:
         entry, fallback = request.entry, None
         reason = self.unusable_reason(entry.provider)
         if reason is not None:
-            error = ProviderUnavailable(reason, retry_after=self.circuits[entry.provider].retry_after())
+            error = self._quota_refusal(entry.provider) if self.health.known_unusable(entry.provider) is None else None
+            if error is None:
+                error = ProviderUnavailable(reason, retry_after=self.circuits[entry.provider].retry_after())
             alternate = self._alternate(entry.provider, permits) if request.fallback else None
             if alternate is None:
                 raise error
@@ -237,6 +260,11 @@ class Router:
         if not self.accepting:
             queue.give_back()
             raise ShuttingDown("SheLLM is shutting down", retry_after=1)
+        refusal = self._quota_refusal(name)
+        if refusal is not None:
+            # The window was spent while this request waited for its slot.
+            queue.give_back()
+            raise refusal
         if not circuit.begin():
             queue.give_back()
             raise ProviderUnavailable(f"{name} is failing; its circuit is open", retry_after=circuit.retry_after())
@@ -252,10 +280,12 @@ class Router:
         try:
             result = await call.outcome
         except BaseException as e:
+            self.quota.observe(name, getattr(e, "quota", ()))
             self._judge(circuit, name, e)
             raise
         finally:
             self._calls.discard(call)
+        self.quota.observe(name, result.quota)
         circuit.succeeded()
         self.on_call(name, "ok")
         return result, queued_ms

@@ -12,6 +12,9 @@ FAKE_MODE           ok (default), echo, not_logged_in, upstream_401,
                     upstream_429, upstream_500, exit_nonzero, hang,
                     ignore_term, grandchild, byte_by_byte, huge_line,
                     invalid_utf8, garbage, slow_exit,
+                    quota_allowed, quota_warning (an answer with a
+                    rate_limit_event), quota_rejected (the event, then
+                    the limit-reached refusal)
                     from_prompt (the prompt's first word, mode:<name>, picks one)
 FAKE_TEXT           answer text (default "Hi! I am a fake model.")
 FAKE_CHUNKS         number of text deltas (default 3)
@@ -25,6 +28,9 @@ FAKE_RECORD         append a JSON line describing this invocation
 FAKE_GRANDCHILD_PID file receiving the grandchild pid (mode grandchild)
 FAKE_HUGE_BYTES     size of the huge line (mode huge_line, default 10000000)
 FAKE_EXIT_DELAY     seconds to linger before exiting (mode slow_exit, default 5)
+FAKE_RESETS_AT      resetsAt of the rate_limit_event (default: an hour from now)
+FAKE_UTILIZATION    its utilization, as JSON (default per mode; 1 when rejected)
+FAKE_LIMIT_TYPE     its rateLimitType (default five_hour)
 """
 
 import datetime
@@ -60,6 +66,9 @@ MODES = (
     "invalid_utf8",
     "garbage",
     "slow_exit",
+    "quota_allowed",
+    "quota_warning",
+    "quota_rejected",
 )
 
 
@@ -395,6 +404,43 @@ def run_upstream(c, status):
     return 1
 
 
+def rate_limit_line(c, status):
+    """
+    A rate_limit_event as claude 2.x prints it in stream-json (the
+    subscription window the answer counted against).
+    """
+    utilization = {"allowed": 0.42, "allowed_warning": 0.81, "rejected": 1}[status]
+    if os.environ.get("FAKE_UTILIZATION"):
+        utilization = json.loads(os.environ["FAKE_UTILIZATION"])
+    resets_at = int(os.environ.get("FAKE_RESETS_AT") or int(time.time()) + 3600)
+    kind = os.environ.get("FAKE_LIMIT_TYPE", "five_hour")
+    return {
+        "type": "rate_limit_event",
+        "rate_limit_info": {
+            "status": status,
+            "resetsAt": resets_at,
+            "rateLimitType": kind,
+            "utilization": utilization,
+            "isUsingOverage": False,
+            "overageStatus": "rejected",
+            "overageDisabledReason": "org_level_disabled",
+        },
+        "uuid": c._uuid(),
+        "session_id": c.session_id,
+    }
+
+
+def run_quota_rejected(c):
+    text = "You've hit your limit \u00b7 resets 2pm (UTC)"
+    zero = c.usage(0, 0)
+    c.out.line(c.init_line())
+    c.out.line(c.status_line())
+    c.out.line(rate_limit_line(c, "rejected"))
+    c.out.line(c.assistant_line(text, zero, model="<synthetic>", error="rate_limit", is_api_error_message=True))
+    c.out.line(c.result_line(text, True, zero, 0, api_error_status=429, terminal_reason="api_error"))
+    return 1
+
+
 def run_success(c, mode, text):
     out = c.out
     input_tokens = env_int("FAKE_INPUT_TOKENS", 10)
@@ -411,6 +457,8 @@ def run_success(c, mode, text):
         base = len(encode(c.status_line(padding="")))
         out.line(c.status_line(padding="x" * max(0, size - base)))
     out.line(c.status_line())
+    if mode in ("quota_allowed", "quota_warning"):
+        out.line(rate_limit_line(c, "allowed" if mode == "quota_allowed" else "allowed_warning"))
     out.line(
         c.stream_event(
             {
@@ -502,6 +550,8 @@ def main():
         return run_not_logged_in(c)
     if mode.startswith("upstream_"):
         return run_upstream(c, int(mode.split("_", 1)[1]))
+    if mode == "quota_rejected":
+        return run_quota_rejected(c)
     if mode == "exit_nonzero":
         c.out.line(c.init_line())
         stderr("Error: fake crash while talking to the API")

@@ -11,6 +11,7 @@ FAKE_MODE           ok (default), echo, not_logged_in, upstream_401,
                     upstream_429, upstream_500, exit_nonzero, hang,
                     ignore_term, grandchild, byte_by_byte, huge_line,
                     invalid_utf8, garbage, slow_exit,
+                    usage_limit (the subscription limit-reached error),
                     from_prompt (the prompt's first word, mode:<name>, picks one)
 FAKE_TEXT           answer text (default "Hi! I am a fake model."); split on
                     "|" into one agent_message item per piece
@@ -23,6 +24,13 @@ FAKE_RECORD         append a JSON line describing this invocation
 FAKE_GRANDCHILD_PID file receiving the grandchild pid (mode grandchild)
 FAKE_HUGE_BYTES     size of the huge line (mode huge_line, default 10000000)
 FAKE_EXIT_DELAY     seconds to linger before exiting (mode slow_exit, default 5)
+
+`codex [-c k=v ...] app-server` is a fake app-server: it answers JSON-RPC on
+stdin (initialize, then account/rateLimits/read) one line at a time:
+
+FAKE_RATE_LIMITS    the rateLimits object, JSON (default: the weekly window
+                    in primary at 97%, no secondary)
+FAKE_APP_SERVER     ok (default), error (a JSON-RPC error), hang
 """
 
 import datetime
@@ -57,6 +65,12 @@ MODES = (
     "invalid_utf8",
     "garbage",
     "slow_exit",
+    "usage_limit",
+)
+
+USAGE_LIMIT = (
+    "You've hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
+    "https://chatgpt.com/codex/settings/usage to purchase more credits or try again in 2 hours 5 minutes."
 )
 
 
@@ -305,10 +319,52 @@ def run_success(c, mode, messages):
     return 0
 
 
+def default_rate_limits():
+    return {
+        "limitId": "codex",
+        "primary": {"usedPercent": 97, "windowDurationMins": 10080, "resetsAt": int(time.time()) + 3 * 86400},
+        "secondary": None,
+        "credits": {"hasCredits": False, "unlimited": False, "balance": None},
+        "planType": "plus",
+    }
+
+
+def run_app_server():
+    """
+    The app-server's JSON-RPC over stdio, as far as SheLLM's probe uses it.
+    """
+    behaviour = os.environ.get("FAKE_APP_SERVER", "ok")
+    seen = []
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        message = json.loads(line)
+        seen.append(message)
+        method, ident = message.get("method"), message.get("id")
+        if method == "initialize":
+            reply = {"id": ident, "result": {"userAgent": "codex_app_server/0.169.0", "platformOs": "linux"}}
+        elif method == "account/rateLimits/read":
+            if behaviour == "hang":
+                sleep_forever()
+            if behaviour == "error":
+                reply = {"id": ident, "error": {"code": -32600, "message": "not signed in with ChatGPT"}}
+            else:
+                limits = json.loads(os.environ.get("FAKE_RATE_LIMITS") or "null") or default_rate_limits()
+                reply = {"id": ident, "result": {"rateLimits": limits, "rateLimitsByLimitId": None}}
+        else:
+            continue  # notifications get no answer
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    record(json.dumps(seen))
+    return 0
+
+
 def main():
     if sys.argv[1:] == ["--version"]:
         sys.stdout.write("codex-cli 0.169.0\n")
         return 0
+    if "app-server" in sys.argv[1:]:
+        return run_app_server()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     mode = os.environ.get("FAKE_MODE", "ok") or "ok"
@@ -335,6 +391,9 @@ def main():
     if mode.startswith("upstream_"):
         c.start_lines()
         return c.fail(UPSTREAM[int(mode.split("_", 1)[1])])
+    if mode == "usage_limit":
+        c.start_lines()
+        return c.fail(USAGE_LIMIT)
     if mode == "exit_nonzero":
         c.start_lines()
         stderr("Error: fake crash while talking to the API")

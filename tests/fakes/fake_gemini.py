@@ -9,6 +9,7 @@ The prompt is read from stdin. Behaviour is driven by environment variables:
 
 FAKE_MODE           ok (default), echo, not_logged_in, upstream_401,
                     upstream_429, upstream_500, exit_nonzero, hang,
+                    daily_quota (429 RESOURCE_EXHAUSTED naming a per-day quota),
                     ignore_term, grandchild, byte_by_byte, huge_line,
                     invalid_utf8, garbage, slow_exit,
                     from_prompt (the prompt's first word, mode:<name>, picks one)
@@ -57,7 +58,33 @@ MODES = (
     "invalid_utf8",
     "garbage",
     "slow_exit",
+    "daily_quota",
 )
+
+#: A 429 for a spent daily quota, as the Gemini API sends it.
+DAILY_QUOTA = {
+    "error": {
+        "code": 429,
+        "message": "You exceeded your current quota, please check your plan and billing details. "
+        "Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, "
+        "limit: 250, model: gemini-2.5-pro",
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                        "quotaDimensions": {"location": "global", "model": "gemini-2.5-pro"},
+                        "quotaValue": "250",
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43s"},
+        ],
+    }
+}
 
 
 def env_int(name, default):
@@ -321,6 +348,15 @@ def run_upstream(g, prompt, status):
     return status % 256
 
 
+def run_daily_quota(g, prompt):
+    g.out.line(g.init_line())
+    g.out.line(g.user_line(prompt))
+    err = {"session_id": g.session_id, "error": {"type": "Error", "message": json.dumps(DAILY_QUOTA), "code": 429}}
+    sys.stderr.write(json.dumps(err, indent=2, ensure_ascii=False) + "\n")
+    sys.stderr.flush()
+    return 429 % 256
+
+
 def run_success(g, mode, prompt, text):
     out = g.out
     input_tokens = env_int("FAKE_INPUT_TOKENS", 10)
@@ -380,6 +416,8 @@ def main():
         return run_not_logged_in()
     if mode.startswith("upstream_"):
         return run_upstream(g, prompt, int(mode.split("_", 1)[1]))
+    if mode == "daily_quota":
+        return run_daily_quota(g, prompt)
     if mode == "exit_nonzero":
         g.out.line(g.init_line())
         stderr("Error: fake crash while talking to the API")
