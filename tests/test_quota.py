@@ -124,6 +124,63 @@ CLAUDE_REFUSED = {
 
 # -- claude's rate_limit_event
 
+#: What claude 2.1.332 printed for a subscription login (a token) against a
+#: fake server sending anthropic-ratelimit-unified-* headers: the warning
+#: shows only in the window's own status; the rejection has the integer 1.
+MEASURED_WARNING = {
+    "type": "rate_limit_event",
+    "rate_limit_info": {
+        "status": "allowed",
+        "resetsAt": NOW + 3600,
+        "rateLimitType": "five_hour",
+        "overageStatus": "rejected",
+        "overageDisabledReason": "org_level_disabled",
+        "isUsingOverage": False,
+        "unifiedWindows": {
+            "five_hour": {"utilization": 0.82, "resetsAt": NOW + 3600, "status": "allowed_warning"},
+            "seven_day": {"utilization": 0.4, "resetsAt": NOW + 3 * 86400, "status": "allowed"},
+        },
+    },
+    "uuid": "8f2a34f3",
+    "session_id": "84996334",
+}
+MEASURED_REJECTED = {
+    "type": "rate_limit_event",
+    "rate_limit_info": {
+        "status": "rejected",
+        "resetsAt": NOW + 3600,
+        "rateLimitType": "five_hour",
+        "overageStatus": "rejected",
+        "overageDisabledReason": "org_level_disabled",
+        "isUsingOverage": False,
+        "unifiedWindows": {
+            "five_hour": {"utilization": 1, "resetsAt": NOW + 3600, "status": "rejected"},
+            "seven_day": {"utilization": 0.4, "resetsAt": NOW + 3 * 86400, "status": "allowed"},
+        },
+    },
+}
+
+
+def test_measured_claude_events():
+    """
+    The events claude 2.1.332 prints: each window of C{unifiedWindows}
+    with its own share, reset and status (the warning comes from there).
+    """
+    parser = ClaudeOutput("claude", lambda event: None)
+    parser.clock = clock_at()
+    feed(parser, MEASURED_WARNING)
+    assert [(w.kind, w.status, w.used, w.resets_at) for w in parser.quota] == [
+        ("five_hour", "allowed_warning", 0.82, NOW + 3600),
+        ("seven_day", "allowed", 0.4, NOW + 3 * 86400),
+    ]
+    parser = ClaudeOutput("claude", lambda event: None)
+    parser.clock = clock_at()
+    feed(parser, MEASURED_REJECTED)
+    assert [(w.kind, w.status, w.used) for w in parser.quota] == [
+        ("five_hour", "rejected", 1.0),
+        ("seven_day", "allowed", 0.4),
+    ]
+
 
 def test_claude_allowed_warning_is_a_successful_answer():
     """
@@ -220,6 +277,8 @@ def test_claude_event_without_info_is_ignored():
             utc(2026, 11, 30, 14),
         ),
         ("You've hit your limit", "usage_limit", NOW + DEFAULT_HOLD),
+        # claude 2.1.332 against a fake server sending a rejection (measured).
+        ("You've hit your 5-hour limit · resets 11:58pm (UTC)", "five_hour", utc(2026, 11, 30, 23, 58)),
     ],
 )
 def test_claude_limit_texts(utc_zone, text, kind, resets_at):

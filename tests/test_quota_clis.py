@@ -42,7 +42,7 @@ async def test_claude_answer_reports_its_window(mode, kind, status, used, make_p
     provider = make_provider("claude", env={"FAKE_MODE": mode, "FAKE_RESETS_AT": str(resets_at)})
     result, sink = await run_to_end(provider, request("claude"))
     assert sink.text == "Hi! I am a fake model."
-    [window] = result.quota
+    window, weekly = result.quota
     assert (window.kind, window.status, window.used, window.resets_at, window.source) == (
         kind,
         status,
@@ -50,6 +50,7 @@ async def test_claude_answer_reports_its_window(mode, kind, status, used, make_p
         resets_at,
         "stream",
     )
+    assert (weekly.kind, weekly.status, weekly.used) == ("seven_day", "allowed", 0.4)
     assert await wait_for_no_processes(marker) == []
 
 
@@ -65,8 +66,9 @@ async def test_claude_rejection_is_quota_exhausted(make_provider, marker):
     assert isinstance(error, QuotaExhausted), error
     assert error.status == 429 and not error.blames_provider
     assert 2990 <= error.retry_after <= 3000
-    [window] = error.quota
+    window, weekly = error.quota
     assert (window.kind, window.status, window.used, window.resets_at) == ("five_hour", "rejected", 1.0, resets_at)
+    assert (weekly.kind, weekly.status) == ("seven_day", "allowed")
     assert sink.events == []
     assert await wait_for_no_processes(marker) == []
 

@@ -93,7 +93,8 @@ async def test_spent_window_is_skipped_shown_and_gauged(tmp_path, marker):
         assert response.code == 200
         claude = quota["providers"]["claude"]
         assert (claude["state"], claude["resets_at"]) == ("exhausted", resets_at)
-        [window] = claude["windows"]
+        window, weekly = claude["windows"]
+        assert (weekly["kind"], weekly["status"], weekly["used"]) == ("seven_day", "allowed", 0.4)
         assert (window["kind"], window["status"], window["used"], window["resets_at"], window["source"]) == (
             "five_hour",
             "rejected",

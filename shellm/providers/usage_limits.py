@@ -64,27 +64,45 @@ def _bounded(resets_at: float | None, now: float, default: float) -> float:
 # -- claude
 
 
+_STATUSES = ("allowed", "allowed_warning", "rejected")
+
+
+def _status(value) -> str | None:
+    return value if value in _STATUSES else None
+
+
+def _worse(a: str, b: str | None) -> str:
+    return a if b is None or _STATUSES.index(a) >= _STATUSES.index(b) else b
+
+
 def claude_rate_limit_event(event: Mapping, now: float) -> list[QuotaWindow]:
     """
-    The windows in a claude C{rate_limit_event} line::
+    The windows in a claude C{rate_limit_event} line, as claude 2.1.332
+    prints it for a subscription login::
 
-        {"type": "rate_limit_event", "rate_limit_info": {"status": "allowed_warning",
-         "resetsAt": 1764547200, "rateLimitType": "seven_day", "utilization": 0.8,
-         "unifiedWindows": {"five_hour": {"utilization": 1}, ...}}}
+        {"type": "rate_limit_event", "rate_limit_info": {"status": "allowed",
+         "resetsAt": 1796083131, "rateLimitType": "five_hour", "overageStatus": "rejected",
+         "isUsingOverage": false, "unifiedWindows": {
+           "five_hour": {"utilization": 0.82, "resetsAt": 1796083131, "status": "allowed_warning"},
+           "seven_day": {"utilization": 0.4, "resetsAt": 1796338731, "status": "allowed"}}}}
 
-    A rejection that claude serves from overage anyway is a warning, not a
-    spent window.
+    The top level names the window that rules (C{rateLimitType}); each of
+    C{unifiedWindows} has its own share, reset and status (the warning
+    shows there while the top level still says C{allowed}).  Older captures
+    put C{utilization} at the top level.  A rejection that claude serves
+    from paid overage anyway is a warning, not a spent window.
     """
     info = event.get("rate_limit_info")
     if not isinstance(info, Mapping):
         return []
-    status = info.get("status") if info.get("status") in ("allowed", "allowed_warning", "rejected") else "allowed"
-    if status == "rejected" and info.get("overageStatus") in ("allowed", "allowed_warning"):
-        status = "allowed_warning"
+    overage = info.get("overageStatus") in ("allowed", "allowed_warning")
+
+    def judged(status: str) -> str:
+        return "allowed_warning" if status == "rejected" and overage else status
+
+    status = judged(_status(info.get("status")) or "allowed")
     kind = info.get("rateLimitType") if isinstance(info.get("rateLimitType"), str) else "usage_limit"
     resets_at = _epoch(info.get("resetsAt"))
-    if status == "rejected":
-        resets_at = _bounded(resets_at, now, now + DEFAULT_HOLD)
     windows = {kind: QuotaWindow(kind, status, _share(info.get("utilization")), resets_at, "stream")}
     unified = info.get("unifiedWindows")
     if isinstance(unified, Mapping):
@@ -92,19 +110,25 @@ def claude_rate_limit_event(event: Mapping, now: float) -> list[QuotaWindow]:
             if not isinstance(name, str) or not isinstance(detail, Mapping):
                 continue
             used = _share(detail.get("utilization"))
-            if name == kind:
-                main = windows[kind]
-                windows[kind] = QuotaWindow(
-                    kind, status, used if used is not None else main.used, main.resets_at, "stream"
+            own = _status(detail.get("status"))
+            reset = _epoch(detail.get("resetsAt"))
+            main = windows.get(name)
+            if main is not None:
+                windows[name] = QuotaWindow(
+                    name,
+                    judged(_worse(main.status, own)),
+                    used if used is not None else main.used,
+                    reset or main.resets_at,
+                    "stream",
                 )
             else:
-                own = (
-                    detail.get("status") if detail.get("status") in ("allowed", "allowed_warning", "rejected") else None
-                )
-                windows[name] = QuotaWindow(
-                    name, own or "allowed", used, _epoch(detail.get("resetsAt", detail.get("resets_at"))), "stream"
-                )
-    return list(windows.values())
+                windows[name] = QuotaWindow(name, judged(own or "allowed"), used, reset, "stream")
+    return [
+        w
+        if w.status != "rejected"
+        else QuotaWindow(w.kind, w.status, w.used, _bounded(w.resets_at, now, now + DEFAULT_HOLD), w.source)
+        for w in windows.values()
+    ]
 
 
 _CLAUDE_EPOCH = re.compile(r"usage limit reached\|(\d{9,13})", re.IGNORECASE)

@@ -406,24 +406,30 @@ def run_upstream(c, status):
 
 def rate_limit_line(c, status):
     """
-    A rate_limit_event as claude 2.x prints it in stream-json (the
-    subscription window the answer counted against).
+    A rate_limit_event as claude 2.1.332 prints it in stream-json for a
+    subscription login: the ruling window at the top level (whose status
+    stays "allowed" on a warning), each window's share, reset and status
+    under unifiedWindows; utilization is the integer 1 when rejected.
     """
     utilization = {"allowed": 0.42, "allowed_warning": 0.81, "rejected": 1}[status]
     if os.environ.get("FAKE_UTILIZATION"):
         utilization = json.loads(os.environ["FAKE_UTILIZATION"])
     resets_at = int(os.environ.get("FAKE_RESETS_AT") or int(time.time()) + 3600)
     kind = os.environ.get("FAKE_LIMIT_TYPE", "five_hour")
+    other = "seven_day" if kind != "seven_day" else "five_hour"
     return {
         "type": "rate_limit_event",
         "rate_limit_info": {
-            "status": status,
+            "status": "rejected" if status == "rejected" else "allowed",
             "resetsAt": resets_at,
             "rateLimitType": kind,
-            "utilization": utilization,
-            "isUsingOverage": False,
             "overageStatus": "rejected",
             "overageDisabledReason": "org_level_disabled",
+            "isUsingOverage": False,
+            "unifiedWindows": {
+                kind: {"utilization": utilization, "resetsAt": resets_at, "status": status},
+                other: {"utilization": 0.4, "resetsAt": resets_at + 2 * 86400, "status": "allowed"},
+            },
         },
         "uuid": c._uuid(),
         "session_id": c.session_id,
@@ -431,7 +437,7 @@ def rate_limit_line(c, status):
 
 
 def run_quota_rejected(c):
-    text = "You've hit your limit \u00b7 resets 2pm (UTC)"
+    text = "You've hit your 5-hour limit \u00b7 resets 11:58pm (UTC)"
     zero = c.usage(0, 0)
     c.out.line(c.init_line())
     c.out.line(c.status_line())
