@@ -315,6 +315,13 @@ def test_claude_rate_limits_are_not_windows(text):
             "5 days 22 hours 11 minutes.",
             NOW + 5 * 86400 + 22 * 3600 + 11 * 60,
         ),
+        # codex 0.169 against a fake server answering 429 usage_limit_reached
+        # (measured; note the typographic apostrophe).
+        (
+            "You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
+            "https://chatgpt.com/settings/usage to purchase more credits or try again at Dec 1st, 2026 1:07 AM.",
+            utc(2026, 12, 1, 1, 7),
+        ),
         # codex #26668.
         (
             "You've hit your usage limit. Upgrade to Pro or try again at Dec 2nd, 2026 8:19 PM.",

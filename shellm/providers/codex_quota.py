@@ -17,8 +17,9 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from shellm import __version__
 from shellm.completion import QuotaWindow
@@ -33,6 +34,21 @@ PROBE_TIMEOUT = 20.0
 AFTER_ERROR_INTERVAL = 60.0
 
 _INITIALIZE, _READ = 1, 2
+
+#: C{codex app-server}, without analytics and without the plugin and app
+#: syncs (which would call the vendor's backend for nothing).
+PROBE_ARGS = (
+    "codex",
+    "-c",
+    "analytics.enabled=false",
+    "-c",
+    "features.plugins=false",
+    "-c",
+    "features.remote_plugin=false",
+    "-c",
+    "features.apps=false",
+    "app-server",
+)
 
 
 def probe_requests() -> bytes:
@@ -112,6 +128,11 @@ class CodexQuotaProbe:
         scratch = tempfile.mkdtemp(prefix="shellm-codex-quota-")
         windows: list[QuotaWindow] = []
         errors: list[str] = []
+        runs: list = []
+
+        def stop() -> None:
+            if runs and not runs[0].result.called:
+                runs[0].result.cancel()
 
         def on_line(line: str) -> None:
             message = parse_json_line(line)
@@ -124,6 +145,8 @@ class CodexQuotaProbe:
                 else:
                     error = message.get("error")
                     errors.append(str(error.get("message", "")) if isinstance(error, dict) else "no result")
+                # Answered: the app-server would wait for more requests.
+                self._clock.callLater(0, stop)
             elif message.get("method") == "account/rateLimits/updated" and isinstance(message.get("params"), dict):
                 windows[:] = codex_rate_limits(message["params"], now) or windows
 
@@ -133,10 +156,13 @@ class CodexQuotaProbe:
             run = provider._runner.run(
                 CliCommand(
                     executable=executable,
-                    args=("codex", "-c", "analytics.enabled=false", "app-server"),
+                    args=PROBE_ARGS,
                     env=provider.environment(scratch),
                     cwd=os.path.join(scratch, "work"),
                     stdin=probe_requests(),
+                    # codex 0.169's app-server exits at end of input
+                    # without answering a request still in progress.
+                    keep_stdin_open=True,
                 ),
                 on_line,
                 timeout=self._timeout,
@@ -145,20 +171,20 @@ class CodexQuotaProbe:
             shutil.rmtree(scratch, ignore_errors=True)
             self.log.failure("could not start the codex app-server")
             return succeed([])
+        runs.append(run)
         run.finished.addBoth(lambda _: shutil.rmtree(scratch, ignore_errors=True))
 
-        def ended(exit: CliExit) -> list[QuotaWindow]:
+        def ended(outcome) -> list[QuotaWindow]:
             if windows:
                 self._report(list(windows))
+            elif isinstance(outcome, Failure) and not outcome.check(CancelledError):
+                self.log.failure("codex rate-limit probe failed", outcome)
             else:
-                self.log.info(
-                    "codex app-server told no rate limits ({why})",
-                    why=errors[0][:200] if errors else f"exit code {exit.exit_code}, timed out {exit.timed_out}",
-                )
+                why = errors[0][:200] if errors else "no answer"
+                if isinstance(outcome, CliExit):
+                    why += f"; exit code {outcome.exit_code}, timed out {outcome.timed_out}"
+                self.log.info("codex app-server told no rate limits ({why})", why=why)
             return list(windows)
 
-        def broke(failure) -> list[QuotaWindow]:
-            self.log.failure("codex rate-limit probe failed", failure)
-            return []
-
-        return run.result.addCallbacks(ended, broke)
+        # Fires once the child is reaped, so no probe outlives its Deferred.
+        return run.result.addBoth(lambda outcome: run.finished.addCallback(lambda _: ended(outcome)))

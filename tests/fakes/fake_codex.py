@@ -26,7 +26,8 @@ FAKE_HUGE_BYTES     size of the huge line (mode huge_line, default 10000000)
 FAKE_EXIT_DELAY     seconds to linger before exiting (mode slow_exit, default 5)
 
 `codex [-c k=v ...] app-server` is a fake app-server: it answers JSON-RPC on
-stdin (initialize, then account/rateLimits/read) one line at a time:
+stdin (initialize, then account/rateLimits/read) one line at a time, until
+stdin closes; FAKE_RECORD gets the messages seen when the read arrives:
 
 FAKE_RATE_LIMITS    the rateLimits object, JSON (default: the weekly window
                     in primary at 97%, no secondary)
@@ -332,9 +333,21 @@ def default_rate_limits():
 def run_app_server():
     """
     The app-server's JSON-RPC over stdio, as far as SheLLM's probe uses it.
+    Like codex 0.169's, it answers the rate-limit read a moment later (the
+    real one asks the backend) and exits as soon as stdin closes, dropping
+    an answer still in progress.
     """
+    import threading
+
     behaviour = os.environ.get("FAKE_APP_SERVER", "ok")
+    lock = threading.Lock()
     seen = []
+
+    def send(reply):
+        with lock:
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -342,21 +355,18 @@ def run_app_server():
         seen.append(message)
         method, ident = message.get("method"), message.get("id")
         if method == "initialize":
-            reply = {"id": ident, "result": {"userAgent": "codex_app_server/0.169.0", "platformOs": "linux"}}
+            send({"id": ident, "result": {"userAgent": "codex_app_server/0.169.0", "platformOs": "linux"}})
         elif method == "account/rateLimits/read":
+            record(json.dumps(seen))
             if behaviour == "hang":
-                sleep_forever()
+                continue
             if behaviour == "error":
-                reply = {"id": ident, "error": {"code": -32600, "message": "not signed in with ChatGPT"}}
+                reply = {"id": ident, "error": {"code": -32600, "message": "codex account authentication required"}}
             else:
                 limits = json.loads(os.environ.get("FAKE_RATE_LIMITS") or "null") or default_rate_limits()
                 reply = {"id": ident, "result": {"rateLimits": limits, "rateLimitsByLimitId": None}}
-        else:
-            continue  # notifications get no answer
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
-    record(json.dumps(seen))
-    return 0
+            threading.Timer(0.2, send, (reply,)).start()
+    os._exit(0)
 
 
 def main():
