@@ -388,6 +388,10 @@ GEMINI_DAILY_BODY = json.dumps(
 @pytest.mark.parametrize(
     "text",
     [
+        # gemini 0.61 -o stream-json, after a 429 whose QuotaFailure names a
+        # PerDay quota (measured; exit 173).
+        "[API Error: You have exhausted your daily quota on this model.]\nPlease wait and try again later. "
+        "To increase your limits, request a quota increase through AI Studio, or switch to another /auth method",
         "You have reached your daily gemini-2.5-pro quota limit.",
         "Quota exceeded for quota metric 'Gemini 2.5 Pro Requests' and limit "
         "'Gemini 2.5 Pro Requests per day per user per tier'",
@@ -438,8 +442,26 @@ def test_parsers_classify_limit_texts():
     with pytest.raises(QuotaExhausted):
         gemini.finish(exit_with(173, stderr=json.dumps({"error": {"message": GEMINI_DAILY_BODY, "code": 429}})))
     gemini = GeminiOutput("gemini", lambda event: None)
-    with pytest.raises(RateLimited):
+    with pytest.raises(RateLimited) as limited:
         gemini.finish(exit_with(173, stderr='{"error":{"message":"Resource has been exhausted (e.g. check quota)."}}'))
+    assert limited.value.retry_after == 60
+    # gemini 0.61 on a per-minute quota (measured): its suggested wait is kept.
+    gemini = GeminiOutput("gemini", lambda event: None)
+    feed(
+        gemini,
+        {
+            "type": "result",
+            "status": "error",
+            "error": {
+                "type": "unknown",
+                "message": "[API Error: You exceeded your current quota, please check your plan and billing details."
+                "\nSuggested retry after 43s.]\nPlease wait and try again later.",
+            },
+        },
+    )
+    with pytest.raises(RateLimited) as limited:
+        gemini.finish(exit_with(173))
+    assert limited.value.retry_after == 43
 
 
 # -- codex app-server rate limits

@@ -6,7 +6,9 @@ settings file in the run's private working folder that declares no tools.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 
 from shellm.completion import CompletionRequest, ProviderResult, Usage
@@ -27,6 +29,8 @@ RUN_SETTINGS = {
 # In its JSON modes gemini exits with the upstream HTTP status modulo 256.
 _EXIT_NOT_LOGGED_IN = {41, 401 % 256, 403 % 256}
 _EXIT_RATE_LIMITED = 429 % 256
+#: "Suggested retry after 43s." (gemini 0.61), "Please retry in 43.2s."
+_SUGGESTED_WAIT = re.compile(r"retry (?:after|in) ([0-9]+(?:\.[0-9]+)?)s\b", re.IGNORECASE)
 
 
 class GeminiOutput(OutputParser):
@@ -58,7 +62,9 @@ class GeminiOutput(OutputParser):
             failure = self.failed(exit, said)
             if isinstance(failure, QuotaExhausted):
                 raise failure
-            raise RateLimited("gemini: the upstream rate limit was reached", retry_after=60)
+            wait = _SUGGESTED_WAIT.search(said + "\n" + exit.stderr_tail)
+            retry_after = min(3600, math.ceil(float(wait.group(1)))) if wait else 60
+            raise RateLimited("gemini: the upstream rate limit was reached", retry_after=max(1, retry_after))
         if result is None or exit.exit_code != 0 or result.get("status") != "success":
             raise self.failed(exit, said)
         stats = result.get("stats") or {}

@@ -245,7 +245,7 @@ def codex_limit_error(text: str, now: float) -> QuotaWindow | None:
 # -- gemini
 
 
-_GEMINI_DAILY = re.compile(r"reached your daily [\w.\- ]*quota|PerDay|per day", re.IGNORECASE)
+_GEMINI_DAILY = re.compile(r"(?:reached|exhausted) your daily [\w.\- ]*quota|PerDay|per day", re.IGNORECASE)
 
 
 def next_pacific_midnight(now: float) -> float:
@@ -260,10 +260,12 @@ def next_pacific_midnight(now: float) -> float:
 
 def gemini_limit_error(text: str, now: float) -> QuotaWindow | None:
     """
-    A spent daily gemini quota: C{You have reached your daily gemini-2.5-pro
-    quota limit}, a C{RESOURCE_EXHAUSTED} error whose C{QuotaFailure} names
-    a per-day quota, or C{Quota exceeded ... per day ...}.  Per-minute
-    limits are not windows (they are ordinary rate limits).
+    A spent daily gemini quota: C{You have exhausted your daily quota on
+    this model.} (gemini 0.61, when the API's C{QuotaFailure} names a
+    per-day quota), C{You have reached your daily gemini-2.5-pro quota
+    limit} (older), a C{RESOURCE_EXHAUSTED} body naming a per-day quota,
+    or C{Quota exceeded ... per day ...}.  Per-minute limits are not windows
+    (they are ordinary rate limits).
     """
     if not _GEMINI_DAILY.search(text):
         return None

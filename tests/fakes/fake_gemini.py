@@ -349,11 +349,32 @@ def run_upstream(g, prompt, status):
 
 
 def run_daily_quota(g, prompt):
+    """
+    What gemini 0.61 prints with -o stream-json when the API answers 429
+    RESOURCE_EXHAUSTED with a QuotaFailure naming a per-day quota
+    (DAILY_QUOTA): a failed result line, the error on stderr, exit 173.
+    """
     g.out.line(g.init_line())
     g.out.line(g.user_line(prompt))
-    err = {"session_id": g.session_id, "error": {"type": "Error", "message": json.dumps(DAILY_QUOTA), "code": 429}}
-    sys.stderr.write(json.dumps(err, indent=2, ensure_ascii=False) + "\n")
-    sys.stderr.flush()
+    stderr(
+        "Error when talking to Gemini API Full report available at: /tmp/gemini-client-error.json "
+        "TerminalQuotaError: You have exhausted your daily quota on this model."
+    )
+    stderr("  cause: {\n    code: 429,\n    message: '%s',\n  }" % DAILY_QUOTA["error"]["message"])
+    g.out.line(
+        {
+            "type": "result",
+            "timestamp": now_iso(),
+            "status": "error",
+            "error": {
+                "type": "unknown",
+                "message": "[API Error: You have exhausted your daily quota on this model.]\nPlease wait and try "
+                "again later. To increase your limits, request a quota increase through AI Studio, or switch "
+                "to another /auth method",
+            },
+            "stats": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0, "cached": 0, "input": 0},
+        }
+    )
     return 429 % 256
 
 
