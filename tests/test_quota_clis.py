@@ -24,6 +24,9 @@ from .test_cli_providers import read_records, real_reactor_test, request, run_to
 spawner = cli_tests.spawner
 make_provider = cli_tests.make_provider
 
+#: Real child processes (the second stage of .ci/run).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize(
     "mode, kind, status, used",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import pytest_twisted
 import treq
 
@@ -17,6 +18,9 @@ from tests.conftest import fake_cli, wait_for_no_processes
 from tests.daemon import Daemon
 
 KEY = "quota-test-key-0123456789"
+
+#: Real child processes (the second stage of .ci/run).
+pytestmark = pytest.mark.slow
 
 
 def settings(marker: str, record: str, resets_at: int) -> dict:

@@ -101,7 +101,8 @@ def claude_rate_limit_event(event: Mapping, now: float) -> list[QuotaWindow]:
         return "allowed_warning" if status == "rejected" and overage else status
 
     status = judged(_status(info.get("status")) or "allowed")
-    kind = info.get("rateLimitType") if isinstance(info.get("rateLimitType"), str) else "usage_limit"
+    named = info.get("rateLimitType")
+    kind = named if isinstance(named, str) else "usage_limit"
     resets_at = _epoch(info.get("resetsAt"))
     windows = {kind: QuotaWindow(kind, status, _share(info.get("utilization")), resets_at, "stream")}
     unified = info.get("unifiedWindows")

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 
 from attrs import evolve, frozen
+from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 
 from shellm.completion import QuotaWindow
@@ -62,7 +63,7 @@ class QuotaTracker:
         self.threshold = threshold
         self._windows: dict[str, dict[str, QuotaWindow]] = {}
         self._states: dict[str, str] = {}
-        self._timers: dict[str, object] = {}
+        self._timers: dict[str, DelayedCall] = {}
 
     def observe(self, provider: str, windows: Iterable[QuotaWindow]) -> None:
         """
