@@ -75,13 +75,25 @@ async def test_spent_window_is_skipped_shown_and_gauged(tmp_path, marker):
         ]
         assert response.headers.getRawHeaders("x-shellm-quota-state") == ["warning"]
 
+        # A stream's headers go out before its run: they show the windows known then.
+        response = await treq.post(
+            daemon.url + "/completions/stream",
+            json={"model": "claude", "prompt": "mode:quota_allowed"},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=30,
+        )
+        assert b'"done": true' in await response.content()
+        assert response.headers.getRawHeaders("x-shellm-quota-five-hour") == [
+            f"0.81;reset={resets_at};status=allowed_warning"
+        ]
+
         response, body = await call(
             daemon, "POST", "/completions", {"model": "claude", "prompt": "mode:quota_rejected"}
         )
         assert response.code == 200
         assert (body["provider"], body["content"]) == ("gemini", "gemini here")
         assert body["original_provider"] == "claude" and body["original_error"]["error"] == "quota_exhausted"
-        assert claude_runs(record) == 2
+        assert claude_runs(record) == 3
 
         response, body = await call(daemon, "POST", "/completions", {"model": "claude", "prompt": "mode:ok"})
         assert response.code == 200 and body["provider"] == "gemini"
@@ -91,7 +103,7 @@ async def test_spent_window_is_skipped_shown_and_gauged(tmp_path, marker):
         assert response.code == 429 and body["error"] == "quota_exhausted"
         [retry_after] = response.headers.getRawHeaders("retry-after")
         assert 3500 < int(retry_after) <= 3600
-        assert claude_runs(record) == 2  # never started while spent
+        assert claude_runs(record) == 3  # never started while spent
 
         response, quota = await call(daemon, "GET", "/usage/quota")
         assert response.code == 200
@@ -126,6 +138,11 @@ async def test_spent_window_is_skipped_shown_and_gauged(tmp_path, marker):
         await daemon.stop()
     logged = [json.loads(line) for line in daemon.log_lines()]
     changes = [r for r in logged if r.get("namespace", "").endswith("QuotaTracker")]
-    assert [(r["provider"], r["state"]) for r in changes] == [("claude", "warning"), ("claude", "exhausted")]
-    assert "claude quota exhausted (five_hour) until" in changes[1]["message"]
+    # The streamed answer's "allowed" five-hour window ended the warning for a while.
+    assert [(r["provider"], r["state"]) for r in changes] == [
+        ("claude", "warning"),
+        ("claude", "ok"),
+        ("claude", "exhausted"),
+    ]
+    assert "claude quota exhausted (five_hour) until" in changes[2]["message"]
     assert await wait_for_no_processes(marker) == []

@@ -99,6 +99,18 @@ class Router:
             retry_after=self.quota.retry_after(state),
         )
 
+    def _refusal(self, name: str, reason: str) -> ShellmError:
+        """
+        Why C{name} is refused at once: a spent window (429 until its reset)
+        when that is what holds an installed, logged-in provider back, else
+        503.
+        """
+        if self.health.known_unusable(name) is None:
+            spent = self._quota_refusal(name)
+            if spent is not None:
+                return spent
+        return ProviderUnavailable(reason, retry_after=self.circuits[name].retry_after())
+
     def admit(
         self,
         request: CompletionRequest,
@@ -116,15 +128,15 @@ class Router:
         @raise QueueFull: the queue has no room.
         @raise ProviderUnavailable: the provider is known to be unusable and
             no fallback may take the request.
+        @raise QuotaExhausted: the provider's subscription window is spent
+            and no fallback may take the request.
         """
         if not (self.admitting and self.accepting):
             raise ShuttingDown("SheLLM is shutting down", retry_after=1)
         entry, fallback = request.entry, None
         reason = self.unusable_reason(entry.provider)
         if reason is not None:
-            error = self._quota_refusal(entry.provider) if self.health.known_unusable(entry.provider) is None else None
-            if error is None:
-                error = ProviderUnavailable(reason, retry_after=self.circuits[entry.provider].retry_after())
+            error = self._refusal(entry.provider, reason)
             alternate = self._alternate(entry.provider, permits) if request.fallback else None
             if alternate is None:
                 raise error
