@@ -106,11 +106,21 @@ async def test_gemini_daily_quota_is_quota_exhausted(make_provider, marker):
 # -- the codex app-server probe
 
 
+#: Some plans send the weekly window as the primary one, and no other.
+WEEKLY_ONLY = {
+    "limitId": "codex",
+    "primary": {"usedPercent": 97, "windowDurationMins": 10080, "resetsAt": 1999999999},
+    "secondary": None,
+    "planType": "plus",
+}
+
+
 def make_probe(make_provider, tmp_path, env=None, interval=300.0, timeout=20.0):
     from twisted.internet import reactor
 
     record = tmp_path / "record.jsonl"
-    provider = make_provider("codex", env={"FAKE_RECORD": str(record), **(env or {})})
+    fake = {"FAKE_APP_SERVER_RECORD": str(record), "FAKE_RATE_LIMITS": json.dumps(WEEKLY_ONLY), **(env or {})}
+    provider = make_provider("codex", env=fake)
     reported: list = []
     probe = CodexQuotaProbe(reactor, provider, reported.append, interval, timeout=timeout)
     return probe, reported, record
@@ -127,11 +137,17 @@ async def test_probe_reads_codex_windows(make_provider, marker, tmp_path):
     probe, reported, record = make_probe(make_provider, tmp_path)
     windows = await probe.poke()
     [window] = windows
-    assert (window.kind, window.used, window.status, window.source) == ("seven_day", 0.97, "allowed", "app-server")
+    assert (window.kind, window.used, window.status, window.resets_at, window.source) == (
+        "seven_day",
+        0.97,
+        "allowed",
+        1999999999,
+        "app-server",
+    )
     assert reported == [windows]
     [run] = read_records(record)
     assert run["argv"][-1] == "app-server" and "analytics.enabled=false" in run["argv"]
-    assert [m.get("method") for m in json.loads(run["stdin"])] == [
+    assert [m.get("method") for m in run["stdin"]] == [
         "initialize",
         "initialized",
         "account/rateLimits/read",

@@ -15,7 +15,7 @@ import pytest_twisted
 import treq
 
 from tests.conftest import fake_cli, wait_for_no_processes
-from tests.daemon import Daemon
+from tests.daemon import Daemon, eventually
 
 KEY = "quota-test-key-0123456789"
 
@@ -49,7 +49,7 @@ async def call(daemon, method, path, body=None, key=KEY):
     return response, (json.loads(content) if path != "/metrics" else content.decode())
 
 
-def claude_runs(record) -> int:
+def runs_in(record) -> int:
     return len(record.read_text().splitlines()) if record.exists() else 0
 
 
@@ -93,7 +93,7 @@ async def test_spent_window_is_skipped_shown_and_gauged(tmp_path, marker):
         assert response.code == 200
         assert (body["provider"], body["content"]) == ("gemini", "gemini here")
         assert body["original_provider"] == "claude" and body["original_error"]["error"] == "quota_exhausted"
-        assert claude_runs(record) == 3
+        assert runs_in(record) == 3
 
         response, body = await call(daemon, "POST", "/completions", {"model": "claude", "prompt": "mode:ok"})
         assert response.code == 200 and body["provider"] == "gemini"
@@ -103,7 +103,7 @@ async def test_spent_window_is_skipped_shown_and_gauged(tmp_path, marker):
         assert response.code == 429 and body["error"] == "quota_exhausted"
         [retry_after] = response.headers.getRawHeaders("retry-after")
         assert 3500 < int(retry_after) <= 3600
-        assert claude_runs(record) == 3  # never started while spent
+        assert runs_in(record) == 3  # never started while spent
 
         response, quota = await call(daemon, "GET", "/usage/quota")
         assert response.code == 200
@@ -145,4 +145,51 @@ async def test_spent_window_is_skipped_shown_and_gauged(tmp_path, marker):
         ("claude", "exhausted"),
     ]
     assert "claude quota exhausted (five_hour) until" in changes[2]["message"]
+    assert await wait_for_no_processes(marker) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_codex_probe_after_a_run(tmp_path, marker):
+    """
+    With the probe on, a codex run is followed by one app-server read; a
+    weekly window at 97% (sent as the primary one) then holds codex back:
+    the next request is refused with 429 without codex being started.
+    """
+    record = tmp_path / "codex.jsonl"
+    limits = {"primary": {"usedPercent": 97, "windowDurationMins": 10080, "resetsAt": int(time.time()) + 86400}}
+    codex = {
+        "OPENAI_API_KEY": "fake",
+        "SHELLM_TEST_MARKER": marker,
+        "FAKE_RECORD": str(record),
+        "FAKE_RATE_LIMITS": json.dumps(limits),
+    }
+    daemon = Daemon(
+        {
+            "SHELLM_CODEX_BIN": fake_cli("codex"),
+            "SHELLM_CODEX_ENV": json.dumps(codex),
+            "SHELLM_CODEX_QUOTA_INTERVAL": "300",
+        },
+        marker,
+        str(tmp_path),
+    )
+    try:
+        await daemon.started()
+        response, body = await call(daemon, "POST", "/completions", {"model": "codex", "prompt": "hi"}, key=None)
+        assert response.code == 200, body
+
+        async def probed():
+            _, quota = await call(daemon, "GET", "/usage/quota", key=None)
+            return quota["providers"]["codex"]["state"] == "exhausted" and quota["providers"]["codex"]
+
+        codex_state = await eventually(probed, timeout=10)
+        assert codex_state, "the probe did not report"
+        [weekly] = codex_state["windows"]
+        assert (weekly["kind"], weekly["used"], weekly["source"]) == ("seven_day", 0.97, "app-server")
+        response, body = await call(
+            daemon, "POST", "/completions", {"model": "codex", "prompt": "hi", "fallback": False}, key=None
+        )
+        assert (response.code, body["error"]) == (429, "quota_exhausted")
+        assert runs_in(record) == 1  # one codex run: the refused request started nothing
+    finally:
+        await daemon.stop()
     assert await wait_for_no_processes(marker) == []

@@ -186,7 +186,7 @@ async def test_codex_app_server_windows(rigs):
         }
     )
     chatgpt_login(rig.home, rig.fake.origin)
-    daemon = await rig.daemon()
+    daemon = await rig.daemon(SHELLM_CODEX_QUOTA_INTERVAL=300)
     body = {"model": "codex", "prompt": "hi", "fallback": False}
     status, answer, _ = await complete(daemon, body)
     assert status == 200, answer

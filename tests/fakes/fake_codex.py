@@ -27,10 +27,11 @@ FAKE_EXIT_DELAY     seconds to linger before exiting (mode slow_exit, default 5)
 
 `codex [-c k=v ...] app-server` is a fake app-server: it answers JSON-RPC on
 stdin (initialize, then account/rateLimits/read) one line at a time, until
-stdin closes; FAKE_RECORD gets the messages seen when the read arrives:
+stdin closes; FAKE_APP_SERVER_RECORD gets a line (argv, the messages seen,
+cwd, env) when the read arrives:
 
-FAKE_RATE_LIMITS    the rateLimits object, JSON (default: the weekly window
-                    in primary at 97%, no secondary)
+FAKE_RATE_LIMITS    the rateLimits object, JSON (default: 12% of the 5-hour
+                    window, 30% of the weekly one)
 FAKE_APP_SERVER     ok (default), error (a JSON-RPC error), hang
 """
 
@@ -321,10 +322,14 @@ def run_success(c, mode, messages):
 
 
 def default_rate_limits():
+    """
+    Headroom in both windows, so that a daemon test using the fake codex is
+    not held back by its probe unless it asks for that.
+    """
     return {
         "limitId": "codex",
-        "primary": {"usedPercent": 97, "windowDurationMins": 10080, "resetsAt": int(time.time()) + 3 * 86400},
-        "secondary": None,
+        "primary": {"usedPercent": 12, "windowDurationMins": 300, "resetsAt": int(time.time()) + 3 * 3600},
+        "secondary": {"usedPercent": 30, "windowDurationMins": 10080, "resetsAt": int(time.time()) + 3 * 86400},
         "credits": {"hasCredits": False, "unlimited": False, "balance": None},
         "planType": "plus",
     }
@@ -357,7 +362,10 @@ def run_app_server():
         if method == "initialize":
             send({"id": ident, "result": {"userAgent": "codex_app_server/0.169.0", "platformOs": "linux"}})
         elif method == "account/rateLimits/read":
-            record(json.dumps(seen))
+            if os.environ.get("FAKE_APP_SERVER_RECORD"):
+                with open(os.environ["FAKE_APP_SERVER_RECORD"], "a") as f:
+                    f.write(json.dumps({"argv": sys.argv, "stdin": seen, "cwd": os.getcwd(), "env": dict(os.environ)}))
+                    f.write("\n")
             if behaviour == "hang":
                 continue
             if behaviour == "error":
