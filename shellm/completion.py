@@ -155,6 +155,10 @@ class QuotaWindow:
     @ivar source: C{stream} (a run's own output), C{app-server} (a codex
         probe) or C{error} (a limit-reached error or text).
     @ivar observed_at: when SheLLM learnt it, epoch seconds.
+    @ivar model: for a per-model quota (gemini's daily ones), the model
+        string SheLLM passed on (L{DEFAULT_MODEL} for the CLI's default):
+        the window holds back only requests for that model.  L{None}: the
+        whole provider.
     """
 
     kind: str
@@ -163,6 +167,7 @@ class QuotaWindow:
     resets_at: float | None = None
     source: str = "stream"
     observed_at: float | None = None
+    model: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -172,4 +177,9 @@ class QuotaWindow:
             "resets_at": self.resets_at,
             "observed_at": self.observed_at,
             "source": self.source,
+            "model": self.model,
         }
+
+
+#: L{QuotaWindow.model} for a request that named no model (the CLI chose).
+DEFAULT_MODEL = "(default)"

@@ -439,8 +439,11 @@ def test_parsers_classify_limit_texts():
 
     gemini = GeminiOutput("gemini", lambda event: None)
     gemini.clock = clock_at()
-    with pytest.raises(QuotaExhausted):
+    gemini.upstream = "gemini-2.5-pro"
+    with pytest.raises(QuotaExhausted) as spent:
         gemini.finish(exit_with(173, stderr=json.dumps({"error": {"message": GEMINI_DAILY_BODY, "code": 429}})))
+    [daily] = spent.value.quota
+    assert (daily.kind, daily.model) == ("daily", "gemini-2.5-pro")
     gemini = GeminiOutput("gemini", lambda event: None)
     with pytest.raises(RateLimited) as limited:
         gemini.finish(exit_with(173, stderr='{"error":{"message":"Resource has been exhausted (e.g. check quota)."}}'))
@@ -684,6 +687,26 @@ def test_successful_run_reports_its_windows():
     assert h.router.quota.state("claude").state == "warning"
     d = h.complete()
     assert len(h.providers["claude"].runs) == 2
+
+
+def test_a_spent_model_quota_holds_back_only_that_model():
+    """
+    Gemini's daily quotas are per model: a spent one refuses (or moves to
+    the fallback) requests for that model only; the provider as a whole is
+    then only in warning.
+    """
+    h = Harness()
+    h.router.quota.observe("gemini", [QuotaWindow("daily", "rejected", 1.0, NOW + 3600, "error", model="pro")])
+    assert h.router.quota.state("gemini").state == "warning"
+    error = outcome(h.complete("gemini-pro", fallback=False))
+    assert isinstance(error, QuotaExhausted) and error.retry_after == 3600
+    d = h.complete("gemini-flash", fallback=False)
+    h.providers["gemini"].last.emit("flash").succeed()
+    assert outcome(d).provider == "gemini"
+    assert [upstream for _, upstream in h.providers["gemini"].starts] == ["flash"]
+    d = h.complete("gemini-pro")
+    h.providers["claude"].last.emit("claude").succeed()
+    assert outcome(d).provider == "claude"
 
 
 def test_queued_request_is_refused_when_the_window_is_spent_meanwhile():

@@ -129,8 +129,8 @@ async def test_spent_window_is_skipped_shown_and_gauged(tmp_path, marker):
         assert health["providers"]["claude"]["circuit"]["consecutive_failures"] == 0
 
         _, metrics = await call(daemon, "GET", "/metrics")
-        assert 'shellm_quota_used_ratio{provider="claude",window="five_hour"} 1.0' in metrics
-        gauge = 'shellm_quota_resets_at_seconds{provider="claude",window="five_hour"} '
+        assert 'shellm_quota_used_ratio{model="",provider="claude",window="five_hour"} 1.0' in metrics
+        gauge = 'shellm_quota_resets_at_seconds{model="",provider="claude",window="five_hour"} '
         [reset_line] = [line for line in metrics.splitlines() if line.startswith(gauge)]
         assert float(reset_line[len(gauge) :]) == resets_at
         assert 'shellm_quota_exhausted{provider="claude"} 1.0' in metrics

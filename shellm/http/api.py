@@ -236,13 +236,16 @@ class ShellmAPI:
         """
         On answers a CLI served: where its subscription windows stand, one
         C{x-shellm-quota-<window>: <used>;reset=<epoch>;status=<status>}
-        header per known window.
+        header per known window of the whole provider (a model's own quota
+        shows in C{/usage/quota}).
         """
         if self._router.providers[provider].kind != "cli":
             return
         state = self._router.quota.state(provider)
         request.setHeader(b"x-shellm-quota-state", state.state.encode())
         for window in state.windows:
+            if window.model is not None:
+                continue
             value = "" if window.used is None else f"{window.used:g}"
             if window.resets_at is not None:
                 value += f";reset={int(window.resets_at)}"

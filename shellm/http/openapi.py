@@ -295,6 +295,11 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "resets_at": {"type": ["number", "null"], "description": "Unix time"},
                         "observed_at": {"type": ["number", "null"], "description": "Unix time"},
                         "source": {"type": "string", "enum": ["stream", "app-server", "error"]},
+                        "model": {
+                            "type": ["string", "null"],
+                            "description": "a per-model quota (gemini's daily ones): the model string passed on, "
+                            "(default) for the CLI's default; null: the whole provider",
+                        },
                     },
                 },
                 "QuotaState": {

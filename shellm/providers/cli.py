@@ -108,9 +108,12 @@ class OutputParser:
         its result or its error.
     @ivar clock: gives the time that relative reset texts count from; the
         provider sets it to its reactor.
+    @ivar upstream: the model string passed on (none: the CLI's default),
+        which per-model quotas are about; set by the provider.
     """
 
     clock = None
+    upstream: str | None = None
 
     def __init__(self, provider: str, sink: EventSink):
         self.provider = provider
@@ -283,6 +286,7 @@ class CliProvider:
             )
             parser = self.make_parser(sink)
             parser.clock = self._reactor
+            parser.upstream = upstream_model
             run = self._runner.run(command, parser.feed)
         except OSError:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -11,7 +11,9 @@ import os
 import re
 from collections.abc import Mapping
 
-from shellm.completion import CompletionRequest, ProviderResult, Usage
+from attrs import evolve
+
+from shellm.completion import DEFAULT_MODEL, CompletionRequest, ProviderResult, Usage
 from shellm.errors import NotLoggedIn, QuotaExhausted, RateLimited
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
@@ -49,7 +51,9 @@ class GeminiOutput(OutputParser):
             self.result = event
 
     def limit_text(self, said: str):
-        return gemini_limit_error(said, self.now())
+        # Gemini's daily quotas are per model: only this model is spent.
+        window = gemini_limit_error(said, self.now())
+        return evolve(window, model=self.upstream or DEFAULT_MODEL) if window is not None else None
 
     def outcome(self, exit: CliExit) -> ProviderResult:
         result = self.result

@@ -17,7 +17,7 @@ from attrs import evolve, frozen
 from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 
-from shellm.completion import QuotaWindow
+from shellm.completion import DEFAULT_MODEL, QuotaWindow
 
 #: The default share of a window at which a provider counts as exhausted.
 DEFAULT_THRESHOLD = 0.95
@@ -61,14 +61,14 @@ class QuotaTracker:
         """
         self._clock = clock
         self.threshold = threshold
-        self._windows: dict[str, dict[str, QuotaWindow]] = {}
+        self._windows: dict[str, dict[tuple[str, str | None], QuotaWindow]] = {}
         self._states: dict[str, str] = {}
         self._timers: dict[str, DelayedCall] = {}
 
     def observe(self, provider: str, windows: Iterable[QuotaWindow]) -> None:
         """
         Record what C{provider} reported; a window replaces the last one of
-        its kind.  Logs when the provider's state changes.
+        its kind (and model).  Logs when the provider's state changes.
         """
         now = self._clock.seconds()
         known = self._windows.setdefault(provider, {})
@@ -76,34 +76,40 @@ class QuotaTracker:
         for window in windows:
             if window.resets_at is not None and window.resets_at <= now:
                 continue  # already over: it says nothing about the future
-            known[window.kind] = evolve(window, observed_at=now)
+            known[(window.kind, window.model)] = evolve(window, observed_at=now)
             changed = True
         if changed:
             self._settle(provider)
 
-    def state(self, provider: str) -> QuotaState:
+    def state(self, provider: str, model: str | None = None) -> QuotaState:
         """
-        C{provider}'s standing now: windows whose reset has passed are gone.
+        C{provider}'s standing now (windows whose reset has passed are
+        gone): for requests for C{model} (the model string passed on, none
+        for the CLI's default) when given, else for the provider as a whole,
+        where a spent per-model window is only a warning.
         """
         now = self._clock.seconds()
         known = self._windows.get(provider, {})
-        for kind, window in list(known.items()):
+        for key, window in list(known.items()):
             if window.resets_at is not None and window.resets_at <= now:
-                del known[kind]
-        windows = tuple(sorted(known.values(), key=lambda w: w.kind))
-        spent = [w for w in windows if self._spends(w)]
+                del known[key]
+        windows = tuple(sorted(known.values(), key=lambda w: (w.kind, w.model or "")))
+        wanted = None if model is None else model or DEFAULT_MODEL
+        spent = [w for w in windows if self._spends(w) and w.model in (None, wanted)]
         if spent:
             ruling = max(spent, key=lambda w: w.resets_at or 0)
             return QuotaState(EXHAUSTED, ruling.resets_at, windows, ruling)
-        if any(w.status != "allowed" for w in windows):
+        if any(w.status != "allowed" or self._spends(w) for w in windows):
             return QuotaState(WARNING, None, windows)
         return QuotaState(OK, None, windows)
 
-    def exhausted(self, provider: str) -> QuotaState | None:
+    def exhausted(self, provider: str, model: str | None = None) -> QuotaState | None:
         """
-        C{provider}'s state if one of its windows is spent, else L{None}.
+        C{provider}'s state if a window that holds back requests for
+        C{model} (the model string passed on; none: the CLI's default) is
+        spent, else L{None}.
         """
-        state = self.state(provider)
+        state = self.state(provider, model or DEFAULT_MODEL)
         return state if state.state == EXHAUSTED else None
 
     def retry_after(self, state: QuotaState) -> int:

@@ -72,25 +72,27 @@ class Router:
     def queue_for(self, provider_name: str) -> RequestQueue:
         return self.queues[self.providers[provider_name].kind]
 
-    def unusable_reason(self, name: str) -> str | None:
+    def unusable_reason(self, name: str, upstream: str | None = None) -> str | None:
         """
-        Why C{name} should not even be tried, or L{None}.
+        Why C{name} should not even be tried for C{upstream} (the model
+        string passed on; none: the CLI's default), or L{None}.
         """
         health = self.health.known_unusable(name)
         if health is not None:
             return health.error or f"{name} is not available"
         if not self.circuits[name].allows():
             return f"{name} is failing; its circuit is open"
-        if self.quota.exhausted(name) is not None:
+        if self.quota.exhausted(name, upstream) is not None:
             return f"{name}'s subscription usage limit is reached"
         return None
 
-    def _quota_refusal(self, name: str) -> QuotaExhausted | None:
+    def _quota_refusal(self, name: str, upstream: str | None) -> QuotaExhausted | None:
         """
-        The error for a provider whose subscription window is spent: it is
-        not called, and its circuit is not told (nothing failed).
+        The error for a provider whose subscription window (for C{upstream})
+        is spent: it is not called, and its circuit is not told (nothing
+        failed).
         """
-        state = self.quota.exhausted(name)
+        state = self.quota.exhausted(name, upstream)
         if state is None:
             return None
         kind = state.ruling.kind.replace("_", "-") if state.ruling else "usage"
@@ -99,14 +101,14 @@ class Router:
             retry_after=self.quota.retry_after(state),
         )
 
-    def _refusal(self, name: str, reason: str) -> ShellmError:
+    def _refusal(self, name: str, upstream: str | None, reason: str) -> ShellmError:
         """
         Why C{name} is refused at once: a spent window (429 until its reset)
         when that is what holds an installed, logged-in provider back, else
         503.
         """
         if self.health.known_unusable(name) is None:
-            spent = self._quota_refusal(name)
+            spent = self._quota_refusal(name, upstream)
             if spent is not None:
                 return spent
         return ProviderUnavailable(reason, retry_after=self.circuits[name].retry_after())
@@ -134,9 +136,9 @@ class Router:
         if not (self.admitting and self.accepting):
             raise ShuttingDown("SheLLM is shutting down", retry_after=1)
         entry, fallback = request.entry, None
-        reason = self.unusable_reason(entry.provider)
+        reason = self.unusable_reason(entry.provider, entry.upstream)
         if reason is not None:
-            error = self._refusal(entry.provider, reason)
+            error = self._refusal(entry.provider, entry.upstream, reason)
             alternate = self._alternate(entry.provider, permits) if request.fallback else None
             if alternate is None:
                 raise error
@@ -255,7 +257,7 @@ class Router:
             if name == failed or name not in self.providers or self.unusable_reason(name):
                 continue
             entry = self.models.default_for(name)
-            if permits(entry):
+            if self.quota.exhausted(name, entry.upstream) is None and permits(entry):
                 return entry
         return None
 
@@ -272,7 +274,7 @@ class Router:
         if not self.accepting:
             queue.give_back()
             raise ShuttingDown("SheLLM is shutting down", retry_after=1)
-        refusal = self._quota_refusal(name)
+        refusal = self._quota_refusal(name, entry.upstream)
         if refusal is not None:
             # The window was spent while this request waited for its slot.
             queue.give_back()

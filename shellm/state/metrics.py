@@ -46,26 +46,28 @@ class _LiveState:
         used = GaugeMetricFamily(
             "shellm_quota_used_ratio",
             "Used share of a subscription window, as its CLI last reported it",
-            labels=["provider", "window"],
+            labels=["provider", "window", "model"],
         )
         resets = GaugeMetricFamily(
             "shellm_quota_resets_at_seconds",
             "When a subscription window resets, Unix time",
-            labels=["provider", "window"],
+            labels=["provider", "window", "model"],
         )
         exhausted = GaugeMetricFamily(
             "shellm_quota_exhausted",
-            "1 while a provider is skipped because a subscription window is spent",
+            "1 while a provider is skipped because a subscription window of its own (not a model's) is spent",
             labels=["provider"],
         )
         for provider in self._quota.providers():
             state = self._quota.state(provider)
             exhausted.add_metric([provider], 1 if state.state == "exhausted" else 0)
             for window in state.windows:
+                # model: empty for a window of the whole provider.
+                labels = [provider, window.kind, window.model or ""]
                 if window.used is not None:
-                    used.add_metric([provider, window.kind], window.used)
+                    used.add_metric(labels, window.used)
                 if window.resets_at is not None:
-                    resets.add_metric([provider, window.kind], window.resets_at)
+                    resets.add_metric(labels, window.resets_at)
         return [used, resets, exhausted]
 
 

@@ -246,4 +246,8 @@ async def test_gemini_daily_quota(rigs):
     assert (status, error["error"]) == (429, "quota_exhausted"), error
     assert 0 < error["retry_after"] <= 25 * 3600
     gemini = (await quota_of(daemon))["providers"]["gemini"]
-    assert [(w["kind"], w["status"], w["source"]) for w in gemini["windows"]] == [("daily", "rejected", "error")]
+    assert [(w["kind"], w["status"], w["source"], w["model"]) for w in gemini["windows"]] == [
+        ("daily", "rejected", "error", "flash")
+    ]
+    # Per model: gemini as a whole is only in warning.
+    assert gemini["state"] == "warning"
