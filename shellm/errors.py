@@ -98,6 +98,12 @@ class QuotaExhausted(ShellmError):
     provider_side = True
     blames_provider = False
 
+    @property
+    def should_retry(self) -> bool | None:
+        # The SDKs wait at most about a minute whatever Retry-After says: a
+        # retry before an hours-away reset would only be refused again.
+        return self.retry_after is not None and self.retry_after <= 60
+
 
 class QueueFull(ShellmError):
     status = 429
