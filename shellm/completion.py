@@ -67,6 +67,8 @@ class ProviderResult:
     model: str | None = None
     #: C{"stop"} (a natural end) or C{"length"} (the token limit was hit).
     finish_reason: str = "stop"
+    #: The subscription windows the run reported (L{QuotaWindow}s).
+    quota: tuple = ()
 
 
 #: Providers hand each event to one of these, in order.
@@ -136,3 +138,48 @@ class ProviderRun:
 
     result: Deferred
     finished: Deferred
+
+
+@frozen
+class QuotaWindow:
+    """
+    Where a provider stands in one of its subscription windows, as a CLI
+    reported it.
+
+    @ivar kind: C{five_hour}, C{seven_day}, C{daily}, or another name the
+        CLI gave (C{seven_day_opus}, C{usage_limit} when a limit text named
+        no window).
+    @ivar status: C{allowed}, C{allowed_warning} or C{rejected}.
+    @ivar used: the share used, 0..1, when reported.
+    @ivar resets_at: when the window resets, epoch seconds, when known.
+    @ivar source: C{stream} (a run's own output), C{app-server} (a codex
+        probe) or C{error} (a limit-reached error or text).
+    @ivar observed_at: when SheLLM learnt it, epoch seconds.
+    @ivar model: for a per-model quota (gemini's daily ones), the model
+        string SheLLM passed on (L{DEFAULT_MODEL} for the CLI's default):
+        the window holds back only requests for that model.  L{None}: the
+        whole provider.
+    """
+
+    kind: str
+    status: str
+    used: float | None = None
+    resets_at: float | None = None
+    source: str = "stream"
+    observed_at: float | None = None
+    model: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "status": self.status,
+            "used": self.used,
+            "resets_at": self.resets_at,
+            "observed_at": self.observed_at,
+            "source": self.source,
+            "model": self.model,
+        }
+
+
+#: L{QuotaWindow.model} for a request that named no model (the CLI chose).
+DEFAULT_MODEL = "(default)"

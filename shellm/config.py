@@ -48,6 +48,13 @@ def _seconds(low: float) -> Callable[[str], float]:
     return parse
 
 
+def _share(text: str) -> float:
+    value = float(text.strip())
+    if not 0 < value <= 1:
+        raise ValueError("must be a share between 0 (excluded) and 1")
+    return value
+
+
 def _text(text: str) -> str:
     return text.strip()
 
@@ -220,6 +227,20 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds an open circuit waits before one probe",
     ),
     Setting(
+        "quota_threshold",
+        "SHELLM_QUOTA_THRESHOLD",
+        "0.95",
+        _share,
+        "used share of a subscription window at which its provider is skipped until the reset",
+    ),
+    Setting(
+        "codex_quota_interval",
+        "SHELLM_CODEX_QUOTA_INTERVAL",
+        "300",
+        _seconds(0),
+        "seconds between codex app-server rate-limit reads while codex is used (0: never)",
+    ),
+    Setting(
         "clients",
         "SHELLM_CLIENTS",
         "",
@@ -276,6 +297,8 @@ class Config:
     fallback_chain: tuple[str, ...]
     circuit_threshold: int
     circuit_cooldown: float
+    quota_threshold: float
+    codex_quota_interval: float
     clients: tuple[Client, ...] = field(repr=False)
     allow_open: bool
     metrics_public: bool

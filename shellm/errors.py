@@ -29,6 +29,8 @@ class ShellmError(Exception):
         #: Set when SheLLM already did what a client's retry would do (its
         #: own fallback ran): then no retry can help.
         self.retry_would_help: bool | None = None
+        #: The subscription windows the failed run reported (L{QuotaWindow}s).
+        self.quota: tuple = ()
 
     @property
     def should_retry(self) -> bool | None:
@@ -96,6 +98,25 @@ class HeadersTooLarge(ShellmError):
 class RateLimited(ShellmError):
     status = 429
     code = "rate_limited"
+
+
+class QuotaExhausted(ShellmError):
+    """
+    A provider's subscription window is spent until it resets: SheLLM did
+    not call it (or it refused for that reason).  Another provider may
+    answer; the provider is not at fault, so its circuit is untouched.
+    """
+
+    status = 429
+    code = "quota_exhausted"
+    provider_side = True
+    blames_provider = False
+
+    @property
+    def should_retry(self) -> bool | None:
+        # The SDKs wait at most about a minute whatever Retry-After says: a
+        # retry before an hours-away reset would only be refused again.
+        return self.retry_after is not None and self.retry_after <= 60
 
 
 class QueueFull(ShellmError):

@@ -32,6 +32,7 @@ from shellm.routing.auth import Authenticator
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
 from shellm.routing.queue import RequestQueue
+from shellm.routing.quota import QuotaTracker
 from shellm.routing.router import Router
 from shellm.routing.shared_limits import rate_limiter
 from shellm.state.ledger import Ledger
@@ -168,10 +169,12 @@ class ShellmService(MultiService):
         return waiting.addErrback(lambda failure: failure.trap(defer.TimeoutError))
 
 
-def build_router(clock, providers: Mapping, config: Config) -> Router:
+def build_router(clock, providers: Mapping, config: Config, quota: QuotaTracker | None = None) -> Router:
     """
-    The router over C{providers} with its queues, circuits and health cache,
-    as the daemon (and every test that needs a real router) has it.
+    The router over C{providers} with its queues, circuits, health cache and
+    subscription windows (C{quota}, made here unless the providers already
+    report to one), as the daemon (and every test that needs a real router)
+    has it.
     """
     queues = {
         # A CLI run takes seconds, an API call about one: the first
@@ -187,6 +190,7 @@ def build_router(clock, providers: Mapping, config: Config) -> Router:
         health=HealthMonitor(clock, providers, config.health_ttl),
         circuits={name: Circuit(clock, config.circuit_threshold, config.circuit_cooldown) for name in providers},
         fallback_chain=config.fallback_chain,
+        quota=quota if quota is not None else QuotaTracker(clock, config.quota_threshold),
     )
 
 
@@ -199,9 +203,10 @@ def makeService(options, reactor=None):
     runner = CliRunner(reactor, SessionSpawner(reactor, find_launcher(), watchdog), config.timeout, config.kill_grace)
     http, pool = upstream_client(reactor, max_per_host=config.http_max_concurrent)
 
-    providers = build_providers(Wiring(reactor, runner, http, config))
-    router = build_router(reactor, providers, config)
-    metrics = Metrics(router.queues, router.circuits)
+    quota = QuotaTracker(reactor, config.quota_threshold)
+    providers = build_providers(Wiring(reactor, runner, http, config, quota))
+    router = build_router(reactor, providers, config, quota)
+    metrics = Metrics(router.queues, router.circuits, router.quota)
     router.on_call = metrics.count_call
     authenticator = Authenticator(config.clients)
     store = Store.from_setting(config.db, reactor)

@@ -113,6 +113,9 @@ class Daemon:
             "SHELLM_DRAIN_TIMEOUT": "3",
             "SHELLM_DB": os.path.join(cwd, "shellm.db"),
             "SHELLM_GLOBAL_RPM": "1000",
+            # No codex rate-limit probe (an extra child after codex runs)
+            # unless a test asks for it.
+            "SHELLM_CODEX_QUOTA_INTERVAL": "0",
             **env,
         }
         argv = [

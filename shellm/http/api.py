@@ -109,7 +109,7 @@ class ShellmAPI:
         self.authenticator = authenticator or Authenticator(())
         self._limiter = limiter
         self._ledger = ledger
-        self.metrics = metrics or Metrics(router.queues, router.circuits)
+        self.metrics = metrics or Metrics(router.queues, router.circuits, router.quota)
         self.accounting = Accounting(clock, self.metrics, ledger)
         self._metrics_public = metrics_public
         #: Completion requests being answered (queued, running or writing).
@@ -239,6 +239,27 @@ class ShellmAPI:
         request.setHeader(b"x-queue-depth", str(queue.pending).encode())
         request.setHeader(b"x-queue-active", str(queue.active).encode())
 
+    def _quota_headers(self, request, provider: str) -> None:
+        """
+        On answers a CLI served: where its subscription windows stand, one
+        C{x-shellm-quota-<window>: <used>;reset=<epoch>;status=<status>}
+        header per known window of the whole provider (a model's own quota
+        shows in C{/usage/quota}).
+        """
+        if self._router.providers[provider].kind != "cli":
+            return
+        state = self._router.quota.state(provider)
+        request.setHeader(b"x-shellm-quota-state", state.state.encode())
+        for window in state.windows:
+            if window.model is not None:
+                continue
+            value = "" if window.used is None else f"{window.used:g}"
+            if window.resets_at is not None:
+                value += f";reset={int(window.resets_at)}"
+            value += f";status={window.status}"
+            name = "x-shellm-quota-" + window.kind.replace("_", "-")
+            request.setHeader(name.encode("ascii", "replace"), value.lstrip(";").encode("ascii", "replace"))
+
     # -- errors
 
     @app.handle_errors(ShellmError)
@@ -281,6 +302,7 @@ class ShellmAPI:
         completion = await self._serve(client, completion_request, admission, lambda event: None)
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
+        self._quota_headers(request, completion.provider)
         return completion
 
     async def _stream(self, request, client, completion_request, admission, writer) -> None:
@@ -292,6 +314,7 @@ class ShellmAPI:
         """
         self._request_id_headers(request)
         self._queue_headers(request, admission.entry.provider)
+        self._quota_headers(request, admission.entry.provider)
         stream = EventStream(request, self._clock, self._heartbeat)
         try:
             stream.write(writer.start())
@@ -428,7 +451,12 @@ class ShellmAPI:
             return self._respond(request, 200, health_summary(healths, self._router.queues, store_up))
         providers = {}
         for name, health in healths.items():
-            providers[name] = {**health.to_json(), "circuit": self._router.circuits[name].to_json()}
+            quota = self._router.quota.state(name)
+            providers[name] = {
+                **health.to_json(),
+                "circuit": self._router.circuits[name].to_json(),
+                "quota": {"state": quota.state, "resets_at": quota.resets_at},
+            }
         return self._respond(
             request,
             200,
@@ -459,6 +487,23 @@ class ShellmAPI:
                 "period": period,
                 "client": scope,
                 **totals,
+            },
+        )
+
+    @app.route("/usage/quota", methods=["GET"])
+    def usage_quota(self, request):
+        """
+        Each provider's subscription windows as its CLI last reported them,
+        and whether the router skips it until a reset.
+        """
+        self._authenticate(request)
+        quota = self._router.quota
+        return self._respond(
+            request,
+            200,
+            {
+                "threshold": quota.threshold,
+                "providers": {name: quota.state(name).to_json() for name in self._router.providers},
             },
         )
 

@@ -20,7 +20,10 @@ _ERRORS = {
     "403": _error("This client may not use the model"),
     "413": _error("The body is larger than SHELLM_MAX_BODY_BYTES"),
     "415": _error("Content-Type is not application/json"),
-    "429": _error("Rate limited or queue full; see Retry-After"),
+    "429": _error(
+        "Rate limited, queue full, or quota_exhausted (the provider's subscription window is spent and no "
+        "fallback may answer); see Retry-After"
+    ),
     "500": _error("Internal error"),
     "502": _error("The provider failed"),
     "503": _error("The provider is unavailable"),
@@ -169,6 +172,24 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                 },
             }
         },
+        "/usage/quota": {
+            "get": {
+                "summary": "Each provider's subscription windows, as its CLI last reported them",
+                "description": (
+                    "A provider is exhausted while a window is rejected or used at or above the threshold "
+                    "(SHELLM_QUOTA_THRESHOLD), until that window's resets_at; the router then skips it. "
+                    "Windows are forgotten at their reset.  Needs a client key when auth is on."
+                ),
+                "security": _SECURITY,
+                "responses": {
+                    "200": {
+                        "description": "The windows by provider",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Quota"}}},
+                    },
+                    "401": _ERRORS["401"],
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
@@ -273,11 +294,53 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "retry_after": {"type": "integer"},
                     },
                 },
+                "QuotaWindow": {
+                    "type": "object",
+                    "required": ["kind", "status", "used", "resets_at", "observed_at", "source"],
+                    "properties": {
+                        "kind": {
+                            "type": "string",
+                            "description": "five_hour, seven_day, daily, or another name the CLI gave "
+                            "(seven_day_opus; usage_limit when a limit text named no window)",
+                        },
+                        "status": {"type": "string", "enum": ["allowed", "allowed_warning", "rejected"]},
+                        "used": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                        "resets_at": {"type": ["number", "null"], "description": "Unix time"},
+                        "observed_at": {"type": ["number", "null"], "description": "Unix time"},
+                        "source": {"type": "string", "enum": ["stream", "app-server", "error"]},
+                        "model": {
+                            "type": ["string", "null"],
+                            "description": "a per-model quota (gemini's daily ones): the model string passed on, "
+                            "(default) for the CLI's default; null: the whole provider",
+                        },
+                    },
+                },
+                "QuotaState": {
+                    "type": "object",
+                    "required": ["state", "resets_at", "windows"],
+                    "properties": {
+                        "state": {"type": "string", "enum": ["ok", "warning", "exhausted"]},
+                        "resets_at": {"type": ["number", "null"], "description": "when exhausted: the last reset"},
+                        "windows": {"type": "array", "items": {"$ref": "#/components/schemas/QuotaWindow"}},
+                    },
+                },
+                "Quota": {
+                    "type": "object",
+                    "required": ["threshold", "providers"],
+                    "properties": {
+                        "threshold": {"type": "number"},
+                        "providers": {
+                            "type": "object",
+                            "additionalProperties": {"$ref": "#/components/schemas/QuotaState"},
+                        },
+                    },
+                },
                 "Health": {
                     "type": "object",
                     "description": (
                         "uptime_seconds, version and each provider's installed, authenticated, "
-                        "version, error and circuit are only there for a caller with a valid key, "
+                        "version, error, circuit and quota ({state: ok|warning|exhausted, resets_at}) "
+                        "are only there for a caller with a valid key, "
                         "or when auth is off; without them each provider says only whether it is usable."
                     ),
                     "required": ["status", "providers", "queue"],
@@ -334,7 +397,7 @@ def _compatible_paths(models: list[str]) -> dict:
             ("404", "Unknown model"),
             ("413", "Body too large"),
             ("415", "Not JSON"),
-            ("429", "Rate limited or queue full"),
+            ("429", "Rate limited, queue full or subscription window spent (quota_exhausted)"),
             ("500", "Internal error"),
             ("502", "The provider failed"),
             ("503", "The provider is unavailable"),

@@ -13,6 +13,7 @@ from shellm.errors import ProviderFailed
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
 from shellm.providers.process import CliExit
+from shellm.providers.usage_limits import claude_limit_text, claude_rate_limit_event
 
 #: Denied outright, whatever else is configured: `-p` mode expands `@path`
 #: mentions in a prompt through the Read tool even when no tool is offered.
@@ -42,7 +43,7 @@ def system_prompt_file(scratch: str) -> str:
 class ClaudeOutput(OutputParser):
     """
     Text deltas from C{stream_event} C{text_delta}s; usage and cost from the
-    final C{result} line.
+    final C{result} line; subscription windows from C{rate_limit_event}s.
     """
 
     def __init__(self, provider, sink):
@@ -73,8 +74,13 @@ class ClaudeOutput(OutputParser):
                     if isinstance(block, dict) and block.get("type") == "text":
                         self.emit(block.get("text") or "")
             self._message_text = 0
+        elif kind == "rate_limit_event":
+            self.quota.extend(claude_rate_limit_event(event, self.now()))
         elif kind == "result":
             self.result = event
+
+    def limit_text(self, said: str):
+        return claude_limit_text(said, self.now())
 
     def outcome(self, exit: CliExit) -> ProviderResult:
         result = self.result

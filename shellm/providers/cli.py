@@ -9,16 +9,27 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Mapping
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from shellm.completion import CompletionRequest, EventSink, ProviderHealth, ProviderResult, ProviderRun, TextDelta
+from shellm.completion import (
+    CompletionRequest,
+    EventSink,
+    ProviderHealth,
+    ProviderResult,
+    ProviderRun,
+    QuotaWindow,
+    TextDelta,
+)
 from shellm.errors import (
     NotLoggedIn,
     ProviderFailed,
     ProviderUnavailable,
+    QuotaExhausted,
     RateLimited,
     ShellmError,
     Timeout,
@@ -92,13 +103,34 @@ class OutputParser:
     """
     Turns one run's stdout lines into events, and its end into a
     L{ProviderResult} or a classified error.  One per run.
+
+    @ivar quota: the subscription windows the run reported, handed on with
+        its result or its error.
+    @ivar clock: gives the time that relative reset texts count from; the
+        provider sets it to its reactor.
+    @ivar upstream: the model string passed on (none: the CLI's default),
+        which per-model quotas are about; set by the provider.
     """
+
+    clock = None
+    upstream: str | None = None
 
     def __init__(self, provider: str, sink: EventSink):
         self.provider = provider
         self._sink = sink
         self.emitted = 0
         self.model: str | None = None
+        self.quota: list[QuotaWindow] = []
+
+    def now(self) -> float:
+        return self.clock.seconds() if self.clock is not None else time.time()
+
+    def limit_text(self, said: str) -> QuotaWindow | None:
+        """
+        The spent window a CLI's limit-reached text (or error body) names,
+        if C{said} is one.
+        """
+        return None
 
     def emit(self, text: str) -> None:
         if text:
@@ -114,12 +146,17 @@ class OutputParser:
         raise NotImplementedError
 
     def finish(self, exit: CliExit) -> ProviderResult:
-        if exit.timed_out:
-            raise Timeout(f"{self.provider} did not finish in time and was stopped")
-        if exit.output_overflow:
-            # The answer was too long for SheLLM's cap: not a sign of a sick provider.
-            raise ProviderFailed(f"{self.provider} printed more output than allowed", blames_provider=False)
-        return self.outcome(exit)
+        try:
+            if exit.timed_out:
+                raise Timeout(f"{self.provider} did not finish in time and was stopped")
+            if exit.output_overflow:
+                # The answer was too long for SheLLM's cap: not a sign of a sick provider.
+                raise ProviderFailed(f"{self.provider} printed more output than allowed", blames_provider=False)
+            result = self.outcome(exit)
+        except ShellmError as error:
+            error.quota = tuple(self.quota)
+            raise
+        return evolve(result, quota=tuple(self.quota))
 
     def outcome(self, exit: CliExit) -> ProviderResult:
         raise NotImplementedError
@@ -132,6 +169,13 @@ class OutputParser:
         said = what + "\n" + exit.stderr_tail
         if _LOGIN_REFUSED.search(said):
             return NotLoggedIn(f"{self.provider} is not logged in or its credentials were refused")
+        spent = next((w for w in self.quota if w.status == "rejected" and w.resets_at), None)
+        if spent is None:
+            spent = self.limit_text(said)
+            if spent is not None:
+                self.quota.append(spent)
+        if spent is not None:
+            return quota_exhausted(self.provider, spent, self.now())
         if _RATE_LIMITED.search(said):
             return RateLimited(f"{self.provider}: the upstream rate limit was reached", retry_after=60)
         if _REQUEST_REJECTED.search(said):
@@ -141,6 +185,20 @@ class OutputParser:
         if exit.exit_code:
             return ProviderFailed(f"{self.provider} failed (exit code {exit.exit_code})")
         return ProviderFailed(f"{self.provider} ended without an answer")
+
+
+def quota_exhausted(provider: str, window: QuotaWindow, now: float) -> QuotaExhausted:
+    """
+    The error for a run refused because a subscription window is spent.
+    """
+    resets_at = window.resets_at or now
+    error = QuotaExhausted(
+        f"{provider}: its {window.kind.replace('_', '-')} usage limit is reached; it resets at "
+        + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resets_at)),
+        retry_after=max(1, int(resets_at - now + 0.999)),
+    )
+    error.quota = (window,)
+    return error
 
 
 class CliProvider:
@@ -227,6 +285,8 @@ class CliProvider:
                 stdin=self.stdin_text(request).encode("utf-8"),
             )
             parser = self.make_parser(sink)
+            parser.clock = self._reactor
+            parser.upstream = upstream_model
             run = self._runner.run(command, parser.feed)
         except OSError:
             shutil.rmtree(scratch, ignore_errors=True)

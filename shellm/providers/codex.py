@@ -9,10 +9,13 @@ import os
 import tomllib
 from collections.abc import Mapping
 
-from shellm.completion import CompletionRequest, ProviderResult, Usage
+from twisted.python.failure import Failure
+
+from shellm.completion import CompletionRequest, ProviderResult, ProviderRun, Usage
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
 from shellm.providers.process import CliExit
+from shellm.providers.usage_limits import codex_limit_error
 
 
 class CodexOutput(OutputParser):
@@ -49,6 +52,9 @@ class CodexOutput(OutputParser):
             # Often not fatal ("Reconnecting..."); kept only to classify a failure.
             self.failure = str(event.get("message", ""))
 
+    def limit_text(self, said: str):
+        return codex_limit_error(said, self.now())
+
     def outcome(self, exit: CliExit) -> ProviderResult:
         if exit.exit_code != 0 or not self.completed:
             raise self.failed(exit, self.failure or "")
@@ -59,6 +65,21 @@ class CodexProvider(CliProvider):
     name = "codex"
     capabilities = Capabilities(system_prompt=True, max_tokens=False, streaming="message")
     login_hint = "run `codex login` as the service user, or set OPENAI_API_KEY in SHELLM_CODEX_ENV"
+    #: Reads the subscription windows after runs (a
+    #: L{shellm.providers.codex_quota.CodexQuotaProbe}), when configured.
+    quota_probe = None
+
+    def start(self, request: CompletionRequest, upstream_model, sink) -> ProviderRun:
+        run = super().start(request, upstream_model, sink)
+        probe = self.quota_probe
+        if probe is not None:
+
+            def used(outcome):
+                probe.poke(after_error=isinstance(outcome, Failure))
+                return outcome
+
+            run.result.addBoth(used)
+        return run
 
     def arguments(self, request: CompletionRequest, upstream_model, scratch) -> list[str]:
         args = [

@@ -6,14 +6,19 @@ settings file in the run's private working folder that declares no tools.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 
-from shellm.completion import CompletionRequest, ProviderResult, Usage
-from shellm.errors import NotLoggedIn, RateLimited
+from attrs import evolve
+
+from shellm.completion import DEFAULT_MODEL, CompletionRequest, ProviderResult, Usage
+from shellm.errors import NotLoggedIn, QuotaExhausted, RateLimited
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
 from shellm.providers.process import CliExit
+from shellm.providers.usage_limits import gemini_limit_error
 
 #: No tools (so no shell, file or web access whatever the prompt says), one
 #: attempt (fail fast, let fallback act), no usage statistics.
@@ -26,6 +31,8 @@ RUN_SETTINGS = {
 # In its JSON modes gemini exits with the upstream HTTP status modulo 256.
 _EXIT_NOT_LOGGED_IN = {41, 401 % 256, 403 % 256}
 _EXIT_RATE_LIMITED = 429 % 256
+#: "Suggested retry after 43s." (gemini 0.61), "Please retry in 43.2s."
+_SUGGESTED_WAIT = re.compile(r"retry (?:after|in) ([0-9]+(?:\.[0-9]+)?)s\b", re.IGNORECASE)
 
 
 class GeminiOutput(OutputParser):
@@ -43,15 +50,27 @@ class GeminiOutput(OutputParser):
         elif kind == "result":
             self.result = event
 
+    def limit_text(self, said: str):
+        # Gemini's daily quotas are per model: only this model is spent.
+        window = gemini_limit_error(said, self.now())
+        return evolve(window, model=self.upstream or DEFAULT_MODEL) if window is not None else None
+
     def outcome(self, exit: CliExit) -> ProviderResult:
         result = self.result
         if exit.exit_code in _EXIT_NOT_LOGGED_IN:
             raise NotLoggedIn("gemini is not logged in or its credentials were refused")
+        error = (result or {}).get("error")
+        said = json.dumps(error) if error else ""
         if exit.exit_code == _EXIT_RATE_LIMITED:
-            raise RateLimited("gemini: the upstream rate limit was reached", retry_after=60)
+            # A spent daily quota, or an ordinary per-minute rate limit.
+            failure = self.failed(exit, said)
+            if isinstance(failure, QuotaExhausted):
+                raise failure
+            wait = _SUGGESTED_WAIT.search(said + "\n" + exit.stderr_tail)
+            retry_after = min(3600, math.ceil(float(wait.group(1)))) if wait else 60
+            raise RateLimited("gemini: the upstream rate limit was reached", retry_after=max(1, retry_after))
         if result is None or exit.exit_code != 0 or result.get("status") != "success":
-            error = (result or {}).get("error")
-            raise self.failed(exit, json.dumps(error) if error else "")
+            raise self.failed(exit, said)
         stats = result.get("stats") or {}
         tokens_in = token_count(stats.get("input_tokens", stats.get("input")))
         tokens_out = token_count(stats.get("output_tokens"))

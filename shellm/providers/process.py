@@ -35,6 +35,10 @@ class CliCommand:
     env: Mapping[str, str]
     cwd: str
     stdin: bytes = b""
+    #: Leave stdin open after writing C{stdin}, for a server that would
+    #: exit at end of input before answering (C{codex app-server}); such a
+    #: run ends by its own exit, a cancel or the timeout.
+    keep_stdin_open: bool = False
 
 
 @frozen
@@ -76,11 +80,12 @@ class CliProcessProtocol(ProcessProtocol):
 
     log = Logger()
 
-    def __init__(self, reactor, spawner, on_line, stdin, timeout, kill_grace):
+    def __init__(self, reactor, spawner, on_line, stdin, timeout, kill_grace, keep_stdin_open=False):
         self._reactor = reactor
         self._spawner = spawner
         self._on_line = on_line
         self._stdin = stdin
+        self._keep_stdin_open = keep_stdin_open
         self._kill_grace = kill_grace
         self._buffer = bytearray()
         self._discarding = False
@@ -105,7 +110,8 @@ class CliProcessProtocol(ProcessProtocol):
         self.pid = self.transport.pid
         if self._stdin:
             self.transport.write(self._stdin)
-        self.transport.closeStdin()
+        if not self._keep_stdin_open:
+            self.transport.closeStdin()
 
     def outReceived(self, data: bytes):
         self._stdout_bytes += len(data)
@@ -255,6 +261,7 @@ class CliRunner:
             command.stdin,
             self.timeout if timeout is None else timeout,
             self.kill_grace,
+            keep_stdin_open=command.keep_stdin_open,
         )
         try:
             self._spawner.spawn(protocol, command.executable, command.args, command.env, command.cwd)

@@ -16,6 +16,7 @@ from shellm.providers.base import Provider
 from shellm.providers.cerebras import CerebrasProvider
 from shellm.providers.claude import ClaudeProvider
 from shellm.providers.codex import CodexProvider
+from shellm.providers.codex_quota import CodexQuotaProbe
 from shellm.providers.gemini import GeminiProvider
 from shellm.providers.process import CliRunner
 
@@ -24,13 +25,16 @@ from shellm.providers.process import CliRunner
 class Wiring:
     """
     What providers are built from: the reactor, the CLI runner, the treq
-    client for HTTP providers, and the settings (a L{shellm.config.Config}).
+    client for HTTP providers, the settings (a L{shellm.config.Config}), and
+    the subscription windows that out-of-band probes report to (a
+    L{shellm.routing.quota.QuotaTracker}; none: no probes).
     """
 
     reactor: Any
     runner: CliRunner
     http: Any
     config: Any
+    quota: Any = None
 
 
 @frozen
@@ -53,6 +57,15 @@ def _cli(cls: type, name: str) -> Callable[[Wiring], Provider]:
     return build
 
 
+def _codex(w: Wiring) -> Provider:
+    codex = _cli(CodexProvider, "codex")(w)
+    if w.quota is not None and w.config.codex_quota_interval > 0:
+        codex.quota_probe = CodexQuotaProbe(
+            w.reactor, codex, lambda windows: w.quota.observe("codex", windows), w.config.codex_quota_interval
+        )
+    return codex
+
+
 def _cerebras(w: Wiring) -> Provider:
     config = w.config
     return CerebrasProvider(w.reactor, w.http, config.cerebras_api_key, config.cerebras_base_url, config.timeout)
@@ -61,7 +74,7 @@ def _cerebras(w: Wiring) -> Provider:
 REGISTRY: tuple[ProviderSpec, ...] = (
     ProviderSpec("claude", "@anthropic-ai/claude-code", _cli(ClaudeProvider, "claude")),
     ProviderSpec("gemini", "@google/gemini-cli", _cli(GeminiProvider, "gemini")),
-    ProviderSpec("codex", "@openai/codex", _cli(CodexProvider, "codex")),
+    ProviderSpec("codex", "@openai/codex", _codex),
     ProviderSpec("cerebras", None, _cerebras),
 )
 

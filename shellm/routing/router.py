@@ -22,11 +22,12 @@ from shellm.completion import (
     ProviderRun,
     TextDelta,
 )
-from shellm.errors import NotLoggedIn, ProviderUnavailable, ShellmError, ShuttingDown
+from shellm.errors import NotLoggedIn, ProviderUnavailable, QuotaExhausted, ShellmError, ShuttingDown
 from shellm.models import ModelEntry, ModelTable
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
 from shellm.routing.queue import RequestQueue
+from shellm.routing.quota import QuotaTracker
 
 
 class Router:
@@ -42,9 +43,12 @@ class Router:
         circuits: Mapping[str, Circuit],
         fallback_chain: tuple[str, ...],
         on_call: Callable[[str, str], None] | None = None,
+        quota: QuotaTracker | None = None,
     ):
         """
         @param queues: by provider kind, C{"cli"} and C{"http"}.
+        @param quota: the providers' subscription windows; a spent one makes
+            the router skip its provider until it resets.
         @param on_call: told C{(provider, outcome)} after every provider run,
             the outcome being C{"ok"} or an error code.
         """
@@ -62,21 +66,52 @@ class Router:
         self.health = health
         self.circuits = circuits
         self.fallback_chain = fallback_chain
+        self.quota = quota if quota is not None else QuotaTracker(clock)
         self._calls: set[_Call] = set()
 
     def queue_for(self, provider_name: str) -> RequestQueue:
         return self.queues[self.providers[provider_name].kind]
 
-    def unusable_reason(self, name: str) -> str | None:
+    def unusable_reason(self, name: str, upstream: str | None = None) -> str | None:
         """
-        Why C{name} should not even be tried, or L{None}.
+        Why C{name} should not even be tried for C{upstream} (the model
+        string passed on; none: the CLI's default), or L{None}.
         """
         health = self.health.known_unusable(name)
         if health is not None:
             return health.error or f"{name} is not available"
         if not self.circuits[name].allows():
             return f"{name} is failing; its circuit is open"
+        if self.quota.exhausted(name, upstream) is not None:
+            return f"{name}'s subscription usage limit is reached"
         return None
+
+    def _quota_refusal(self, name: str, upstream: str | None) -> QuotaExhausted | None:
+        """
+        The error for a provider whose subscription window (for C{upstream})
+        is spent: it is not called, and its circuit is not told (nothing
+        failed).
+        """
+        state = self.quota.exhausted(name, upstream)
+        if state is None:
+            return None
+        kind = state.ruling.kind.replace("_", "-") if state.ruling else "usage"
+        return QuotaExhausted(
+            f"{name}: its {kind} usage limit is reached until it resets",
+            retry_after=self.quota.retry_after(state),
+        )
+
+    def _refusal(self, name: str, upstream: str | None, reason: str) -> ShellmError:
+        """
+        Why C{name} is refused at once: a spent window (429 until its reset)
+        when that is what holds an installed, logged-in provider back, else
+        503.
+        """
+        if self.health.known_unusable(name) is None:
+            spent = self._quota_refusal(name, upstream)
+            if spent is not None:
+                return spent
+        return ProviderUnavailable(reason, retry_after=self.circuits[name].retry_after())
 
     def admit(
         self,
@@ -95,13 +130,15 @@ class Router:
         @raise QueueFull: the queue has no room.
         @raise ProviderUnavailable: the provider is known to be unusable and
             no fallback may take the request.
+        @raise QuotaExhausted: the provider's subscription window is spent
+            and no fallback may take the request.
         """
         if not (self.admitting and self.accepting):
             raise ShuttingDown("SheLLM is shutting down", retry_after=1)
         entry, fallback = request.entry, None
-        reason = self.unusable_reason(entry.provider)
+        reason = self.unusable_reason(entry.provider, entry.upstream)
         if reason is not None:
-            error = ProviderUnavailable(reason, retry_after=self.circuits[entry.provider].retry_after())
+            error = self._refusal(entry.provider, entry.upstream, reason)
             alternate = self._alternate(entry.provider, permits) if request.fallback else None
             if alternate is None:
                 raise error
@@ -220,7 +257,7 @@ class Router:
             if name == failed or name not in self.providers or self.unusable_reason(name):
                 continue
             entry = self.models.default_for(name)
-            if permits(entry):
+            if self.quota.exhausted(name, entry.upstream) is None and permits(entry):
                 return entry
         return None
 
@@ -237,6 +274,11 @@ class Router:
         if not self.accepting:
             queue.give_back()
             raise ShuttingDown("SheLLM is shutting down", retry_after=1)
+        refusal = self._quota_refusal(name, entry.upstream)
+        if refusal is not None:
+            # The window was spent while this request waited for its slot.
+            queue.give_back()
+            raise refusal
         if not circuit.begin():
             queue.give_back()
             raise ProviderUnavailable(f"{name} is failing; its circuit is open", retry_after=circuit.retry_after())
@@ -252,10 +294,12 @@ class Router:
         try:
             result = await call.outcome
         except BaseException as e:
+            self.quota.observe(name, getattr(e, "quota", ()))
             self._judge(circuit, name, e)
             raise
         finally:
             self._calls.discard(call)
+        self.quota.observe(name, result.quota)
         circuit.succeeded()
         self.on_call(name, "ok")
         return result, queued_ms

@@ -17,9 +17,10 @@ class _LiveState:
     they can never drift from the truth.
     """
 
-    def __init__(self, queues, circuits):
+    def __init__(self, queues, circuits, quota=None):
         self._queues = queues
         self._circuits = circuits
+        self._quota = quota
 
     def describe(self):
         return []
@@ -37,16 +38,48 @@ class _LiveState:
         )
         for name, circuit in self._circuits.items():
             circuits.add_metric([name], _CIRCUIT_STATES[circuit.state])
-        return [active, waiting, circuits]
+        return [active, waiting, circuits, *self._quota_gauges()]
+
+    def _quota_gauges(self):
+        if self._quota is None:
+            return []
+        used = GaugeMetricFamily(
+            "shellm_quota_used_ratio",
+            "Used share of a subscription window, as its CLI last reported it",
+            labels=["provider", "window", "model"],
+        )
+        resets = GaugeMetricFamily(
+            "shellm_quota_resets_at_seconds",
+            "When a subscription window resets, Unix time",
+            labels=["provider", "window", "model"],
+        )
+        exhausted = GaugeMetricFamily(
+            "shellm_quota_exhausted",
+            "1 while a provider is skipped because a subscription window of its own (not a model's) is spent",
+            labels=["provider"],
+        )
+        for provider in self._quota.providers():
+            state = self._quota.state(provider)
+            exhausted.add_metric([provider], 1 if state.state == "exhausted" else 0)
+            for window in state.windows:
+                # model: empty for a window of the whole provider.
+                labels = [provider, window.kind, window.model or ""]
+                if window.used is not None:
+                    used.add_metric(labels, window.used)
+                if window.resets_at is not None:
+                    resets.add_metric(labels, window.resets_at)
+        return [used, resets, exhausted]
 
 
 class Metrics:
     content_type = "text/plain; version=0.0.4; charset=utf-8"
 
-    def __init__(self, queues, circuits):
+    def __init__(self, queues, circuits, quota=None):
         """
         @param queues: the queues by name; @param circuits: the circuit
-        breakers by provider.  Both are read live at each scrape.
+        breakers by provider; @param quota: the subscription windows (a
+        L{shellm.routing.quota.QuotaTracker}).  All are read live at each
+        scrape.
         """
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -99,7 +132,7 @@ class Metrics:
             registry=self.registry,
         )
         self.last_reload_ok.set(1)
-        self.registry.register(_LiveState(queues, circuits))
+        self.registry.register(_LiveState(queues, circuits, quota))
 
     def reload_done(self, applied: bool) -> None:
         """

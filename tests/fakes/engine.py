@@ -195,10 +195,25 @@ class Vendor:
     name = "fake"
     version = "0.0.0"
     crash_lines = ()
+    #: Modes of this vendor's own: each names the method that runs it
+    #: (called with the prompt, returning the exit code), or L{None} for an
+    #: ordinary answer that the vendor's lines change (see C{mode}).
+    own_modes: dict = {}
+
+    #: The mode this run is in (the engine sets it).
+    mode = "ok"
 
     def __init__(self, args, out):
         self.args = args
         self.out = out
+
+    def other_command(self):
+        """
+        Run a sub-command other than a completion (e.g. codex's
+        app-server) if C{args} names one, returning its exit code; L{None}
+        when it is a completion.
+        """
+        return None
 
     def opening(self):
         """
@@ -366,6 +381,9 @@ def run(vendor):
     if sys.argv[1:] == ["--version"]:
         sys.stdout.write(vendor.version + "\n")
         return 0
+    other = vendor(sys.argv[1:], Out(byte_by_byte=False)).other_command()
+    if other is not None:
+        return other
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     mode = os.environ.get("FAKE_MODE", "ok") or "ok"
@@ -375,11 +393,14 @@ def run(vendor):
         # "mode:<name> ..." in the prompt picks the behaviour per request.
         words = prompt.split()
         mode = words[0][len("mode:") :] if words and words[0].startswith("mode:") else "ok"
-    if mode not in MODES:
+    if mode not in MODES and mode not in vendor.own_modes:
         stderr("fake_%s: unknown FAKE_MODE %r" % (vendor.name, mode))
         return 2
 
     cli = vendor(sys.argv[1:], Out(byte_by_byte=(mode == "byte_by_byte")))
+    cli.mode = mode
+    if vendor.own_modes.get(mode):
+        return getattr(cli, vendor.own_modes[mode])(prompt)
     text = prompt if mode == "echo" else os.environ.get("FAKE_TEXT", DEFAULT_TEXT)
     if mode == "not_logged_in":
         return cli.not_logged_in(prompt)

@@ -10,8 +10,15 @@ Invoked the way the gateway runs the real tool::
         ... [--model M] [--system-prompt-file F]   < prompt
 
 FAKE_COST           total_cost_usd (default 0.00014)
+FAKE_MODE           also quota_allowed, quota_warning (an answer with a
+                    rate_limit_event), quota_rejected (the event, then the
+                    limit-reached refusal)
+FAKE_RESETS_AT      resetsAt of the rate_limit_event (default: an hour from now)
+FAKE_UTILIZATION    its utilization, as JSON (default per mode; 1 when rejected)
+FAKE_LIMIT_TYPE     its rateLimitType (default five_hour)
 """
 
+import json
 import os
 import sys
 import time
@@ -47,6 +54,7 @@ def upstream_error(status):
 class Claude(engine.Vendor):
     name = "claude"
     version = "2.1.332 (Claude Code)"
+    own_modes = {"quota_allowed": None, "quota_warning": None, "quota_rejected": "quota_rejected"}
     crash_lines = (
         "  request headers: x-api-key: %s" % engine.SECRET,
         "  ANTHROPIC_API_KEY=%s" % engine.SECRET,
@@ -172,6 +180,49 @@ class Claude(engine.Vendor):
             "uuid": self._uuid(),
         }
 
+    def rate_limit_line(self, status):
+        """
+        A rate_limit_event as claude 2.1.332 prints it in stream-json for a
+        subscription login: the ruling window at the top level (whose status
+        stays "allowed" on a warning), each window's share, reset and status
+        under unifiedWindows; utilization is the integer 1 when rejected.
+        """
+        utilization = {"allowed": 0.42, "allowed_warning": 0.81, "rejected": 1}[status]
+        if os.environ.get("FAKE_UTILIZATION"):
+            utilization = json.loads(os.environ["FAKE_UTILIZATION"])
+        resets_at = int(os.environ.get("FAKE_RESETS_AT") or int(time.time()) + 3600)
+        kind = os.environ.get("FAKE_LIMIT_TYPE", "five_hour")
+        other = "seven_day" if kind != "seven_day" else "five_hour"
+        return {
+            "type": "rate_limit_event",
+            "rate_limit_info": {
+                "status": "rejected" if status == "rejected" else "allowed",
+                "resetsAt": resets_at,
+                "rateLimitType": kind,
+                "overageStatus": "rejected",
+                "overageDisabledReason": "org_level_disabled",
+                "isUsingOverage": False,
+                "unifiedWindows": {
+                    kind: {"utilization": utilization, "resetsAt": resets_at, "status": status},
+                    other: {"utilization": 0.4, "resetsAt": resets_at + 2 * 86400, "status": "allowed"},
+                },
+            },
+            "uuid": self._uuid(),
+            "session_id": self.session_id,
+        }
+
+    def quota_rejected(self, prompt):
+        text = "You've hit your 5-hour limit \u00b7 resets 11:58pm (UTC)"
+        zero = self.usage(0, 0)
+        self.out.line(self.init_line())
+        self.out.line(self.status_line())
+        self.out.line(self.rate_limit_line("rejected"))
+        self.out.line(
+            self.assistant_line(text, zero, model="<synthetic>", error="rate_limit", is_api_error_message=True)
+        )
+        self.out.line(self.result_line(text, True, zero, 0, api_error_status=429, terminal_reason="api_error"))
+        return 1
+
     # -- what the engine asks for
 
     def opening(self):
@@ -214,6 +265,11 @@ class Claude(engine.Vendor):
             self.init_line(),
             *([] if huge is None else [engine.padded(lambda padding: self.status_line(padding=padding), huge)]),
             self.status_line(),
+            *(
+                [self.rate_limit_line("allowed" if self.mode == "quota_allowed" else "allowed_warning")]
+                if self.mode in ("quota_allowed", "quota_warning")
+                else []
+            ),
             self.stream_event({"type": "message_start", "message": message}, api_message_id="msg_fake000001"),
             self.stream_event(
                 {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}

@@ -8,10 +8,22 @@ Invoked the way the gateway runs the real tool::
     codex exec --json ... [-m M] -   < prompt
 
 FAKE_TEXT is split on "|" into one agent_message item per piece.
+FAKE_MODE usage_limit: the subscription limit-reached error.
+
+`codex [-c k=v ...] app-server` is a fake app-server: it answers JSON-RPC on
+stdin (initialize, then account/rateLimits/read) one line at a time, until
+stdin closes; FAKE_APP_SERVER_RECORD gets a line (argv, the messages seen,
+cwd, env) when the read arrives:
+
+FAKE_RATE_LIMITS    the rateLimits object, JSON (default: 12% of the 5-hour
+                    window, 30% of the weekly one)
+FAKE_APP_SERVER     ok (default), error (a JSON-RPC error), hang
 """
 
+import json
 import os
 import sys
+import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the engine beside this script
@@ -27,10 +39,72 @@ UPSTREAM = {
     500: "We're currently experiencing high demand, which may cause temporary errors.",
 }
 
+USAGE_LIMIT = (
+    "You've hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
+    "https://chatgpt.com/codex/settings/usage to purchase more credits or try again in 2 hours 5 minutes."
+)
+
+
+def default_rate_limits():
+    """
+    Headroom in both windows, so that a daemon test using the fake codex is
+    not held back by its probe unless it asks for that.
+    """
+    return {
+        "limitId": "codex",
+        "primary": {"usedPercent": 12, "windowDurationMins": 300, "resetsAt": int(time.time()) + 3 * 3600},
+        "secondary": {"usedPercent": 30, "windowDurationMins": 10080, "resetsAt": int(time.time()) + 3 * 86400},
+        "credits": {"hasCredits": False, "unlimited": False, "balance": None},
+        "planType": "plus",
+    }
+
+
+def run_app_server():
+    """
+    The app-server's JSON-RPC over stdio, as far as SheLLM's probe uses it.
+    Like codex 0.169's, it answers the rate-limit read a moment later (the
+    real one asks the backend) and exits as soon as stdin closes, dropping
+    an answer still in progress.
+    """
+    import threading
+
+    behaviour = os.environ.get("FAKE_APP_SERVER", "ok")
+    lock = threading.Lock()
+    seen = []
+
+    def send(reply):
+        with lock:
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        message = json.loads(line)
+        seen.append(message)
+        method, ident = message.get("method"), message.get("id")
+        if method == "initialize":
+            send({"id": ident, "result": {"userAgent": "codex_app_server/0.169.0", "platformOs": "linux"}})
+        elif method == "account/rateLimits/read":
+            if os.environ.get("FAKE_APP_SERVER_RECORD"):
+                with open(os.environ["FAKE_APP_SERVER_RECORD"], "a") as f:
+                    f.write(json.dumps({"argv": sys.argv, "stdin": seen, "cwd": os.getcwd(), "env": dict(os.environ)}))
+                    f.write("\n")
+            if behaviour == "hang":
+                continue
+            if behaviour == "error":
+                reply = {"id": ident, "error": {"code": -32600, "message": "codex account authentication required"}}
+            else:
+                limits = json.loads(os.environ.get("FAKE_RATE_LIMITS") or "null") or default_rate_limits()
+                reply = {"id": ident, "result": {"rateLimits": limits, "rateLimitsByLimitId": None}}
+            threading.Timer(0.2, send, (reply,)).start()
+    os._exit(0)
+
 
 class Codex(engine.Vendor):
     name = "codex"
     version = "codex-cli 0.169.0"
+    own_modes = {"usage_limit": "usage_limit"}
     crash_lines = (
         "  request headers: authorization: Bearer %s" % engine.SECRET,
         "  OPENAI_API_KEY=%s" % engine.SECRET,
@@ -58,6 +132,12 @@ class Codex(engine.Vendor):
 
     def not_logged_in(self, prompt):
         return self.fail(ERROR_401)
+
+    def usage_limit(self, prompt):
+        return self.fail(USAGE_LIMIT)
+
+    def other_command(self):
+        return run_app_server() if "app-server" in self.args else None
 
     def upstream_error(self, status, prompt):
         return self.fail(UPSTREAM[status])

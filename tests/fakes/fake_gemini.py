@@ -7,6 +7,8 @@ settings).
 Invoked the way the gateway runs the real tool::
 
     gemini -o stream-json [-m M] ...   < prompt
+
+FAKE_MODE daily_quota: the API's 429 RESOURCE_EXHAUSTED naming a per-day quota.
 """
 
 import json
@@ -26,8 +28,34 @@ UPSTREAM = {
     500: ("Internal error encountered.", "INTERNAL"),
 }
 
+#: A 429 for a spent daily quota, as the Gemini API sends it.
+DAILY_QUOTA = {
+    "error": {
+        "code": 429,
+        "message": "You exceeded your current quota, please check your plan and billing details. "
+        "Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, "
+        "limit: 250, model: gemini-2.5-pro",
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                        "quotaDimensions": {"location": "global", "model": "gemini-2.5-pro"},
+                        "quotaValue": "250",
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43s"},
+        ],
+    }
+}
+
 
 class Gemini(engine.Vendor):
+    own_modes = {"daily_quota": "daily_quota"}
     name = "gemini"
     version = "0.61.0"
     crash_lines = (
@@ -52,6 +80,34 @@ class Gemini(engine.Vendor):
         if padding is not None:
             line["padding"] = padding
         return line
+
+    def daily_quota(self, prompt):
+        """
+        What gemini 0.61 prints with -o stream-json when the API answers 429
+        RESOURCE_EXHAUSTED with a QuotaFailure naming a per-day quota
+        (DAILY_QUOTA): a failed result line, the error on stderr, exit 173.
+        """
+        self.out.lines([self.init_line(), self.user_line(prompt)])
+        engine.stderr(
+            "Error when talking to Gemini API Full report available at: /tmp/gemini-client-error.json "
+            "TerminalQuotaError: You have exhausted your daily quota on this model."
+        )
+        engine.stderr("  cause: {\n    code: 429,\n    message: '%s',\n  }" % DAILY_QUOTA["error"]["message"])
+        self.out.line(
+            {
+                "type": "result",
+                "timestamp": engine.now_iso(),
+                "status": "error",
+                "error": {
+                    "type": "unknown",
+                    "message": "[API Error: You have exhausted your daily quota on this model.]\nPlease wait and "
+                    "try again later. To increase your limits, request a quota increase through AI Studio, or "
+                    "switch to another /auth method",
+                },
+                "stats": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0, "cached": 0, "input": 0},
+            }
+        )
+        return 429 % 256
 
     def user_line(self, prompt):
         return {"type": "message", "timestamp": engine.now_iso(), "role": "user", "content": prompt}

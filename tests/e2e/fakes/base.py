@@ -7,7 +7,7 @@ once the tool's result comes back).
 
 from __future__ import annotations
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -70,6 +70,13 @@ class Script:
     force_tool: bool = False
     targets: ToolTargets | None = None
     after_tool_text: str = AFTER_TOOL_TEXT
+    #: Extra headers on every model answer (the vendors' rate-limit headers).
+    headers: dict = field(factory=dict)
+    #: The body of a C{fail_status} answer, instead of the vendor's default.
+    fail_body: dict | None = None
+    #: What the ChatGPT backend's usage endpoint answers (codex's app-server
+    #: reads it for C{account/rateLimits/read}); none: 404.
+    usage: dict | None = None
 
 
 #: A marker in a frame list: wait C{Script.delay} seconds here.
@@ -165,6 +172,8 @@ class FakeUpstream:
         )
         self.requests.append(recorded)
         if self.is_model_request(recorded):
+            for name, value in self.script.headers.items():
+                request.setHeader(name, value)
             if self.script.hang:
                 self._track(request)
                 return server.NOT_DONE_YET
@@ -178,7 +187,7 @@ class FakeUpstream:
     def error(self, request, status: int) -> bytes:
         set_status(request, status)
         request.setHeader(b"content-type", b"application/json")
-        return json_bytes(self.error_body(status))
+        return json_bytes(self.script.fail_body or self.error_body(status))
 
     def error_body(self, status: int) -> dict:
         raise NotImplementedError

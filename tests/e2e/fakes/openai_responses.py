@@ -146,6 +146,8 @@ class FakeOpenAIResponses(FakeUpstream):
     def answer(self, request, recorded: RecordedRequest):
         if recorded.method == "GET" and recorded.path == "/v1/models":
             return self.send_json(request, {"object": "list", "data": []})
+        if recorded.method == "GET" and recorded.path.endswith("/wham/usage") and self.script.usage is not None:
+            return self.send_json(request, self.script.usage)
         if recorded.method == "GET":
             return self.send_json(request, {"error": {"message": "no websockets"}}, 426)
         if not self.is_model_request(recorded) or recorded.body is None:
