@@ -6,14 +6,24 @@ C{backup PATH} (SQLite's online backup; PostgreSQL has C{pg_dump}).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shellm.admin.common import ERROR, OK, CommandError, Paths, say, table
-from shellm.config import ConfigError, load_config
+from shellm.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from shellm.state.store import Store
+
+_T = TypeVar("_T")
 
 
-def _with_store(config, work, create: bool = False):
+def _with_store(config: Config, work: Callable[[Store], Awaitable[_T]], create: bool = False) -> _T:
     """
     Run C{work(store)} (a coroutine function) with the store of SHELLM_DB,
     on a reactor started for it; return its result.  Never migrates unless
@@ -31,16 +41,16 @@ def _with_store(config, work, create: bool = False):
         raise CommandError(
             f"there is no database at {store.target.location} yet (the daemon creates it when it starts)"
         )
-    outcome: list = []
+    outcome: list[_T | Failure] = []
 
-    async def go():
+    async def go() -> _T:
         try:
             await store.open(migrate=False, retry=False)
             return await work(store)
         finally:
             await store.close()
 
-    def start():
+    def start() -> None:
         d = ensureDeferred(go())
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
@@ -55,13 +65,13 @@ def _with_store(config, work, create: bool = False):
             raise CommandError(result.getErrorMessage())
         if result.check(StoreUnavailable) or store.is_transient(result) or store.is_sql_error(result):
             raise CommandError(f"{store.target.display} cannot be used: {result.getErrorMessage()}")
-        if result.check(CommandError):
+        if isinstance(result.value, CommandError):
             raise result.value
         raise CommandError(f"failed: {result.getErrorMessage()}")
     return result
 
 
-def cmd_db(args, environ, paths: Paths) -> int:
+def cmd_db(args: argparse.Namespace, environ: Mapping[str, str], paths: Paths) -> int:
     try:
         config = load_config({}, environ, args.env_file_path)
     except ConfigError as e:
@@ -69,8 +79,8 @@ def cmd_db(args, environ, paths: Paths) -> int:
     return {"status": db_status, "migrate": db_migrate, "backup": db_backup}[args.action](args, config)
 
 
-def db_status(args, config) -> int:
-    async def describe(store):
+def db_status(args: argparse.Namespace, config: Config) -> int:
+    async def describe(store: Store) -> dict[str, Any]:
         return await store.describe()
 
     status = _with_store(config, describe)
@@ -93,8 +103,8 @@ def db_status(args, config) -> int:
     return OK
 
 
-def db_migrate(args, config) -> int:
-    async def migrate(store):
+def db_migrate(args: argparse.Namespace, config: Config) -> int:
+    async def migrate(store: Store) -> list[int]:
         return await store.migrate()
 
     applied = _with_store(config, migrate, create=True)
@@ -105,7 +115,7 @@ def db_migrate(args, config) -> int:
     return OK
 
 
-def db_backup(args, config) -> int:
+def db_backup(args: argparse.Namespace, config: Config) -> int:
     from shellm.state.store import POSTGRESQL, StoreTarget
 
     where = StoreTarget.parse(config.db)
@@ -118,7 +128,7 @@ def db_backup(args, config) -> int:
     if os.path.exists(target):
         raise CommandError(f"{target} already exists; remove it or give another path")
 
-    async def backup(store):
+    async def backup(store: Store) -> int:
         return await store.backup(target)
 
     size = _with_store(config, backup)

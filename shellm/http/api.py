@@ -34,7 +34,7 @@ from shellm.http.sse import EventStream
 from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
 from shellm.routing.health import overall_status
-from shellm.routing.limits import RateLimiter
+from shellm.routing.limits import Limiter
 from shellm.routing.router import Admission, Router
 from shellm.state.ledger import PERIODS, Ledger
 from shellm.state.metrics import Metrics
@@ -91,7 +91,7 @@ class ShellmAPI:
         max_prompt_chars: int,
         heartbeat: float,
         authenticator: Authenticator | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         ledger: Ledger | None = None,
         metrics: Metrics | None = None,
         metrics_public: bool = False,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import resource
+from collections.abc import Callable
 
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 
 #: Seconds between two log lines about refused connections.
@@ -22,7 +24,7 @@ OTHER_DESCRIPTORS = 256
 log = Logger()
 
 
-def check_descriptor_limit(total: int, getrlimit=resource.getrlimit) -> bool:
+def check_descriptor_limit(total: int, getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit) -> bool:
     """
     Warn when the process may open too few files for C{total} connections
     and the rest, so that a flood would meet EMFILE before the cap; say
@@ -41,7 +43,7 @@ def check_descriptor_limit(total: int, getrlimit=resource.getrlimit) -> bool:
     return False
 
 
-def peer_key(address) -> str | None:
+def peer_key(address: IAddress | None) -> str | None:
     """
     The address a per-peer cap counts by: the IP of a TCP peer.  L{None}
     (no per-peer cap) for UNIX sockets, unknown peers and loopback: a peer
@@ -67,7 +69,7 @@ class ConnectionLimits:
 
     log = Logger()
 
-    def __init__(self, clock, total: int, per_peer: int):
+    def __init__(self, clock: IReactorTime, total: int, per_peer: int):
         self._clock = clock
         self.total = total
         self.per_peer = per_peer

@@ -15,7 +15,10 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IProcessProtocol, IProcessTransport, IReactorProcess
 from twisted.internet.process import Process
 
 try:
@@ -24,6 +27,9 @@ try:
     from twisted.internet.process import _getFileActions, _listOpenFDs
 except ImportError:  # pragma: no cover
     _getFileActions = _listOpenFDs = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from shellm.providers.watchdog import Watchdog
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -73,7 +79,17 @@ class _SessionProcess(Process):
     both itself.
     """
 
-    def __init__(self, reactor, executable, args, environment, path, proto, launcher, watchdog=None):
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        executable: str,
+        args: list[str],
+        environment: dict[str, str],
+        path: str | None,
+        proto: IProcessProtocol,
+        launcher: tuple[str, str] | None,
+        watchdog: Watchdog | None = None,
+    ):
         self._launcher = launcher
         self._watchdog = watchdog
         self._group: int | None = None
@@ -84,20 +100,29 @@ class _SessionProcess(Process):
         if self.pid is not None:  # not already reaped
             self._watch()
 
-    def _watch(self):
-        if self._watchdog is not None and self._group is None:
+    def _watch(self) -> None:
+        if self._watchdog is not None and self._group is None and self.pid is not None:
             # The session leader's pid is the session's and the group's id.
             self._group = self.pid
             self._watchdog.watch(self._group)
 
-    def processEnded(self, status):
+    def processEnded(self, status: int) -> None:
         # Reaped: the protocol's processExited has KILLed the group.
         group, self._group = self._group, None
         super().processEnded(status)
-        if group is not None:
+        if group is not None and self._watchdog is not None:  # a group is only set with a watchdog
             self._watchdog.release(group)
 
-    def _trySpawnInsteadOfFork(self, path, uid, gid, executable, args, environment, kwargs):
+    def _trySpawnInsteadOfFork(
+        self,
+        path: str | None,
+        uid: int | None,
+        gid: int | None,
+        executable: str,
+        args: Sequence[str],
+        environment: Mapping[str, str],
+        kwargs: dict[str, Any],
+    ) -> bool:
         if (
             self._launcher is None
             or uid is not None
@@ -112,7 +137,7 @@ class _SessionProcess(Process):
         # What Twisted's own posix_spawn path does: the pipes go to 0, 1
         # and 2, every other inheritable descriptor is closed, and signals
         # the daemon ignores are reset.
-        open_fds = []
+        open_fds: list[tuple[int, int]] = []
         for fd in _listOpenFDs():
             try:
                 open_fds.append((fd, fcntl.fcntl(fd, fcntl.F_GETFD, fcntl.FD_CLOEXEC)))
@@ -122,7 +147,8 @@ class _SessionProcess(Process):
             setpriv,
             argv,
             environment,
-            file_actions=_getFileActions(open_fds, kwargs["fdmap"], os.POSIX_SPAWN_CLOSE, os.POSIX_SPAWN_DUP2),
+            # F_GETFD's flags, an int used as the close-on-exec bool, as Twisted passes them.
+            file_actions=_getFileActions(open_fds, kwargs["fdmap"], os.POSIX_SPAWN_CLOSE, os.POSIX_SPAWN_DUP2),  # type: ignore[arg-type]
             setsigdef=_ignored_signals(),
             setsid=True,
         )
@@ -133,7 +159,7 @@ class _SessionProcess(Process):
         self.status = -1
         return True
 
-    def _setupChild(self, fdmap):
+    def _setupChild(self, fdmap: dict[int, int]) -> None:
         # Runs in the forked child, before exec.
         os.setsid()
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -153,7 +179,9 @@ class SessionSpawner:
         child's session, whose marker every child's environment carries.
     """
 
-    def __init__(self, reactor, launcher: tuple[str, str] | None = None, watchdog=None):
+    def __init__(
+        self, reactor: IReactorProcess, launcher: tuple[str, str] | None = None, watchdog: Watchdog | None = None
+    ):
         self._reactor = reactor
         self._launcher = launcher if _getFileActions is not None else None
         self._watchdog = watchdog
@@ -162,12 +190,19 @@ class SessionSpawner:
     def spawns(self) -> bool:
         return self._launcher is not None
 
-    def spawn(self, protocol, executable, args, env, path):
-        env = dict(env)
+    def spawn(
+        self,
+        protocol: IProcessProtocol,
+        executable: str,
+        args: Iterable[str],
+        env: Mapping[str, str],
+        path: str | None,
+    ) -> IProcessTransport:
+        environment = dict(env)
         if self._watchdog is not None:
-            env.update(self._watchdog.environment)
+            environment.update(self._watchdog.environment)
         return _SessionProcess(
-            self._reactor, executable, list(args), env, path, protocol, self._launcher, self._watchdog
+            self._reactor, executable, list(args), environment, path, protocol, self._launcher, self._watchdog
         )
 
     def signal_group(self, pid: int, signum: int) -> None:

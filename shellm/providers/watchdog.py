@@ -127,7 +127,7 @@ class Watchdog(Service):
         self._start()
         self._trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self._until_exited)
 
-    def stopService(self) -> None:  # type: ignore[override]
+    def stopService(self) -> None:
         """
         Returns at once: the watchdog stays until the runs are reaped.
         """

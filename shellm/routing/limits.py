@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
@@ -15,6 +16,20 @@ from shellm.errors import RateLimited
 from shellm.routing.auth import Client
 
 WINDOW = 60.0
+
+
+class Limiter(Protocol):
+    """
+    What admission asks of a rate limiter: L{RateLimiter}, or the shared
+    one of L{shellm.routing.shared_limits}.
+    """
+
+    def admit(self, client: Client) -> Deferred[None]:
+        """
+        Count one request of C{client}, or refuse it.
+
+        @raise RateLimited: (as a failure) with C{retry_after} in whole seconds.
+        """
 
 
 class SlidingWindow:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from shellm.errors import RateLimited
 from shellm.routing.auth import Client
-from shellm.routing.limits import WINDOW, RateLimiter
-from shellm.state.store import Store
+from shellm.routing.limits import WINDOW, Limiter, RateLimiter
+from shellm.state.store import Cursor, Store
 
 #: Seconds the database gets to answer before this request is judged by the
 #: node's own counters instead.
@@ -64,7 +65,7 @@ def _retry_after(now: float, limit: int, previous: int, current: int) -> int:
     return max(1, math.ceil(minute_start + needed * WINDOW - now))
 
 
-def _take(cursor, now: float, checks: list[tuple[str, int, str]]) -> None:
+def _take(cursor: Cursor, now: float, checks: list[tuple[str, int, str]]) -> None:
     """
     Count one request in every scope of C{checks}, or raise L{_Refused}
     (the transaction is then rolled back).  Runs in a pool thread.
@@ -76,8 +77,8 @@ def _take(cursor, now: float, checks: list[tuple[str, int, str]]) -> None:
         _TAKE.format(rows=", ".join(["(?, ?, 1)"] * len(scopes))),
         [value for scope in scopes for value in (scope, minute)],
     ).fetchall()
-    current = dict(taken)
-    previous = dict(
+    current: dict[str, int] = dict(taken)
+    previous: dict[str, int] = dict(
         cursor.execute(_PREVIOUS.format(marks=", ".join(["?"] * len(scopes))), [minute - 1, *scopes]).fetchall()
     )
     for scope, limit, message in checks:
@@ -86,7 +87,7 @@ def _take(cursor, now: float, checks: list[tuple[str, int, str]]) -> None:
             raise _Refused(message, _retry_after(now, limit, before, current[scope] - 1))
 
 
-def _forget(cursor, before: int) -> None:
+def _forget(cursor: Cursor, before: int) -> None:
     cursor.execute("DELETE FROM rate_counts WHERE minute < ?", (before,))
 
 
@@ -98,7 +99,7 @@ class SharedRateLimiter:
 
     log = Logger()
 
-    def __init__(self, clock, store: Store, global_rpm: int, fallback: RateLimiter | None = None):
+    def __init__(self, clock: IReactorTime, store: Store, global_rpm: int, fallback: RateLimiter | None = None):
         self._clock = clock
         self._store = store
         self.global_rpm = global_rpm
@@ -106,7 +107,7 @@ class SharedRateLimiter:
         self._alone = False
         self._swept_minute: int | None = None
 
-    def admit(self, client: Client) -> Deferred:
+    def admit(self, client: Client) -> Deferred[None]:
         """
         Count one request of C{client}, or refuse it.
 
@@ -115,7 +116,7 @@ class SharedRateLimiter:
         if not self._store.up:
             return self._alone_admit(client, "the state store is down")
         now = self._clock.seconds()
-        checks = []
+        checks: list[tuple[str, int, str]] = []
         if client.rpm > 0:
             checks.append(
                 (
@@ -127,11 +128,11 @@ class SharedRateLimiter:
         checks.append(
             ("global", self.global_rpm, f"the gateway is over its limit of {self.global_rpm} requests per minute")
         )
-        answer: Deferred = Deferred()
+        answer: Deferred[None] = Deferred()
         running = self._store.interact(_take, now, checks, durable=False)
         timer = self._clock.callLater(ANSWER_WITHIN, self._too_slow, answer, client)
 
-        def settled(result):
+        def settled(result: None | Failure) -> None:
             if timer.active():
                 timer.cancel()
             if answer.called:
@@ -139,7 +140,7 @@ class SharedRateLimiter:
             if not isinstance(result, Failure):
                 self._shared_again()
                 answer.callback(None)
-            elif result.check(_Refused):
+            elif isinstance(result.value, _Refused):
                 self._shared_again()
                 answer.errback(RateLimited(result.value.message, retry_after=result.value.retry_after))
             else:
@@ -151,11 +152,11 @@ class SharedRateLimiter:
         self._sweep(now)
         return answer
 
-    def _too_slow(self, answer: Deferred, client: Client) -> None:
+    def _too_slow(self, answer: Deferred[None], client: Client) -> None:
         if not answer.called:
             self._alone_admit(client, f"the state store took over {ANSWER_WITHIN} s").chainDeferred(answer)
 
-    def _alone_admit(self, client: Client, why: str) -> Deferred:
+    def _alone_admit(self, client: Client, why: str) -> Deferred[None]:
         if not self._alone:
             self._alone = True
             self.log.warn("rate limits counted per node until the state store answers again: {why}", why=why)
@@ -177,7 +178,7 @@ class SharedRateLimiter:
         self._store.interact(_forget, minute - 1, durable=False).addErrback(lambda _: None)
 
 
-def rate_limiter(clock, store: Store, global_rpm: int):
+def rate_limiter(clock: IReactorTime, store: Store, global_rpm: int) -> Limiter:
     """
     The limiter for C{store}: shared across nodes on PostgreSQL, in memory
     on SQLite (one box).

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from attrs import frozen
 
 from shellm import __version__
+
+if TYPE_CHECKING:
+    from shellm.state.store import Cursor
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -81,7 +85,7 @@ def statements(sql: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
-def table_exists(cursor, name: str) -> bool:
+def table_exists(cursor: Cursor, name: str) -> bool:
     if cursor.engine == POSTGRESQL:
         return cursor.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
     return (
@@ -89,7 +93,7 @@ def table_exists(cursor, name: str) -> bool:
     )
 
 
-def schema_version(cursor) -> int:
+def schema_version(cursor: Cursor) -> int:
     if not table_exists(cursor, "shellm_schema"):
         return 0
     return cursor.execute("SELECT COALESCE(MAX(version), 0) FROM shellm_schema").fetchone()[0]
@@ -103,7 +107,7 @@ def too_new_message(where: str, found: int, known: int) -> str:
     )
 
 
-def migrate(cursor, where: str, now: float) -> list[int]:
+def migrate(cursor: Cursor, where: str, now: float) -> list[int]:
     """
     Apply the missing migrations in one transaction, holding the migration
     lock; return the versions applied.  Run in a pool thread.

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from attrs import frozen
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,6 +47,11 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 10.0
 #: Seconds PostgreSQL gets to accept a connection.
 CONNECT_TIMEOUT = 3
+
+_T = TypeVar("_T")
+
+#: A row as the DB-API returns it: values of whatever types the engine gives.
+Row = tuple[Any, ...]
 
 
 @frozen
@@ -93,7 +100,8 @@ class Cursor:
     A DB-API cursor that takes C{?} placeholders on both engines.
     """
 
-    def __init__(self, cursor, engine: str):
+    def __init__(self, cursor: Any, engine: str):
+        # sqlite3's or psycopg's cursor: the DB-API itself is untyped.
         self._cursor = cursor
         self.engine = engine
 
@@ -102,17 +110,19 @@ class Cursor:
             return sql.replace("%", "%%").replace("?", "%s")
         return sql
 
-    def execute(self, sql: str, params=()) -> Cursor:
+    def execute(self, sql: str, params: Iterable[object] = ()) -> Cursor:
         self._cursor.execute(self._sql(sql), tuple(params))
         return self
 
-    def executemany(self, sql: str, rows) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
         self._cursor.executemany(self._sql(sql), rows)
 
-    def fetchone(self):
+    def fetchone(self) -> Any:
+        # A row, or None when there is none; Any because every caller knows
+        # its query returns one and indexes it at once.
         return self._cursor.fetchone()
 
-    def fetchall(self):
+    def fetchall(self) -> list[Row]:
         return self._cursor.fetchall()
 
 
@@ -124,7 +134,7 @@ def _reachable(cursor: Cursor) -> list[int]:
     return []
 
 
-def connect_now(target: StoreTarget):
+def connect_now(target: StoreTarget) -> Any:
     """
     A plain blocking connection, for the command line and start-up checks
     (never on a running reactor).
@@ -171,7 +181,7 @@ def _create_private(path: str) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
 
 
-def _configure_sqlite(connection) -> None:
+def _configure_sqlite(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA journal_mode=WAL")
     # With WAL this cannot corrupt the file; a power cut may lose the last
     # batch, which is accounting, not a request.
@@ -185,15 +195,15 @@ class Store:
 
     log = Logger()
 
-    def __init__(self, target: StoreTarget, clock):
+    def __init__(self, target: StoreTarget, clock: IReactorTime):
         self.target = target
         self._clock = clock
         self._pool: adbapi.ConnectionPool | None = None
-        self._opening: Deferred | None = None
-        self._opened: list[Deferred] = []
+        self._opening: Deferred[list[int]] | None = None
+        self._opened: list[Deferred[None]] = []
         self._ready = False
         self._down_since: float | None = None
-        self._probe = None
+        self._probe: IDelayedCall | None = None
         self._delay = RETRY_FIRST
         self._listeners: list[Callable[[], None]] = []
         self._closed = False
@@ -202,7 +212,7 @@ class Store:
         self.refused: str | None = None  # why the schema was refused, if it was
 
     @classmethod
-    def from_setting(cls, value: str, clock) -> Store:
+    def from_setting(cls, value: str, clock: IReactorTime) -> Store:
         return cls(StoreTarget.parse(value), clock)
 
     @property
@@ -220,7 +230,7 @@ class Store:
     def up(self) -> bool:
         return self._ready and self._down_since is None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {"engine": self.engine, "up": self.up}
 
     def when_up(self, listener: Callable[[], None]) -> None:
@@ -255,7 +265,7 @@ class Store:
             cp_openfun=_configure_sqlite,
         )
 
-    def open(self, migrate: bool = True, retry: bool = True) -> Deferred:
+    def open(self, migrate: bool = True, retry: bool = True) -> Deferred[None]:
         """
         Connect and (unless told not to) migrate; fires once done.  If the
         database cannot be reached, keeps trying with backoff (and the store
@@ -263,7 +273,7 @@ class Store:
 
         @raise SchemaTooNew: (as a failure) the database is ahead of this SheLLM.
         """
-        waiting: Deferred = Deferred()
+        waiting: Deferred[None] = Deferred()
         if self._ready:
             waiting.callback(None)
             return waiting
@@ -339,10 +349,10 @@ class Store:
             return failure.check(psycopg.Error) is not None
         return False
 
-    def _run(self, interaction, *args, durable: bool = True) -> Deferred:
+    def _run(self, interaction: Callable[..., _T], *args: object, durable: bool = True) -> Deferred[_T]:
         engine = self.engine
 
-        def run(cursor):
+        def run(cursor: Any) -> _T:
             cursor = Cursor(cursor, engine)
             if not durable and engine == POSTGRESQL:
                 # Commit without waiting for the WAL flush: a server crash may
@@ -357,7 +367,7 @@ class Store:
             raise StoreUnavailable(f"the state store ({self.engine}) is closed")
         return self._pool
 
-    def interact(self, interaction, *args, durable: bool = True) -> Deferred:
+    def interact(self, interaction: Callable[..., _T], *args: object, durable: bool = True) -> Deferred[_T]:
         """
         Run C{interaction(cursor, *args)} in one transaction in a pool
         thread; it commits if the function returns.  C{durable=False} is for
@@ -373,13 +383,13 @@ class Store:
         running.addErrback(self._failed)
         return running
 
-    def query(self, sql: str, params=()) -> Deferred:
+    def query(self, sql: str, params: Iterable[object] = ()) -> Deferred[list[Row]]:
         """
         All the rows of one query.
         """
         return self.interact(lambda cursor: cursor.execute(sql, params).fetchall())
 
-    def _failed(self, failure: Failure):
+    def _failed(self, failure: Failure) -> Failure:
         if self.is_transient(failure):
             self._mark_down(failure)
             raise StoreUnavailable(f"the state store ({self.engine}) cannot be reached; retrying")
@@ -417,14 +427,14 @@ class Store:
             return
         probing = self._run(lambda cursor: cursor.execute("SELECT 1").fetchall())
 
-        def failed(failure):
+        def failed(failure: Failure) -> None:
             if self._closed:
                 return
             self._probe = self._clock.callLater(self._next_delay(), self._check)
 
         probing.addCallbacks(lambda _: self._mark_up(), failed)
 
-    def close(self) -> Deferred:
+    def close(self) -> Deferred[None]:
         """
         Stop retrying and close the pool.  Interactions still running finish.
         """
@@ -440,19 +450,19 @@ class Store:
 
     # -- administration
 
-    def migrate(self) -> Deferred:
+    def migrate(self) -> Deferred[list[int]]:
         """
         Apply the missing migrations now; fires with the versions applied.
         """
         return self.interact(migrate, self.target.display, self._clock.seconds())
 
-    def describe(self) -> Deferred:
+    def describe(self) -> Deferred[dict[str, Any]]:
         """
         Engine, schema version, rows per table and size in bytes.
         """
         return self.interact(_describe, self.target)
 
-    def backup(self, path: str) -> Deferred:
+    def backup(self, path: str) -> Deferred[int]:
         """
         Copy a SQLite store to C{path} with SQLite's online backup (writers
         may go on meanwhile).  PostgreSQL is backed up with C{pg_dump}.
@@ -464,13 +474,13 @@ class Store:
         return self._live_pool().runWithConnection(_backup_sqlite, os.path.abspath(os.path.expanduser(path)))
 
 
-def _unavailable(target: StoreTarget) -> Deferred:
-    failed: Deferred = Deferred()
+def _unavailable(target: StoreTarget) -> Deferred[Any]:
+    failed: Deferred[Any] = Deferred()
     failed.errback(StoreUnavailable(f"the state store ({target.engine}) cannot be reached; retrying"))
     return failed
 
 
-def _describe(cursor: Cursor, target: StoreTarget) -> dict:
+def _describe(cursor: Cursor, target: StoreTarget) -> dict[str, Any]:
     if cursor.engine == POSTGRESQL:
         names = cursor.execute(
             "SELECT table_name FROM information_schema.tables"
@@ -488,7 +498,7 @@ def _describe(cursor: Cursor, target: StoreTarget) -> dict:
             if os.path.exists(target.location + suffix)
         )
         server = sqlite3.sqlite_version
-    rows = {}
+    rows: dict[str, int] = {}
     for (name,) in names:
         # Names come from the catalog, not from a user.
         rows[name] = cursor.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
@@ -503,7 +513,8 @@ def _describe(cursor: Cursor, target: StoreTarget) -> dict:
     }
 
 
-def _backup_sqlite(connection, path: str) -> int:
+def _backup_sqlite(connection: Any, path: str) -> int:
+    # adbapi's connection wrapper, which passes on to sqlite3.Connection.
     _create_private(path)
     destination = sqlite3.connect(path)
     try:

@@ -51,6 +51,11 @@ class ModelNotFound(NotFound):
     param = "model"
 
 
+def _cleaned(text: str) -> str:
+    # Turn's converter: clean_text is defined further down.
+    return clean_text(text)
+
+
 @frozen
 class Turn:
     """
@@ -64,7 +69,7 @@ class Turn:
     """
 
     role: str
-    text: str = field(converter=lambda text: clean_text(text))
+    text: str = field(converter=_cleaned)
     name: str | None = None
 
     def spoken(self) -> str:
