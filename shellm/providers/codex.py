@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
@@ -16,6 +17,9 @@ from shellm.providers.base import Capabilities
 from shellm.providers.cli import CliProvider, OutputParser, any_set, home_of, token_count
 from shellm.providers.process import CliExit
 from shellm.providers.usage_limits import codex_limit_error
+
+if TYPE_CHECKING:
+    from shellm.providers.codex_quota import CodexQuotaProbe
 
 
 class CodexOutput(OutputParser):
@@ -67,7 +71,7 @@ class CodexProvider(CliProvider):
     login_hint = "run `codex login` as the service user, or set OPENAI_API_KEY in SHELLM_CODEX_ENV"
     #: Reads the subscription windows after runs (a
     #: L{shellm.providers.codex_quota.CodexQuotaProbe}), when configured.
-    quota_probe = None
+    quota_probe: CodexQuotaProbe | None = None
 
     def start(self, request: CompletionRequest, upstream_model, sink) -> ProviderRun:
         run = super().start(request, upstream_model, sink)

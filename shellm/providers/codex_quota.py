@@ -16,8 +16,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -26,6 +28,9 @@ from shellm.completion import QuotaWindow
 from shellm.providers.cli import parse_json_line
 from shellm.providers.process import CliCommand, CliExit
 from shellm.providers.usage_limits import codex_rate_limits
+
+if TYPE_CHECKING:
+    from shellm.providers.codex import CodexProvider
 
 #: How long one probe may take before it is stopped.
 PROBE_TIMEOUT = 20.0
@@ -77,8 +82,8 @@ class CodexQuotaProbe:
 
     def __init__(
         self,
-        clock,
-        provider,
+        clock: IReactorTime,
+        provider: CodexProvider,
         report: Callable[[Sequence[QuotaWindow]], None],
         interval: float,
         timeout: float = PROBE_TIMEOUT,
@@ -112,7 +117,7 @@ class CodexQuotaProbe:
         self._running.addBoth(self._done)
         return self._running
 
-    def _done(self, windows):
+    def _done(self, windows: list[QuotaWindow]) -> list[QuotaWindow]:
         self._running = None
         return windows
 
@@ -174,7 +179,7 @@ class CodexQuotaProbe:
         runs.append(run)
         run.finished.addBoth(lambda _: shutil.rmtree(scratch, ignore_errors=True))
 
-        def ended(outcome) -> list[QuotaWindow]:
+        def ended(outcome: object) -> list[QuotaWindow]:
             if windows:
                 self._report(list(windows))
             elif isinstance(outcome, Failure) and not outcome.check(CancelledError):

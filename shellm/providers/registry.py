@@ -58,7 +58,7 @@ def _cli(cls: type, name: str) -> Callable[[Wiring], Provider]:
 
 
 def _codex(w: Wiring) -> Provider:
-    codex = _cli(CodexProvider, "codex")(w)
+    codex = CodexProvider(w.reactor, w.runner, w.config.codex_bin, w.config.base_env, w.config.codex_env)
     if w.quota is not None and w.config.codex_quota_interval > 0:
         codex.quota_probe = CodexQuotaProbe(
             w.reactor, codex, lambda windows: w.quota.observe("codex", windows), w.config.codex_quota_interval

@@ -13,6 +13,8 @@ import datetime
 import json
 import re
 from collections.abc import Mapping
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from shellm.completion import QuotaWindow
 
@@ -26,13 +28,13 @@ MIN_HOLD, MAX_HOLD = 60, 8 * 24 * 3600
 _KIND_BY_MINUTES = {300: "five_hour", 1440: "daily", 10080: "seven_day"}
 
 
-def _number(value) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
 
 
-def _share(value) -> float | None:
+def _share(value: object) -> float | None:
     """
     A used share, 0..1, from a fraction (claude, ints included) or a
     percentage (codex C{usedPercent}).
@@ -43,7 +45,7 @@ def _share(value) -> float | None:
     return min(number, 1.0) if number <= 1.0 else min(number / 100.0, 1.0)
 
 
-def _epoch(value) -> float | None:
+def _epoch(value: object) -> float | None:
     number = _number(value)
     if number is None or number <= 0:
         if isinstance(value, str) and value.strip().isdigit():
@@ -67,7 +69,7 @@ def _bounded(resets_at: float | None, now: float, default: float) -> float:
 _STATUSES = ("allowed", "allowed_warning", "rejected")
 
 
-def _status(value) -> str | None:
+def _status(value: object) -> str | None:
     return value if value in _STATUSES else None
 
 
@@ -278,7 +280,7 @@ def gemini_limit_error(text: str, now: float) -> QuotaWindow | None:
 # -- shared
 
 
-def _json_in(text: str):
+def _json_in(text: str) -> Any:
     start = text.find("{")
     while start >= 0:
         try:
@@ -289,12 +291,10 @@ def _json_in(text: str):
     return None
 
 
-def _zone(name: str | None):
+def _zone(name: str | None) -> ZoneInfo | None:
     if not name:
         return None
     try:
-        from zoneinfo import ZoneInfo
-
         return ZoneInfo(name)
     except Exception:
         return None
@@ -325,9 +325,9 @@ def wall_clock_time(when: str, tz: str | None, now: float) -> float | None:
         hour = hour % 12 + (12 if ampm == "pm" else 0)
     if hour > 23 or minute > 59:
         return None
-    zone = _zone(tz)
+    named = _zone(tz)
     local_now = (
-        datetime.datetime.fromtimestamp(now, zone) if zone else datetime.datetime.fromtimestamp(now).astimezone()
+        datetime.datetime.fromtimestamp(now, named) if named else datetime.datetime.fromtimestamp(now).astimezone()
     )
     zone = local_now.tzinfo
     if match.group("month"):

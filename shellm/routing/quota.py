@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 
 from attrs import evolve, frozen
-from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from shellm.completion import DEFAULT_MODEL, QuotaWindow
@@ -54,7 +54,7 @@ class QuotaTracker:
 
     log = Logger()
 
-    def __init__(self, clock, threshold: float = DEFAULT_THRESHOLD):
+    def __init__(self, clock: IReactorTime, threshold: float = DEFAULT_THRESHOLD):
         """
         @param threshold: a window whose used share is at or above this is
             treated as spent until it resets.
@@ -63,7 +63,7 @@ class QuotaTracker:
         self.threshold = threshold
         self._windows: dict[str, dict[tuple[str, str | None], QuotaWindow]] = {}
         self._states: dict[str, str] = {}
-        self._timers: dict[str, DelayedCall] = {}
+        self._timers: dict[str, IDelayedCall] = {}
 
     def observe(self, provider: str, windows: Iterable[QuotaWindow]) -> None:
         """
