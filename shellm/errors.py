@@ -100,6 +100,16 @@ class ProviderFailed(ShellmError):
     provider_side = True
 
 
+class InvalidOutput(ShellmError):
+    """
+    The answer did not follow the requested schema (or called a function
+    wrongly), even after one repair attempt.
+    """
+
+    status = 502
+    code = "invalid_output"
+
+
 class UpstreamRejected(ShellmError):
     """
     The provider's upstream refused the request itself (a 4xx relayed by a

@@ -32,6 +32,7 @@ from shellm.logs import redact
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import token_count
 from shellm.providers.http_client import BytesBody
+from shellm.structured import OutputSpec
 
 MAX_LINE_BYTES = 1024 * 1024
 #: How much of an upstream error body is read (and logged, redacted).
@@ -137,6 +138,16 @@ class ChatStreamParser:
                 self.finish_reason = choice["finish_reason"]
 
 
+def response_format(output: OutputSpec) -> dict:
+    """
+    The API's own structured output: the schema (for tools, SheLLM's
+    envelope) in C{response_format}, strict.
+    """
+    if output.kind == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": output.name, "schema": output.schema, "strict": True}}
+
+
 def _was_cancelled(error: Exception) -> bool:
     """
     Whether a request failed because it was cancelled: before its response
@@ -197,6 +208,8 @@ class CerebrasProvider:
             body["top_p"] = request.top_p
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.output is not None:
+            body["response_format"] = response_format(request.output)
         finished = Deferred()
         running: list[Deferred] = []
         timed_out: list[bool] = []

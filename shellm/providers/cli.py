@@ -187,7 +187,7 @@ class CliProvider:
     def vendor_env(self, request: CompletionRequest, scratch: str) -> dict[str, str]:
         return {}
 
-    def make_parser(self, sink: EventSink) -> OutputParser:
+    def make_parser(self, sink: EventSink, request: CompletionRequest | None = None) -> OutputParser:
         raise NotImplementedError
 
     def has_credentials(self, env: Mapping[str, str]) -> bool:
@@ -226,7 +226,7 @@ class CliProvider:
                 cwd=os.path.join(scratch, "work"),
                 stdin=self.stdin_text(request).encode("utf-8"),
             )
-            parser = self.make_parser(sink)
+            parser = self.make_parser(sink, request)
             run = self._runner.run(command, parser.feed)
         except OSError:
             shutil.rmtree(scratch, ignore_errors=True)
