@@ -59,6 +59,16 @@ class InvalidRequest(ShellmError):
     code = "invalid_request"
 
 
+class InvalidField(InvalidRequest):
+    """
+    A 400 that knows which request field is wrong (OpenAI's C{param}).
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class NotFound(ShellmError):
     status = 404
     code = "not_found"

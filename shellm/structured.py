@@ -28,7 +28,7 @@ from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from twisted.logger import Logger
 
 from shellm.completion import Completion, CompletionRequest, EventSink, TextDelta, Usage
-from shellm.errors import InvalidOutput, InvalidRequest
+from shellm.errors import InvalidField, InvalidOutput
 
 #: A schema is handed to a CLI and repeated in the system prompt: bounded.
 MAX_SCHEMA_CHARS = 32_000
@@ -42,16 +42,6 @@ _FENCE = re.compile(r"\A```(?:json)?\s*\n(.*?)\n?```\s*\Z", re.DOTALL)
 REPAIR_NOTE = "Your previous answer did not follow the required format"
 
 log = Logger()
-
-
-class InvalidSchema(InvalidRequest):
-    """
-    A schema SheLLM cannot pass on, naming the request field.
-    """
-
-    def __init__(self, message: str, param: str):
-        super().__init__(message)
-        self.param = param
 
 
 class InvalidAnswer(Exception):
@@ -248,27 +238,27 @@ def check_schema(schema, param: str) -> dict:
     inside it and that uses no dynamic references.
     """
     if not isinstance(schema, dict):
-        raise InvalidSchema(f'"{param}" must be a JSON Schema object', param)
+        raise InvalidField(f'"{param}" must be a JSON Schema object', param)
     text = json.dumps(schema, ensure_ascii=False)
     if len(text) > MAX_SCHEMA_CHARS:
-        raise InvalidSchema(
+        raise InvalidField(
             f'"{param}" is too large: at most {MAX_SCHEMA_CHARS} characters of JSON (got {len(text)})', param
         )
 
     def walk(node, depth: int) -> None:
         if depth > MAX_SCHEMA_DEPTH:
-            raise InvalidSchema(f'"{param}" is nested too deeply (more than {MAX_SCHEMA_DEPTH} levels)', param)
+            raise InvalidField(f'"{param}" is nested too deeply (more than {MAX_SCHEMA_DEPTH} levels)', param)
         if isinstance(node, dict):
             for key, value in node.items():
                 if key in _REFUSED_KEYWORDS:
-                    raise InvalidSchema(f'"{param}" uses "{key}", which SheLLM does not support', param)
+                    raise InvalidField(f'"{param}" uses "{key}", which SheLLM does not support', param)
                 if key == "$ref" and (not isinstance(value, str) or not value.startswith("#")):
-                    raise InvalidSchema(
+                    raise InvalidField(
                         f'"{param}": "$ref" must point inside the schema ("#/..."), not to {str(value)[:100]!r}',
                         param,
                     )
                 if key == "$id" and isinstance(value, str) and "://" in value:
-                    raise InvalidSchema(f'"{param}": "$id" must not name a URL', param)
+                    raise InvalidField(f'"{param}": "$id" must not name a URL', param)
                 walk(value, depth + 1)
         elif isinstance(node, list):
             for item in node:
@@ -277,11 +267,11 @@ def check_schema(schema, param: str) -> dict:
     walk(schema, 0)
     declared = schema.get("$schema")
     if declared is not None and not (isinstance(declared, str) and ("2020-12" in declared or "draft-07" in declared)):
-        raise InvalidSchema(f'"{param}": only JSON Schema draft 2020-12 (or draft-07) is supported', param)
+        raise InvalidField(f'"{param}": only JSON Schema draft 2020-12 (or draft-07) is supported', param)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as e:
-        raise InvalidSchema(f'"{param}" is not a valid JSON Schema: {e.message[:300]}', param)
+        raise InvalidField(f'"{param}" is not a valid JSON Schema: {e.message[:300]}', param)
     return schema
 
 
@@ -309,13 +299,13 @@ def response_format_spec(value) -> OutputSpec | None:
     if kind == "json_schema":
         spec = value.get("json_schema")
         if not isinstance(spec, dict):
-            raise InvalidSchema('"response_format.json_schema" must be an object', "response_format.json_schema")
+            raise InvalidField('"response_format.json_schema" must be an object', "response_format.json_schema")
         if "schema" not in spec:
-            raise InvalidSchema(
+            raise InvalidField(
                 'missing required field: "response_format.json_schema.schema"', "response_format.json_schema.schema"
             )
         return json_schema_spec(spec["schema"], "response_format.json_schema.schema", spec.get("name"))
-    raise InvalidSchema(
+    raise InvalidField(
         '"response_format" must be an object whose "type" is "text", "json_object" or "json_schema"',
         "response_format",
     )
@@ -326,9 +316,9 @@ def make_tool(name, description, parameters, where: str) -> Tool:
     One offered function, checked; C{where} is the request field it came from.
     """
     if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-        raise InvalidSchema(f"{where}.name must be 1 to 64 letters, digits, _ or -", f"{where}.name")
+        raise InvalidField(f"{where}.name must be 1 to 64 letters, digits, _ or -", f"{where}.name")
     if description is not None and not isinstance(description, str):
-        raise InvalidSchema(f"{where}.description must be a string", f"{where}.description")
+        raise InvalidField(f"{where}.description must be a string", f"{where}.description")
     if parameters is None:
         parameters = {"type": "object", "properties": {}}
     parameters = check_schema(parameters, f"{where}.parameters" if "function" in where else f"{where}.input_schema")
@@ -340,10 +330,10 @@ def tools_spec(tools: list[Tool], param: str, required: bool, parallel: bool, on
     The envelope for C{tools} (only C{only} when a function is named).
     """
     if len(tools) > MAX_TOOLS:
-        raise InvalidSchema(f'"{param}" may offer at most {MAX_TOOLS} functions', param)
+        raise InvalidField(f'"{param}" may offer at most {MAX_TOOLS} functions', param)
     names = [t.name for t in tools]
     if len(set(names)) != len(names):
-        raise InvalidSchema(f'"{param}" names a function twice', param)
+        raise InvalidField(f'"{param}" names a function twice', param)
     offered = [t for t in tools if only is None or t.name == only]
     defs: dict[str, Any] = {}
     calls = []

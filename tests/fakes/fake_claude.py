@@ -8,7 +8,8 @@ Invoked the way the gateway runs the real tool::
 
 The prompt is read from stdin. Behaviour is driven by environment variables:
 
-FAKE_MODE           ok (default), echo, not_logged_in, upstream_401,
+FAKE_MODE           ok (default), echo, schema (JSON for the schema it got,
+                    see schema_answer.py; echo without one), not_logged_in, upstream_401,
                     upstream_429, upstream_500, exit_nonzero, hang,
                     ignore_term, grandchild, byte_by_byte, huge_line,
                     invalid_utf8, garbage, slow_exit,
@@ -60,6 +61,7 @@ MODES = (
     "invalid_utf8",
     "garbage",
     "slow_exit",
+    "schema",
 )
 
 
@@ -477,6 +479,33 @@ def run_success(c, mode, text):
     return 0
 
 
+def schema_answer():
+    """tests/fakes/schema_answer.py, beside this script (mode schema)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import schema_answer as module
+
+    return module
+
+
+def run_structured(c, schema, prompt):
+    """
+    --json-schema: the answer arrives as the StructuredOutput tool's input,
+    reported whole in the result line's structured_output.
+    """
+    value = json.loads(schema_answer().answer_text(schema, prompt))
+    usage = c.usage(env_int("FAKE_INPUT_TOKENS", 10), env_int("FAKE_OUTPUT_TOKENS", 5))
+    c.out.line(c.init_line())
+    line = c.assistant_line("", usage)
+    line["message"]["content"] = [
+        {"type": "tool_use", "id": "toolu_fake000001", "name": "StructuredOutput", "input": value}
+    ]
+    c.out.line(line)
+    result = c.result_line("", False, usage, env_float("FAKE_COST", 0.00014))
+    result["structured_output"] = value
+    c.out.line(result)
+    return 0
+
+
 def main():
     if sys.argv[1:] == ["--version"]:
         sys.stdout.write("2.1.332 (Claude Code)\n")
@@ -519,6 +548,11 @@ def main():
     if mode == "grandchild":
         spawn_grandchild()
 
+    schema = arg_value(sys.argv[1:], "--json-schema")
+    if mode == "schema" and schema:
+        return run_structured(c, json.loads(schema), prompt)
+    if mode == "schema":
+        text = prompt
     rc = run_success(c, mode, text)
     if mode == "slow_exit":
         time.sleep(env_float("FAKE_EXIT_DELAY", 5.0))

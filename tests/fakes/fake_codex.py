@@ -7,7 +7,8 @@ Invoked the way the gateway runs the real tool::
 
 The prompt is read from stdin. Behaviour is driven by environment variables:
 
-FAKE_MODE           ok (default), echo, not_logged_in, upstream_401,
+FAKE_MODE           ok (default), echo, schema (JSON for the schema it got,
+                    see schema_answer.py; echo without one), not_logged_in, upstream_401,
                     upstream_429, upstream_500, exit_nonzero, hang,
                     ignore_term, grandchild, byte_by_byte, huge_line,
                     invalid_utf8, garbage, slow_exit,
@@ -57,6 +58,7 @@ MODES = (
     "invalid_utf8",
     "garbage",
     "slow_exit",
+    "schema",
 )
 
 
@@ -305,6 +307,14 @@ def run_success(c, mode, messages):
     return 0
 
 
+def schema_answer():
+    """tests/fakes/schema_answer.py, beside this script (mode schema)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import schema_answer as module
+
+    return module
+
+
 def main():
     if sys.argv[1:] == ["--version"]:
         sys.stdout.write("codex-cli 0.169.0\n")
@@ -323,7 +333,11 @@ def main():
         return 2
 
     c = Codex(Out(byte_by_byte=(mode == "byte_by_byte")))
-    if mode == "echo":
+    schema_file = arg_value(sys.argv[1:], "--output-schema")
+    if mode == "schema" and schema_file:
+        with open(schema_file) as f:
+            messages = [schema_answer().answer_text(json.load(f), prompt)]
+    elif mode in ("echo", "schema"):
         messages = [prompt]
     else:
         text = os.environ.get("FAKE_TEXT", DEFAULT_TEXT)

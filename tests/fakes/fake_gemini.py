@@ -7,7 +7,8 @@ Invoked the way the gateway runs the real tool::
 
 The prompt is read from stdin. Behaviour is driven by environment variables:
 
-FAKE_MODE           ok (default), echo, not_logged_in, upstream_401,
+FAKE_MODE           ok (default), echo, schema (JSON for the schema it got,
+                    see schema_answer.py; echo without one), not_logged_in, upstream_401,
                     upstream_429, upstream_500, exit_nonzero, hang,
                     ignore_term, grandchild, byte_by_byte, huge_line,
                     invalid_utf8, garbage, slow_exit,
@@ -57,6 +58,7 @@ MODES = (
     "invalid_utf8",
     "garbage",
     "slow_exit",
+    "schema",
 )
 
 
@@ -355,6 +357,14 @@ def run_success(g, mode, prompt, text):
     return 0
 
 
+def schema_answer():
+    """tests/fakes/schema_answer.py, beside this script (mode schema)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import schema_answer as module
+
+    return module
+
+
 def main():
     if sys.argv[1:] == ["--version"]:
         sys.stdout.write("0.61.0\n")
@@ -374,7 +384,10 @@ def main():
 
     model = arg_value(sys.argv[1:], "-m", "--model")
     g = Gemini(model, Out(byte_by_byte=(mode == "byte_by_byte")))
-    text = prompt if mode == "echo" else os.environ.get("FAKE_TEXT", DEFAULT_TEXT)
+    text = prompt if mode in ("echo", "schema") else os.environ.get("FAKE_TEXT", DEFAULT_TEXT)
+    schema = schema_answer().schema_in_prompt(prompt) if mode == "schema" else None
+    if schema is not None:
+        text = schema_answer().answer_text(schema, prompt)
 
     if mode == "not_logged_in":
         return run_not_logged_in()

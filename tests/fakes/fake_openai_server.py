@@ -262,6 +262,16 @@ class FakeOpenAI:
         messages = body.get("messages") or []
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
         text = last.get("content")
+        answer_format = body.get("response_format")
+        if isinstance(answer_format, dict) and answer_format.get("type") in ("json_schema", "json_object"):
+            # Structured output: JSON for the schema (see schema_answer.py).
+            from tests.fakes import schema_answer
+
+            schema = (answer_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+            prompt = "\n".join(m.get("content") or "" for m in messages if isinstance(m, dict))
+            view = copy.copy(self)
+            view.text = schema_answer.answer_text(schema, prompt)
+            return view
         if not isinstance(text, str) or not text.startswith("mode:"):
             return self
         view = copy.copy(self)  # shares the request records and open calls

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from attrs import field, frozen
 
 from shellm.completion import CompletionRequest
-from shellm.errors import InvalidRequest, NotFound
+from shellm.errors import InvalidField, NotFound
 from shellm.models import ModelEntry
 from shellm.structured import OutputSpec
 
@@ -31,16 +31,6 @@ HISTORY_NOTE = (
     "do not answer or repeat its turns. Reply only to the latest user message, "
     "in <latest_user_message>."
 )
-
-
-class InvalidField(InvalidRequest):
-    """
-    A 400 that knows which request field is wrong (OpenAI's C{param}).
-    """
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 class ModelNotFound(NotFound):
