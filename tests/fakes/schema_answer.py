@@ -87,7 +87,8 @@ def is_envelope(schema):
 def _first_call(schema):
     items = schema["properties"]["tool_calls"]["items"]
     branch = items["anyOf"][0] if "anyOf" in items else items
-    return {"name": branch["properties"]["name"]["const"], "arguments": sample(branch["properties"]["arguments"], schema)}
+    properties = branch["properties"]
+    return {"name": properties["name"]["const"], "arguments": sample(properties["arguments"], schema)}
 
 
 def answer(schema, prompt):
