@@ -73,6 +73,10 @@ class Script:
     force_tool: bool = False
     targets: ToolTargets | None = None
     after_tool_text: str = AFTER_TOOL_TEXT
+    #: Answer requests that carry a schema (claude's StructuredOutput tool,
+    #: codex's text.format, SheLLM's instruction for gemini) with JSON for it,
+    #: or a bad answer when the prompt asks (tests/fakes/schema_answer.py).
+    schema_answers: bool = False
 
 
 def split_text(text: str, n: int) -> list[str]:
