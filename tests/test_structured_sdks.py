@@ -124,6 +124,11 @@ async def test_openai_tool_round_trip(gateway, provider):
     (call,) = choice.message.tool_calls
     assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
     assert json.loads(call.function.arguments) == {"city": "fake"}
+    if provider == "cerebras":
+        # Native tools, not SheLLM's envelope instruction.
+        sent = gateway.cerebras.requests[-1]["body"]
+        assert sent["tools"] == [WEATHER_TOOL] and sent["tool_choice"] == "auto" and "response_format" not in sent
+        assert all("tool_calls" not in m["content"] for m in sent["messages"])
     messages += [
         choice.message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
