@@ -304,6 +304,12 @@ def response_format_spec(value) -> OutputSpec | None:
             raise InvalidField(
                 'missing required field: "response_format.json_schema.schema"', "response_format.json_schema.schema"
             )
+        for name, kind in (("name", str), ("strict", bool)):
+            if name in spec and not isinstance(spec[name], kind):
+                what = "a string" if kind is str else "true or false"
+                raise InvalidField(
+                    f'"response_format.json_schema.{name}" must be {what}', f"response_format.json_schema.{name}"
+                )
         return json_schema_spec(spec["schema"], "response_format.json_schema.schema", spec.get("name"))
     raise InvalidField(
         '"response_format" must be an object whose "type" is "text", "json_object" or "json_schema"',

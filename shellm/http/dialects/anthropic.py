@@ -14,16 +14,18 @@ What SheLLM does with the request fields:
     text blocks), C{temperature}, C{top_p}, C{stop_sequences}, C{stream}.
     Sampling fields reach the backends that take them and are otherwise
     not applied.
+  - structured output and tools (L{shellm.structured}): C{output_config.format}
+    (and the older C{output_format}), C{tools}, C{tool_choice}, C{tool_use}
+    blocks in assistant turns and C{tool_result} blocks in user turns;
+    calls come back as C{tool_use} blocks with C{stop_reason: tool_use}.
   - accepted and ignored: C{metadata}, C{top_k}, C{service_tier},
-    C{tools} when empty, C{tool_choice} of type C{none}, C{thinking} of type
-    C{disabled}, C{cache_control} on blocks, C{output_config} without a
-    C{format}, and fields this module does not know.
-  - refused with a 400 that names the field or block type: C{tools},
-    C{tool_choice}, C{mcp_servers}, C{thinking} when enabled, structured
-    output (C{output_config.format}, and the older C{output_format}: no
-    backend can guarantee a schema), more than L{MAX_STOP_SEQUENCES}
-    C{stop_sequences}, and every content block but text (image, document,
-    tool_use, tool_result, thinking, ...).
+    C{thinking} of type C{disabled}, C{cache_control} on blocks, and fields
+    this module does not know.
+  - refused with a 400 that names the field or block type: server tools,
+    C{mcp_servers}, C{thinking} when enabled, a schema SheLLM cannot
+    handle, structured output together with tools, more than
+    L{MAX_STOP_SEQUENCES} C{stop_sequences}, and every other content block
+    (image, document, thinking, ...).
   - a conversation must end with a user turn: SheLLM cannot continue a
     partial assistant turn (prefill).
 """

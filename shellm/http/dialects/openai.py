@@ -13,21 +13,24 @@ What SheLLM does with the request fields:
     older C{max_tokens}), C{temperature}, C{top_p}, C{stop}, C{stream},
     C{stream_options.include_usage}.  Sampling fields reach the backends
     that take them and are otherwise not applied.
-  - C{response_format}: C{text} is the default; C{json_object} is accepted
-    and asks for JSON in the system prompt (best effort: no backend enforces
-    it); C{json_schema} is refused, no backend can guarantee a schema.
+  - structured output and tools (L{shellm.structured}): C{response_format}
+    (C{text}, C{json_object}, C{json_schema}), C{tools} of type
+    C{function}, C{tool_choice}, C{parallel_tool_calls}, C{tool} messages
+    and an assistant's C{tool_calls}; answers are validated, repaired once,
+    and calls come back as C{tool_calls} with C{finish_reason: tool_calls}.
   - accepted and ignored, because they do not change what the answer means:
     C{n: 1}, C{seed}, C{user}, C{frequency_penalty}, C{presence_penalty},
-    C{logit_bias} when empty, C{tools}/C{functions} when empty,
-    C{tool_choice}/C{function_call} of C{"none"}, C{modalities: ["text"]},
-    C{logprobs: false}, C{reasoning_effort} (one of L{REASONING_EFFORTS}: the
-    CLIs pick their own), and any field this module does not know (clients
-    add their own; OpenAI itself would refuse them).
-  - refused with a 400 whose C{param} names the field: C{tools},
-    C{tool_choice}, C{functions}, C{function_call}, tool messages and
-    C{tool_calls}, C{n} > 1, C{logprobs: true}, C{top_logprobs}, a non-empty
-    C{logit_bias}, C{audio}, C{modalities} other than text,
-    C{web_search_options}, and image, audio and file parts.  A
+    C{logit_bias} when empty, C{functions} when empty, C{function_call} of
+    C{"none"}, C{modalities: ["text"]}, C{logprobs: false},
+    C{reasoning_effort} (one of L{REASONING_EFFORTS}: the CLIs pick their
+    own), and any field this module does not know (clients add their own;
+    OpenAI itself would refuse them).
+  - refused with a 400 whose C{param} names the field: C{functions},
+    C{function_call}, C{function} messages, tools other than functions,
+    C{response_format} together with C{tools}, C{n} > 1, C{logprobs:
+    true}, C{top_logprobs}, a non-empty C{logit_bias}, C{audio},
+    C{modalities} other than text, C{web_search_options}, a schema
+    SheLLM cannot handle, and image, audio and file parts.  A
     C{reasoning_effort} or a message C{name} that OpenAI would refuse is a
     400 too.
   - a conversation must end with a user message (after any system
@@ -65,7 +68,6 @@ from shellm.structured import (
 
 MAX_TOKENS_LIMIT = 128000
 MAX_STOP_SEQUENCES = 4
-JSON_MODE_INSTRUCTION = "Reply with one valid JSON object and nothing else: no prose, no code fences."
 _ROLES = {"system": SYSTEM, "developer": SYSTEM, "user": USER, "assistant": ASSISTANT}
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 # OpenAI's rule for a participant name; it also keeps the name safe to put
