@@ -270,10 +270,11 @@ class FakeOpenAI:
             prompt = "\n".join(m.get("content") or "" for m in messages if isinstance(m, dict))
             view = copy.copy(self)
             results = schema_answer._RESULT.findall(prompt)
-            if results and "[unknown-tool]" not in prompt:
+            required = body.get("tool_choice") == "required"
+            if results and "[unknown-tool]" not in prompt and not required:
                 view.text = "The tool said: " + results[-1].strip()
                 return view
-            function = body["tools"][0]["function"]
+            function = body["tools"][-1 if results else 0]["function"]
             name = "no_such_function" if "[unknown-tool]" in prompt else function["name"]
             arguments = schema_answer.sample(function.get("parameters") or {})
             if "[bad-json]" in prompt or ("[bad-once]" in prompt and schema_answer.REPAIR_NOTE not in prompt):

@@ -13,6 +13,9 @@ ask for a bad answer instead:
   - C{[unknown-tool]}: a call to a function nobody offered;
   - C{[not-json]}: prose, not JSON.
 
+When a call is required and a result is already in the prompt (an agent
+whose answer is its final-result tool), the answer calls the last function.
+
 Standard library only: the fakes run as plain scripts.
 """
 
@@ -85,8 +88,12 @@ def is_envelope(schema):
 
 
 def _first_call(schema):
+    return _call(schema, 0)
+
+
+def _call(schema, which):
     items = schema["properties"]["tool_calls"]["items"]
-    branch = items["anyOf"][0] if "anyOf" in items else items
+    branch = items["anyOf"][which] if "anyOf" in items else items
     properties = branch["properties"]
     return {"name": properties["name"]["const"], "arguments": sample(properties["arguments"], schema)}
 
@@ -104,6 +111,9 @@ def answer(schema, prompt):
             call = _first_call(schema)
             return {"content": None, "tool_calls": [{"name": call["name"], "arguments": {"unexpected": [1, 2]}}]}
         results = _RESULT.findall(prompt)
+        if results and schema["properties"]["tool_calls"].get("minItems"):
+            # A call is required (an agent's final-result tool): the last one.
+            return {"content": None, "tool_calls": [_call(schema, -1)]}
         if results:
             return {"content": "The tool said: " + results[-1].strip(), "tool_calls": []}
         return {"content": None, "tool_calls": [_first_call(schema)]}
