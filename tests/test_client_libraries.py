@@ -7,6 +7,9 @@ is optional (C{pip install -e '.[test]'} brings them); a missing one skips.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import uuid
 
 import pytest
@@ -148,3 +151,33 @@ async def test_langchain_bind_tools_round_trip(gateway, provider, dialect):
     assert (
         final.text == "The tool said: sunny in fake" if hasattr(final, "text") and isinstance(final.text, str) else True
     )
+
+
+NODE_CLIENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest_twisted.ensureDeferred
+async def test_vercel_ai_sdk_generate_object_and_tools(gateway, provider):
+    """
+    The Vercel AI SDK (Node): C{generateObject} with a zod schema gets the
+    object; C{generateText} with a tool runs it and ends with text.  Needs
+    C{npm ci --prefix tests/node}; skipped without it.
+    """
+    node = shutil.which("node")
+    if node is None or not os.path.isdir(os.path.join(NODE_CLIENTS, "node_modules", "ai")):
+        pytest.skip("the AI SDK is not installed (npm ci --prefix tests/node)")
+    from twisted.internet import reactor
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    out, err, code = await getProcessOutputAndValue(
+        node,
+        [os.path.join(NODE_CLIENTS, "generate_object.mjs"), gateway.url + "/v1", KEY, provider],
+        env={"PATH": os.environ.get("PATH", "")},
+        path=NODE_CLIENTS,
+        reactor=reactor,
+    )
+    result = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {"stderr": err.decode()[-2000:]}
+    assert code == 0, result
+    assert result["object"] == {"city": "fake", "population": 1}
+    assert result["ran"] == ["fake"] and result["text"] == "The tool said: sunny in fake"
