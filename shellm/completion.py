@@ -6,11 +6,15 @@ a client asked for, the events a provider produces, and what it all came to.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
 from shellm.models import ModelEntry
+
+if TYPE_CHECKING:
+    from shellm.structured import Answer, OutputSpec
 
 
 @frozen
@@ -35,6 +39,9 @@ class CompletionRequest:
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    #: Structured output or offered functions (L{shellm.structured}): what
+    #: the answer must be, for backends with a mechanism of their own.
+    output: OutputSpec | None = None
 
 
 @frozen
@@ -97,6 +104,8 @@ class Completion:
     cost_usd: float | None
     fallback: FallbackInfo | None = None
     finish_reason: str = "stop"
+    #: The validated answer, when the request asked for structured output.
+    answer: Answer | None = None
 
 
 @frozen

@@ -61,6 +61,16 @@ class InvalidRequest(ShellmError):
     code = "invalid_request"
 
 
+class InvalidField(InvalidRequest):
+    """
+    A 400 that knows which request field is wrong (OpenAI's C{param}).
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class NotFound(ShellmError):
     status = 404
     code = "not_found"
@@ -133,6 +143,16 @@ class ProviderFailed(ShellmError):
     status = 502
     code = "cli_failed"
     provider_side = True
+
+
+class InvalidOutput(ShellmError):
+    """
+    The answer did not follow the requested schema (or called a function
+    wrongly), even after one repair attempt.
+    """
+
+    status = 502
+    code = "invalid_output"
 
 
 class UpstreamRejected(ShellmError):

@@ -34,7 +34,10 @@ def _all_providers_env(marker, cerebras_url="http://127.0.0.1:9/v1"):
     }
     for name, key in keys.items():
         env[f"SHELLM_{name.upper()}_BIN"] = fake_cli(name)
-        env[f"SHELLM_{name.upper()}_ENV"] = json.dumps({key: "fake", "SHELLM_TEST_MARKER": marker})
+        # Working fakes answer what is asked: JSON for a schema, else the prompt.
+        env[f"SHELLM_{name.upper()}_ENV"] = json.dumps(
+            {key: "fake", "SHELLM_TEST_MARKER": marker, "FAKE_MODE": "schema"}
+        )
     return env
 
 
@@ -63,6 +66,7 @@ async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
 @pytest_twisted.ensureDeferred
 async def test_schemathesis_finds_no_undocumented_answer(tmp_path, marker):
     """

@@ -296,10 +296,10 @@ async def test_openai_models(gateway):
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest_twisted.ensureDeferred
-async def test_openai_tools_are_a_bad_request(gateway, stream):
+async def test_openai_non_function_tools_are_a_bad_request(gateway, stream):
     """
-    A request with tools is refused before anything runs: the SDK raises
-    BadRequestError, whose param names the field.
+    A tool that is not a client-side function is refused before anything
+    runs: the SDK raises BadRequestError, whose param names the tool.
     """
     client = gateway.openai()
     error = await raised(
@@ -308,11 +308,11 @@ async def test_openai_tools_are_a_bad_request(gateway, stream):
         model="claude",
         stream=stream,
         messages=[{"role": "user", "content": PROMPT}],
-        tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        tools=[{"type": "web_search"}],
     )
     assert error.status_code == 400
-    assert error.param == "tools" and error.type == "invalid_request_error"
-    assert "tools" in error.message
+    assert error.param == "tools[0]" and error.type == "invalid_request_error"
+    assert "only function tools" in error.message
 
 
 @pytest_twisted.ensureDeferred
@@ -565,30 +565,6 @@ async def test_anthropic_request_id_is_the_sdks_request_id(gateway):
         messages=[{"role": "user", "content": PROMPT}],
     )
     assert error.request_id and error.request_id == error.response.headers["x-request-id"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_anthropic_structured_output_is_a_bad_request(gateway):
-    """
-    The SDK's structured output (messages.parse with a model class, which
-    sends output_config.format) is refused with a 400 naming the field,
-    never answered with free text.
-    """
-    pydantic = pytest.importorskip("pydantic")
-
-    class Capital(pydantic.BaseModel):
-        city: str
-
-    error = await raised(
-        anthropic.BadRequestError,
-        gateway.anthropic().messages.parse,
-        model="claude",
-        max_tokens=100,
-        messages=[{"role": "user", "content": "Capital of France?"}],
-        output_format=Capital,
-    )
-    assert error.body["error"]["type"] == "invalid_request_error"
-    assert "output_config.format" in error.body["error"]["message"]
 
 
 @pytest_twisted.ensureDeferred

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from shellm import __version__
+from shellm import __version__, structured
 from shellm.completion import Completion, CompletionRequest
 from shellm.errors import (
     InternalError,
@@ -200,12 +200,20 @@ class ShellmAPI:
         status, completion = 500, None
         self.in_flight += 1
         try:
-            completion = await self._router.run(
-                admission,
+            permits = self._permits(client)
+            # Structured answers are validated, and repaired once (a second run).
+            completion = await structured.answer(
                 completion_request,
-                self.accounting.timing_first_delta(admission.entry.provider, started, sink),
-                permits=self._permits(client),
-                streaming=streaming,
+                lambda to: self._router.run(
+                    admission,
+                    completion_request,
+                    self.accounting.timing_first_delta(admission.entry.provider, started, to),
+                    permits=permits,
+                    streaming=streaming,
+                ),
+                lambda again, to: self._router.complete(again, to, permits, streaming),
+                sink,
+                streaming,
             )
             status = 200
             return completion

@@ -251,8 +251,12 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 128000},
                         "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:\\-]{1,128}$"},
                         "fallback": {"type": "boolean"},
+                        "response_format": {
+                            "anyOf": [{"$ref": "#/components/schemas/ResponseFormat"}, {"type": "null"}]
+                        },
                     },
                 },
+                "ResponseFormat": RESPONSE_FORMAT,
                 "Usage": {
                     "type": ["object", "null"],
                     "required": ["input_tokens", "output_tokens"],
@@ -280,6 +284,11 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "usage": {"$ref": "#/components/schemas/Usage"},
                         "cost_usd": {"type": ["number", "null"]},
                         "fallback": {"type": "boolean"},
+                        "validated": {
+                            "type": "boolean",
+                            "description": "With response_format: the answer followed the schema",
+                        },
+                        "repaired": {"type": "boolean", "description": "It took SheLLM's one repair attempt"},
                         "original_provider": {"type": "string"},
                         "original_error": {"type": "object"},
                     },
@@ -377,6 +386,66 @@ def _vendor_error(description: str) -> dict:
     }
 
 
+#: Structured output: an OpenAI-shaped response_format (the native route
+#: takes it too).  The answer is validated against the schema (draft
+#: 2020-12), repaired once, or a 502 invalid_output.  A schema larger than
+#: 32,000 characters of JSON, nested deeper than 24 levels, with a $ref
+#: outside itself or dynamic references is a 400.
+RESPONSE_FORMAT = {
+    "description": "text (the default), json_object, or json_schema; the answer is validated against the schema",
+    "oneOf": [
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+        {
+            "type": "object",
+            "required": ["type", "json_schema"],
+            "properties": {
+                "type": {"const": "json_schema"},
+                "json_schema": {
+                    "type": "object",
+                    "required": ["schema"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "strict": {"type": "boolean"},
+                        "schema": {"type": "object"},
+                    },
+                },
+            },
+        },
+    ],
+}
+_PARAMETERS = {"type": "object", "description": "The JSON Schema of the arguments"}
+OPENAI_TOOL = {
+    "type": "object",
+    "required": ["type", "function"],
+    "properties": {
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "description": {"type": "string"},
+                "parameters": _PARAMETERS,
+            },
+        },
+    },
+}
+ANTHROPIC_TOOL = {
+    "type": "object",
+    "required": ["name", "input_schema"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "description": {"type": "string"},
+        "input_schema": _PARAMETERS,
+    },
+}
+ANTHROPIC_FORMAT = {
+    "type": "object",
+    "required": ["type", "schema"],
+    "properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}},
+}
+
+
 def _compatible_paths(models: list[str]) -> dict:
     """
     The OpenAI- and Anthropic-compatible routes.  Their bodies follow the
@@ -434,6 +503,15 @@ def _compatible_paths(models: list[str]) -> dict:
                                     "stream": {"type": "boolean"},
                                     "max_tokens": {"type": "integer", "minimum": 1, "maximum": 128000},
                                     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                                    "response_format": {"$ref": "#/components/schemas/ResponseFormat"},
+                                    "tools": {"type": "array", "items": OPENAI_TOOL, "maxItems": 64},
+                                    "tool_choice": {
+                                        "oneOf": [
+                                            {"type": "string", "enum": ["auto", "none", "required"]},
+                                            {"type": "object", "required": ["type", "function"]},
+                                        ]
+                                    },
+                                    "parallel_tool_calls": {"type": "boolean"},
                                 },
                             }
                         }
@@ -459,6 +537,17 @@ def _compatible_paths(models: list[str]) -> dict:
                                     "messages": {"type": "array", "minItems": 1, "items": message},
                                     "system": {"type": "string"},
                                     "stream": {"type": "boolean"},
+                                    "tools": {"type": "array", "items": ANTHROPIC_TOOL, "maxItems": 64},
+                                    "tool_choice": {
+                                        "type": "object",
+                                        "required": ["type"],
+                                        "properties": {"type": {"enum": ["auto", "any", "tool", "none"]}},
+                                    },
+                                    "output_config": {
+                                        "type": "object",
+                                        "properties": {"format": ANTHROPIC_FORMAT},
+                                    },
+                                    "output_format": ANTHROPIC_FORMAT,
                                 },
                             }
                         }

@@ -32,6 +32,7 @@ from shellm.logs import redact
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import token_count
 from shellm.providers.http_client import BytesBody
+from shellm.structured import OutputSpec
 
 MAX_LINE_BYTES = 1024 * 1024
 #: How much of an upstream error body is read (and logged, redacted).
@@ -114,17 +115,32 @@ class BodyPrefix(Protocol):
             self.done.callback(None)
 
 
+def without_instruction(system: str | None, output: OutputSpec) -> str | None:
+    """
+    The system prompt without SheLLM's structured-output instruction.
+    """
+    instruction = output.instruction()
+    if system and system.endswith(instruction):
+        system = system[: -len(instruction)].rstrip()
+    return system or None
+
+
 class ChatStreamParser:
     """
     OpenAI-style C{chat.completion.chunk} server-sent events.
     """
 
-    def __init__(self, sink: EventSink):
+    def __init__(self, sink: EventSink, tools: bool = False):
         self._sink = sink
         self.usage: Usage | None = None
         self.model: str | None = None
         self.done = False
         self.finish_reason: str | None = None
+        #: With native tools the answer is held, then handed on as SheLLM's
+        #: envelope (text and calls) for validation.
+        self._tools = tools
+        self._text: list[str] = []
+        self._calls: dict[int, dict] = {}
 
     def feed(self, line: str) -> None:
         if not line.startswith("data:"):
@@ -152,11 +168,71 @@ class ChatStreamParser:
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
-            text = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
             if isinstance(text, str) and text:
-                self._sink(TextDelta(text))
+                if self._tools:
+                    self._text.append(text)
+                else:
+                    self._sink(TextDelta(text))
+            for call in delta.get("tool_calls") or [] if self._tools else []:
+                if not isinstance(call, dict):
+                    continue
+                index = call.get("index", 0)
+                made = self._calls.setdefault(index if isinstance(index, int) else 0, {"name": "", "arguments": ""})
+                function = call.get("function") or {}
+                if isinstance(function.get("name"), str):
+                    made["name"] += function["name"]
+                if isinstance(function.get("arguments"), str):
+                    made["arguments"] += function["arguments"]
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+
+    def hand_on_tool_answer(self) -> None:
+        """
+        With native tools, the whole answer as one envelope delta.
+        """
+        if not self._tools:
+            return
+        calls = [
+            {"name": call["name"], "arguments": _arguments(call["arguments"])}
+            for _, call in sorted(self._calls.items())
+        ]
+        content = "".join(self._text) or None
+        self._sink(TextDelta(json.dumps({"content": content, "tool_calls": calls}, ensure_ascii=False)))
+
+
+def response_format(output: OutputSpec) -> dict:
+    """
+    The API's own structured output: the schema (for tools, SheLLM's
+    envelope) in C{response_format}, strict.
+    """
+    if output.kind == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": output.name, "schema": output.schema, "strict": True}}
+
+
+def native_tools(output: OutputSpec) -> dict:
+    """
+    The offered functions as the API's own C{tools}, C{tool_choice} and
+    C{parallel_tool_calls}.
+    """
+    tools = [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        for t in output.tools
+    ]
+    if output.required and len(tools) == 1:
+        choice: object = {"type": "function", "function": {"name": output.tools[0].name}}
+    else:
+        choice = "required" if output.required else "auto"
+    return {"tools": tools, "tool_choice": choice, "parallel_tool_calls": output.parallel}
+
+
+def _arguments(text: str):
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return text  # not JSON: the validation says so
 
 
 def _was_cancelled(error: Exception) -> bool:
@@ -202,8 +278,12 @@ class CerebrasProvider:
         if not self._api_key:
             raise ProviderUnavailable("cerebras is not configured (CEREBRAS_API_KEY is not set)")
         messages = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
+        system = request.system
+        if request.output is not None and request.output.kind == "tools":
+            # Native tools: the envelope SheLLM asks the CLIs for is not this API's way.
+            system = without_instruction(system, request.output)
+        if system:
+            messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": request.prompt})
         body = {
             "model": upstream_model,
@@ -219,6 +299,10 @@ class CerebrasProvider:
             body["top_p"] = request.top_p
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.output is not None and request.output.kind == "tools":
+            body.update(native_tools(request.output))
+        elif request.output is not None:
+            body["response_format"] = response_format(request.output)
         finished = Deferred()
         running: list[Deferred] = []
         timed_out: list[bool] = []
@@ -264,7 +348,7 @@ class CerebrasProvider:
             raise ProviderUnavailable("cerebras could not be reached")
         if response.code != 200:
             raise await self._upstream_error(response)
-        parser = ChatStreamParser(sink)
+        parser = ChatStreamParser(sink, tools="tools" in body)
         reader = LineReader(parser.feed)
         response.deliverBody(reader)
         try:
@@ -273,6 +357,7 @@ class CerebrasProvider:
             raise ProviderFailed("cerebras: the response was cut off")
         if not parser.done and parser.finish_reason is None:
             raise ProviderFailed("cerebras: the response was cut off")
+        parser.hand_on_tool_answer()
         return ProviderResult(
             usage=parser.usage,
             model=parser.model,

@@ -36,6 +36,10 @@ NO_TOOL_SETTINGS = json.dumps(
 )
 
 
+#: The tool C{--json-schema} offers the model; it only carries the answer.
+STRUCTURED = "StructuredOutput"
+
+
 def system_prompt_file(scratch: str) -> str:
     return os.path.join(scratch, "system-prompt.txt")
 
@@ -46,15 +50,21 @@ class ClaudeOutput(OutputParser):
     final C{result} line; subscription windows from C{rate_limit_event}s.
     """
 
-    def __init__(self, provider, sink):
+    def __init__(self, provider, sink, structured: bool = False):
         super().__init__(provider, sink)
         self.result: dict | None = None
         self._message_text = 0
+        #: With C{--json-schema} the answer is the C{StructuredOutput} tool's
+        #: input, reported whole at the end; the model's text is not it.
+        self._structured = structured
+        self._tool_input: dict | None = None
 
     def on_event(self, event: dict) -> None:
         kind = event.get("type")
         if kind == "system" and event.get("subtype") == "init":
             self.model = event.get("model") if isinstance(event.get("model"), str) else None
+        elif kind == "stream_event" and self._structured:
+            return
         elif kind == "stream_event":
             inner = event.get("event") or {}
             if inner.get("type") == "message_start":
@@ -68,6 +78,11 @@ class ClaudeOutput(OutputParser):
             message = event.get("message") or {}
             if event.get("error") or message.get("model") == "<synthetic>":
                 return  # the CLI's own error notice, reported by the result line
+            if self._structured:
+                for block in message.get("content") or []:
+                    if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == STRUCTURED:
+                        self._tool_input = block.get("input")
+                return
             if self._message_text == 0:
                 # No partial messages arrived for this message: send it whole.
                 for block in message.get("content") or []:
@@ -94,7 +109,13 @@ class ClaudeOutput(OutputParser):
             if isinstance(status, int) and status >= 500:
                 raise ProviderFailed(f"claude: the upstream API failed (HTTP {status})")
             raise self.failed(exit, said)
-        if self.emitted == 0 and isinstance(result.get("result"), str):
+        if self._structured:
+            value = result.get("structured_output", self._tool_input)
+            if value is not None:
+                self.emit(json.dumps(value, ensure_ascii=False))
+            elif isinstance(result.get("result"), str):
+                self.emit(result["result"])  # validated (and repaired) by SheLLM
+        elif self.emitted == 0 and isinstance(result.get("result"), str):
             self.emit(result["result"])
         usage = result.get("usage") or {}
         tokens_in, tokens_out = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
@@ -146,6 +167,11 @@ class ClaudeProvider(CliProvider):
             args += ["--model", upstream_model]
         if request.system:
             args += ["--system-prompt-file", system_prompt_file(scratch)]
+        if request.output is not None:
+            # The schema is JSON passed as one argument, never through a
+            # shell; claude offers it as a StructuredOutput tool, the only
+            # tool there is (every other one stays off and denied).
+            args += ["--json-schema", request.output.schema_json]
         return args
 
     def prepare_scratch(self, request: CompletionRequest, scratch: str) -> None:
@@ -163,8 +189,8 @@ class ClaudeProvider(CliProvider):
             env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(request.max_tokens)
         return env
 
-    def make_parser(self, sink) -> ClaudeOutput:
-        return ClaudeOutput(self.name, sink)
+    def make_parser(self, sink, request: CompletionRequest | None = None) -> ClaudeOutput:
+        return ClaudeOutput(self.name, sink, structured=request is not None and request.output is not None)
 
     def has_credentials(self, env: Mapping[str, str]) -> bool:
         if any_set(env, "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):

@@ -245,7 +245,7 @@ class CliProvider:
     def vendor_env(self, request: CompletionRequest, scratch: str) -> dict[str, str]:
         return {}
 
-    def make_parser(self, sink: EventSink) -> OutputParser:
+    def make_parser(self, sink: EventSink, request: CompletionRequest | None = None) -> OutputParser:
         raise NotImplementedError
 
     def has_credentials(self, env: Mapping[str, str]) -> bool:
@@ -284,7 +284,7 @@ class CliProvider:
                 cwd=os.path.join(scratch, "work"),
                 stdin=self.stdin_text(request).encode("utf-8"),
             )
-            parser = self.make_parser(sink)
+            parser = self.make_parser(sink, request)
             parser.clock = self._reactor
             parser.upstream = upstream_model
             run = self._runner.run(command, parser.feed)

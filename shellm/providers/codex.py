@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from shellm.providers.codex_quota import CodexQuotaProbe
 
 
+def output_schema_file(scratch: str) -> str:
+    return os.path.join(scratch, "output-schema.json")
+
+
 class CodexOutput(OutputParser):
     """
     C{--json} has no token deltas: each finished agent message is one delta.
@@ -127,9 +131,17 @@ class CodexProvider(CliProvider):
         ]
         if upstream_model:
             args += ["-m", upstream_model]
-        return args + ["-"]  # the prompt comes on stdin
+        if request.output is not None:
+            args += ["--output-schema", output_schema_file(scratch)]
+        return args + ["-"]
 
-    def make_parser(self, sink) -> CodexOutput:
+    def prepare_scratch(self, request: CompletionRequest, scratch: str) -> None:
+        if request.output is not None:
+            # codex reads the schema from a file: the run's own, in its scratch folder.
+            with open(output_schema_file(scratch), "w", encoding="utf-8") as f:
+                f.write(request.output.schema_json)  # the prompt comes on stdin
+
+    def make_parser(self, sink, request=None) -> CodexOutput:
         return CodexOutput(self.name, sink)
 
     def has_credentials(self, env: Mapping[str, str]) -> bool:

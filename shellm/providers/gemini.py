@@ -109,7 +109,7 @@ class GeminiProvider(CliProvider):
         with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as f:
             json.dump(RUN_SETTINGS, f)
 
-    def make_parser(self, sink) -> GeminiOutput:
+    def make_parser(self, sink, request=None) -> GeminiOutput:
         return GeminiOutput(self.name, sink)
 
     def has_credentials(self, env: Mapping[str, str]) -> bool:

@@ -10,9 +10,11 @@ Invoked the way the gateway runs the real tool::
         ... [--model M] [--system-prompt-file F]   < prompt
 
 FAKE_COST           total_cost_usd (default 0.00014)
-FAKE_MODE           also quota_allowed, quota_warning (an answer with a
-                    rate_limit_event), quota_rejected (the event, then the
-                    limit-reached refusal)
+FAKE_MODE           also schema (with --json-schema, the answer as the
+                    StructuredOutput tool's input, see schema_answer.py; an
+                    echo without it), quota_allowed, quota_warning (an answer
+                    with a rate_limit_event), quota_rejected (the event, then
+                    the limit-reached refusal)
 FAKE_RESETS_AT      resetsAt of the rate_limit_event (default: an hour from now)
 FAKE_UTILIZATION    its utilization, as JSON (default per mode; 1 when rejected)
 FAKE_LIMIT_TYPE     its rateLimitType (default five_hour)
@@ -27,6 +29,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the engine beside this script
 import engine
+import schema_answer
 
 DEFAULT_MODEL = "claude-opus-5-5"
 NOT_LOGGED_IN = "Not logged in \u00b7 Please run /login"
@@ -54,7 +57,12 @@ def upstream_error(status):
 class Claude(engine.Vendor):
     name = "claude"
     version = "2.1.332 (Claude Code)"
-    own_modes = {"quota_allowed": None, "quota_warning": None, "quota_rejected": "quota_rejected"}
+    own_modes = {
+        "quota_allowed": None,
+        "quota_warning": None,
+        "quota_rejected": "quota_rejected",
+        "schema": "schema",
+    }
     crash_lines = (
         "  request headers: x-api-key: %s" % engine.SECRET,
         "  ANTHROPIC_API_KEY=%s" % engine.SECRET,
@@ -222,6 +230,27 @@ class Claude(engine.Vendor):
         )
         self.out.line(self.result_line(text, True, zero, 0, api_error_status=429, terminal_reason="api_error"))
         return 1
+
+    def schema(self, prompt):
+        """
+        --json-schema: the answer arrives as the StructuredOutput tool's
+        input, reported whole in the result line's structured_output.
+        """
+        schema = engine.arg_value(self.args, "--json-schema")
+        if not schema:
+            return engine.answer(self, "echo", prompt, prompt)
+        value = json.loads(schema_answer.answer_text(json.loads(schema), prompt))
+        usage = self.usage(engine.env_int("FAKE_INPUT_TOKENS", 10), engine.env_int("FAKE_OUTPUT_TOKENS", 5))
+        self.out.line(self.init_line())
+        line = self.assistant_line("", usage)
+        line["message"]["content"] = [
+            {"type": "tool_use", "id": "toolu_fake000001", "name": "StructuredOutput", "input": value}
+        ]
+        self.out.line(line)
+        result = self.result_line("", False, usage, engine.env_float("FAKE_COST", 0.00014))
+        result["structured_output"] = value
+        self.out.line(result)
+        return 0
 
     # -- what the engine asks for
 

@@ -8,7 +8,8 @@ Invoked the way the gateway runs the real tool::
     codex exec --json ... [-m M] -   < prompt
 
 FAKE_TEXT is split on "|" into one agent_message item per piece.
-FAKE_MODE usage_limit: the subscription limit-reached error.
+FAKE_MODE usage_limit: the subscription limit-reached error; schema: JSON for the
+--output-schema file (schema_answer.py), an echo without one.
 
 `codex [-c k=v ...] app-server` is a fake app-server: it answers JSON-RPC on
 stdin (initialize, then account/rateLimits/read) one line at a time, until
@@ -28,6 +29,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the engine beside this script
 import engine
+import schema_answer
 
 ERROR_401 = (
     "unexpected status 401 Unauthorized: Incorrect API key provided: "
@@ -104,7 +106,7 @@ def run_app_server():
 class Codex(engine.Vendor):
     name = "codex"
     version = "codex-cli 0.169.0"
-    own_modes = {"usage_limit": "usage_limit"}
+    own_modes = {"usage_limit": "usage_limit", "schema": "schema"}
     crash_lines = (
         "  request headers: authorization: Bearer %s" % engine.SECRET,
         "  OPENAI_API_KEY=%s" % engine.SECRET,
@@ -135,6 +137,14 @@ class Codex(engine.Vendor):
 
     def usage_limit(self, prompt):
         return self.fail(USAGE_LIMIT)
+
+    def schema(self, prompt):
+        text = prompt
+        schema_file = engine.arg_value(self.args, "--output-schema")
+        if schema_file:
+            with open(schema_file) as f:
+                text = schema_answer.answer_text(json.load(f), prompt)
+        return engine.answer(self, "echo", prompt, text)
 
     def other_command(self):
         return run_app_server() if "app-server" in self.args else None

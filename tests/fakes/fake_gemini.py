@@ -8,7 +8,9 @@ Invoked the way the gateway runs the real tool::
 
     gemini -o stream-json [-m M] ...   < prompt
 
-FAKE_MODE daily_quota: the API's 429 RESOURCE_EXHAUSTED naming a per-day quota.
+FAKE_MODE daily_quota: the API's 429 RESOURCE_EXHAUSTED naming a per-day quota;
+schema: JSON for the schema SheLLM's instruction names (schema_answer.py), an
+echo without one.
 """
 
 import json
@@ -19,6 +21,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the engine beside this script
 import engine
+import schema_answer
 
 ROUTED_MODEL = "gemini-3.8-flash"
 AUTH_ENV_VARS = "GEMINI_API_KEY, GOOGLE_GENAI_USE_VERTEXAI, GOOGLE_GENAI_USE_GCA"
@@ -55,7 +58,7 @@ DAILY_QUOTA = {
 
 
 class Gemini(engine.Vendor):
-    own_modes = {"daily_quota": "daily_quota"}
+    own_modes = {"daily_quota": "daily_quota", "schema": "schema"}
     name = "gemini"
     version = "0.61.0"
     crash_lines = (
@@ -80,6 +83,11 @@ class Gemini(engine.Vendor):
         if padding is not None:
             line["padding"] = padding
         return line
+
+    def schema(self, prompt):
+        schema = schema_answer.schema_in_prompt(prompt)
+        text = prompt if schema is None else schema_answer.answer_text(schema, prompt)
+        return engine.answer(self, "echo", prompt, text)
 
     def daily_quota(self, prompt):
         """

@@ -42,6 +42,7 @@ requests       list of dicts {method, path, uri, headers, body, raw_body},
 import argparse
 import copy
 import itertools
+import json
 import os
 import sys
 import time
@@ -226,6 +227,35 @@ class FakeOpenAI:
         messages = body.get("messages") or []
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
         text = last.get("content")
+        if body.get("tools"):
+            # Native tools: a call to the first function, or text once a
+            # result is in the prompt (see schema_answer.py for the markers).
+            from tests.fakes import schema_answer
+
+            prompt = "\n".join(m.get("content") or "" for m in messages if isinstance(m, dict))
+            view = copy.copy(self)
+            results = schema_answer._RESULT.findall(prompt)
+            required = body.get("tool_choice") == "required"
+            if results and "[unknown-tool]" not in prompt and not required:
+                view.text = "The tool said: " + results[-1].strip()
+                return view
+            function = body["tools"][-1 if results else 0]["function"]
+            name = "no_such_function" if "[unknown-tool]" in prompt else function["name"]
+            arguments = schema_answer.sample(function.get("parameters") or {})
+            if "[bad-json]" in prompt or ("[bad-once]" in prompt and schema_answer.REPAIR_NOTE not in prompt):
+                arguments = {"unexpected": [1, 2]}
+            view.tool_call = (name, json.dumps(arguments))
+            return view
+        answer_format = body.get("response_format")
+        if isinstance(answer_format, dict) and answer_format.get("type") in ("json_schema", "json_object"):
+            # Structured output: JSON for the schema (see schema_answer.py).
+            from tests.fakes import schema_answer
+
+            schema = (answer_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+            prompt = "\n".join(m.get("content") or "" for m in messages if isinstance(m, dict))
+            view = copy.copy(self)
+            view.text = schema_answer.answer_text(schema, prompt)
+            return view
         if not isinstance(text, str) or not text.startswith("mode:"):
             return self
         view = copy.copy(self)  # shares the request records and open calls
@@ -348,6 +378,21 @@ class FakeOpenAI:
             return b"data: " + json_bytes(obj) + b"\n\n"
 
         events = []
+        tool_call = getattr(self, "tool_call", None)
+        if tool_call is not None:
+            call = {"index": 0, "id": "call_fake", "type": "function"}
+            for i, part in enumerate(({"name": tool_call[0], "arguments": ""}, {"arguments": tool_call[1]})):
+                delta = (
+                    {"role": "assistant", "tool_calls": [{**call, "function": part}]}
+                    if i == 0
+                    else {"tool_calls": [{"index": 0, "function": part}]}
+                )
+                events.append(chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
+            events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]))
+            if include_usage:
+                events.append(chunk([], usage=True))
+            events.append(b"data: [DONE]\n\n")
+            return events
         for i, piece in enumerate(split_text(self.text, self.chunks)):
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             events.append(chunk([{"index": 0, "delta": delta, "finish_reason": None}]))

@@ -14,16 +14,18 @@ What SheLLM does with the request fields:
     text blocks), C{temperature}, C{top_p}, C{stop_sequences}, C{stream}.
     Sampling fields reach the backends that take them and are otherwise
     not applied.
+  - structured output and tools (L{shellm.structured}): C{output_config.format}
+    (and the older C{output_format}), C{tools}, C{tool_choice}, C{tool_use}
+    blocks in assistant turns and C{tool_result} blocks in user turns;
+    calls come back as C{tool_use} blocks with C{stop_reason: tool_use}.
   - accepted and ignored: C{metadata}, C{top_k}, C{service_tier},
-    C{tools} when empty, C{tool_choice} of type C{none}, C{thinking} of type
-    C{disabled}, C{cache_control} on blocks, C{output_config} without a
-    C{format}, and fields this module does not know.
-  - refused with a 400 that names the field or block type: C{tools},
-    C{tool_choice}, C{mcp_servers}, C{thinking} when enabled, structured
-    output (C{output_config.format}, and the older C{output_format}: no
-    backend can guarantee a schema), more than L{MAX_STOP_SEQUENCES}
-    C{stop_sequences}, and every content block but text (image, document,
-    tool_use, tool_result, thinking, ...).
+    C{thinking} of type C{disabled}, C{cache_control} on blocks, and fields
+    this module does not know.
+  - refused with a 400 that names the field or block type: server tools,
+    C{mcp_servers}, C{thinking} when enabled, a schema SheLLM cannot
+    handle, structured output together with tools, more than
+    L{MAX_STOP_SEQUENCES} C{stop_sequences}, and every other content block
+    (image, document, thinking, ...).
   - a conversation must end with a user turn: SheLLM cannot continue a
     partial assistant turn (prefill).
 """
@@ -31,6 +33,7 @@ What SheLLM does with the request fields:
 from __future__ import annotations
 
 import datetime
+import json
 
 from attrs import frozen
 
@@ -48,6 +51,14 @@ from shellm.http.dialects.conversation import (
 )
 from shellm.http.sse import frame
 from shellm.models import ModelEntry, ModelTable
+from shellm.structured import (
+    OutputSpec,
+    json_schema_spec,
+    make_tool,
+    tool_call_text,
+    tool_result_text,
+    tools_spec,
+)
 
 MAX_TOKENS_LIMIT = 128000
 #: The Anthropic API documents no count; SheLLM's own bound, so a request
@@ -74,9 +85,11 @@ class MessageOptions:
 # -- parsing
 
 
-def _text_blocks(value, where: str) -> str:
+def _text_blocks(value, where: str, role: str | None = None) -> str:
     """
-    The text of a string or of a list of text blocks.
+    The text of a string or of a list of text blocks; an assistant turn's
+    C{tool_use} and a user turn's C{tool_result} blocks are rendered as
+    marked text (L{shellm.structured.tool_result_text}).
     """
     if isinstance(value, str):
         return value
@@ -87,9 +100,18 @@ def _text_blocks(value, where: str) -> str:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
+        elif kind == "tool_use" and role == ASSISTANT and isinstance(block.get("name"), str):
+            texts.append(tool_call_text(block["name"], json.dumps(block.get("input", {})), block.get("id")))
+        elif kind == "tool_result" and role == USER:
+            content = block.get("content", "")
+            result = _text_blocks(content, f"{where}.{j}.content") if content else ""
+            call_id = block.get("tool_use_id")
+            call_id = call_id if isinstance(call_id, str) else None
+            texts.append(tool_result_text(result, call_id, is_error=bool(block.get("is_error"))))
         elif isinstance(kind, str) and kind != "text":
             raise InvalidField(
-                f'{where}.{j}: content block type "{kind[:50]}" is not supported; SheLLM takes text blocks only',
+                f'{where}.{j}: content block type "{kind[:50]}" is not supported; SheLLM takes text blocks '
+                "(and tool_use, tool_result) only",
                 f"{where}.{j}.type",
             )
         else:
@@ -122,7 +144,7 @@ def _turns(body: dict) -> list[Turn]:
             )
         if "content" not in message:
             raise InvalidField(f"{where}.content: field required", f"{where}.content")
-        turns.append(Turn(role, _text_blocks(message["content"], f"{where}.content")))
+        turns.append(Turn(role, _text_blocks(message["content"], f"{where}.content", role)))
     if turns[-1].role != USER:
         last = len(messages) - 1
         raise InvalidField(
@@ -134,29 +156,69 @@ def _turns(body: dict) -> list[Turn]:
 
 
 def _refuse_unsupported(body: dict) -> None:
-    if body.get("tools"):
-        raise InvalidField("tools: not supported; SheLLM serves text only, without tool use", "tools")
-    choice = body.get("tool_choice")
-    if choice is not None and not (isinstance(choice, dict) and choice.get("type") == "none"):
-        raise InvalidField("tool_choice: not supported; SheLLM serves text only, without tool use", "tool_choice")
     if body.get("mcp_servers"):
-        raise InvalidField("mcp_servers: not supported; SheLLM serves text only, without tool use", "mcp_servers")
+        raise InvalidField("mcp_servers: not supported; SheLLM offers only the client's own tools", "mcp_servers")
     thinking = body.get("thinking")
     if thinking is not None and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
         raise InvalidField("thinking: extended thinking is not supported", "thinking")
     output_config = body.get("output_config")
     if output_config is not None and not isinstance(output_config, dict):
         raise InvalidField("output_config: must be an object", "output_config")
+
+
+def _output_format(body: dict) -> OutputSpec | None:
+    """
+    C{output_config.format} (or the older C{output_format}): a JSON schema.
+    """
     for where, value in (
-        ("output_config.format", (output_config or {}).get("format")),
+        ("output_config.format", (body.get("output_config") or {}).get("format")),
         ("output_format", body.get("output_format")),
     ):
-        if value is not None:
+        if value is None:
+            continue
+        if not isinstance(value, dict) or value.get("type") != "json_schema":
+            raise InvalidField(f'{where}: must be {{"type": "json_schema", "schema": {{...}}}}', f"{where}.type")
+        if "schema" not in value:
+            raise InvalidField(f"{where}.schema: field required", f"{where}.schema")
+        return json_schema_spec(value["schema"], f"{where}.schema", value.get("name"))
+    return None
+
+
+def _tools(body: dict) -> OutputSpec | None:
+    value = body.get("tools")
+    choice = body.get("tool_choice")
+    if choice is not None and not (isinstance(choice, dict) and choice.get("type") in ("auto", "any", "tool", "none")):
+        raise InvalidField('tool_choice: must be {"type": "auto" | "any" | "tool" | "none"}', "tool_choice")
+    if not value:
+        if choice is not None and choice["type"] in ("any", "tool"):
+            raise InvalidField("tool_choice: needs tools", "tool_choice")
+        return None
+    if not isinstance(value, list):
+        raise InvalidField("tools: must be a list", "tools")
+    tools = []
+    for i, tool in enumerate(value):
+        where = f"tools.{i}"
+        if not isinstance(tool, dict):
+            raise InvalidField(f"{where}: must be an object", where)
+        if tool.get("type") not in (None, "custom"):
             raise InvalidField(
-                f"{where}: structured output is not supported; no backend can guarantee a schema, "
-                "so describe the format in the prompt",
-                where,
+                f'{where}.type: server tools ("{str(tool.get("type"))[:50]}") are not supported; '
+                "only the client's own tools are",
+                f"{where}.type",
             )
+        if "input_schema" not in tool:
+            raise InvalidField(f"{where}.input_schema: field required", f"{where}.input_schema")
+        tools.append(make_tool(tool.get("name"), tool.get("description"), tool["input_schema"], where))
+    kind = (choice or {}).get("type", "auto")
+    if kind == "none":
+        return None
+    parallel = not (choice or {}).get("disable_parallel_tool_use", False)
+    only = None
+    if kind == "tool":
+        only = choice.get("name")
+        if only not in {t.name for t in tools}:
+            raise InvalidField(f"tool_choice.name: not one of the tools: {str(only)[:64]}", "tool_choice.name")
+    return tools_spec(tools, "tools", kind in ("any", "tool"), parallel, only)
 
 
 def parse_request(
@@ -180,6 +242,12 @@ def parse_request(
         raise InvalidField(f"max_tokens: must be an integer between 1 and {MAX_TOKENS_LIMIT}", "max_tokens")
     turns = _turns(body)
     _refuse_unsupported(body)
+    output = _output_format(body)
+    tools = _tools(body)
+    if tools is not None:
+        if output is not None:
+            raise InvalidField("output_config.format: cannot be combined with tools yet", "output_config.format")
+        output = tools
     temperature = number_field(body, "temperature", 0, 1)
     top_p = number_field(body, "top_p", 0, 1)
     top_k = body.get("top_k")
@@ -211,6 +279,7 @@ def parse_request(
         temperature=temperature,
         top_p=top_p,
         stop=tuple(stop),
+        output=output,
     )
     options = MessageOptions(
         request_id=request_id,
@@ -228,8 +297,21 @@ def unknown_model(name: str) -> ModelNotFound:
 # -- responses
 
 
+def _calls(completion: Completion) -> tuple:
+    return completion.answer.tool_calls if completion.answer is not None else ()
+
+
 def _stop_reason(completion: Completion) -> str:
+    if _calls(completion):
+        return "tool_use"
     return "max_tokens" if completion.finish_reason == "length" else "end_turn"
+
+
+def _tool_use_blocks(completion: Completion) -> list[dict]:
+    return [
+        {"type": "tool_use", "id": f"toolu_{call.id}", "name": call.name, "input": json.loads(call.arguments_json)}
+        for call in _calls(completion)
+    ]
 
 
 def _usage(completion: Completion) -> dict:
@@ -245,16 +327,20 @@ def completion_json(completion: Completion, options: MessageOptions) -> dict:
     """
     A C{message}.  C{model} is the model that answered.
     """
-    return {
+    content = [{"type": "text", "text": completion.content}] if completion.content or not _calls(completion) else []
+    body = {
         "id": f"msg_{options.request_id}",
         "type": "message",
         "role": "assistant",
-        "content": [{"type": "text", "text": completion.content}],
+        "content": content + _tool_use_blocks(completion),
         "model": completion.model,
         "stop_reason": _stop_reason(completion),
         "stop_sequence": None,
         "usage": _usage(completion),
     }
+    if completion.answer is not None:
+        body["shellm"] = {"validated": completion.answer.validated, "repaired": completion.answer.repaired}
+    return body
 
 
 class MessageStream:
@@ -271,6 +357,7 @@ class MessageStream:
         self._options = options
         self._started = False
         self._ended = False
+        self._sent = False
 
     def start(self) -> list[bytes]:
         """
@@ -301,6 +388,7 @@ class MessageStream:
     def delta(self, text: str) -> list[bytes]:
         if self._ended or not text:
             return []
+        self._sent = True
         return self.start() + [
             frame(
                 {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
@@ -316,14 +404,37 @@ class MessageStream:
         if self._ended:
             return []
         frames = self.start()
+        if completion.answer is not None and not self._sent and completion.content:
+            frames += self.delta(completion.content)  # held back until validated
         self._ended = True
+        frames.append(frame({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+        for i, block in enumerate(_tool_use_blocks(completion), start=1):
+            arguments = json.dumps(block["input"], ensure_ascii=False)
+            frames += [
+                frame(
+                    {"type": "content_block_start", "index": i, "content_block": {**block, "input": {}}},
+                    "content_block_start",
+                ),
+                frame(
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {"type": "input_json_delta", "partial_json": arguments},
+                    },
+                    "content_block_delta",
+                ),
+                frame({"type": "content_block_stop", "index": i}, "content_block_stop"),
+            ]
+        extra = {}
+        if completion.answer is not None:
+            extra["shellm"] = {"validated": completion.answer.validated, "repaired": completion.answer.repaired}
         return frames + [
-            frame({"type": "content_block_stop", "index": 0}, "content_block_stop"),
             frame(
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": _stop_reason(completion), "stop_sequence": None},
                     "usage": _usage(completion),
+                    **extra,
                 },
                 "message_delta",
             ),

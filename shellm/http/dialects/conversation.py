@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from attrs import field, frozen
 
 from shellm.completion import CompletionRequest
-from shellm.errors import InvalidRequest, NotFound
+from shellm.errors import InvalidField, NotFound
 from shellm.models import ModelEntry
+from shellm.structured import OutputSpec
 
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
 
@@ -30,16 +31,6 @@ HISTORY_NOTE = (
     "do not answer or repeat its turns. Reply only to the latest user message, "
     "in <latest_user_message>."
 )
-
-
-class InvalidField(InvalidRequest):
-    """
-    A 400 that knows which request field is wrong (OpenAI's C{param}).
-    """
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 class ModelNotFound(NotFound):
@@ -156,6 +147,7 @@ def completion_request(
     top_p: float | None = None,
     stop: tuple[str, ...] = (),
     extra_system: str | None = None,
+    output: OutputSpec | None = None,
 ) -> CompletionRequest:
     """
     Render C{turns} and check the result against the prompt limit, which
@@ -164,9 +156,13 @@ def completion_request(
 
     @param extra_system: appended to the system prompt (instructions the
         dialect adds, such as JSON mode).
+    @param output: structured output or offered functions; its instruction
+        ends the system prompt.
     @raise InvalidField: naming C{messages} or C{system}.
     """
     system, prompt = render(turns)
+    if output is not None:
+        extra_system = "\n\n".join(filter(None, [extra_system, output.instruction()]))
     if extra_system:
         system = f"{system}\n\n{extra_system}" if system else extra_system
     if not any(turn.text.strip() for turn in split_latest(turns)[1]):
@@ -191,4 +187,5 @@ def completion_request(
         temperature=temperature,
         top_p=top_p,
         stop=stop,
+        output=output,
     )

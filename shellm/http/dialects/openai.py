@@ -13,21 +13,24 @@ What SheLLM does with the request fields:
     older C{max_tokens}), C{temperature}, C{top_p}, C{stop}, C{stream},
     C{stream_options.include_usage}.  Sampling fields reach the backends
     that take them and are otherwise not applied.
-  - C{response_format}: C{text} is the default; C{json_object} is accepted
-    and asks for JSON in the system prompt (best effort: no backend enforces
-    it); C{json_schema} is refused, no backend can guarantee a schema.
+  - structured output and tools (L{shellm.structured}): C{response_format}
+    (C{text}, C{json_object}, C{json_schema}), C{tools} of type
+    C{function}, C{tool_choice}, C{parallel_tool_calls}, C{tool} messages
+    and an assistant's C{tool_calls}; answers are validated, repaired once,
+    and calls come back as C{tool_calls} with C{finish_reason: tool_calls}.
   - accepted and ignored, because they do not change what the answer means:
     C{n: 1}, C{seed}, C{user}, C{frequency_penalty}, C{presence_penalty},
-    C{logit_bias} when empty, C{tools}/C{functions} when empty,
-    C{tool_choice}/C{function_call} of C{"none"}, C{modalities: ["text"]},
-    C{logprobs: false}, C{reasoning_effort} (one of L{REASONING_EFFORTS}: the
-    CLIs pick their own), and any field this module does not know (clients
-    add their own; OpenAI itself would refuse them).
-  - refused with a 400 whose C{param} names the field: C{tools},
-    C{tool_choice}, C{functions}, C{function_call}, tool messages and
-    C{tool_calls}, C{n} > 1, C{logprobs: true}, C{top_logprobs}, a non-empty
-    C{logit_bias}, C{audio}, C{modalities} other than text,
-    C{web_search_options}, and image, audio and file parts.  A
+    C{logit_bias} when empty, C{functions} when empty, C{function_call} of
+    C{"none"}, C{modalities: ["text"]}, C{logprobs: false},
+    C{reasoning_effort} (one of L{REASONING_EFFORTS}: the CLIs pick their
+    own), and any field this module does not know (clients add their own;
+    OpenAI itself would refuse them).
+  - refused with a 400 whose C{param} names the field: C{functions},
+    C{function_call}, C{function} messages, tools other than functions,
+    C{response_format} together with C{tools}, C{n} > 1, C{logprobs:
+    true}, C{top_logprobs}, a non-empty C{logit_bias}, C{audio},
+    C{modalities} other than text, C{web_search_options}, a schema
+    SheLLM cannot handle, and image, audio and file parts.  A
     C{reasoning_effort} or a message C{name} that OpenAI would refuse is a
     400 too.
   - a conversation must end with a user message (after any system
@@ -37,6 +40,7 @@ What SheLLM does with the request fields:
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from attrs import frozen
 
@@ -54,10 +58,17 @@ from shellm.http.dialects.conversation import (
 )
 from shellm.http.sse import frame
 from shellm.models import ModelEntry, ModelTable
+from shellm.structured import (
+    OutputSpec,
+    make_tool,
+    response_format_spec,
+    tool_call_text,
+    tool_result_text,
+    tools_spec,
+)
 
 MAX_TOKENS_LIMIT = 128000
 MAX_STOP_SEQUENCES = 4
-JSON_MODE_INSTRUCTION = "Reply with one valid JSON object and nothing else: no prose, no code fences."
 _ROLES = {"system": SYSTEM, "developer": SYSTEM, "user": USER, "assistant": ASSISTANT}
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 # OpenAI's rule for a participant name; it also keeps the name safe to put
@@ -132,18 +143,10 @@ def _refuse_unsupported(body: dict) -> None:
     """
     Fields that would change what the answer means, which SheLLM cannot do.
     """
-    for name in ("tools", "functions"):
-        if body.get(name):
-            raise InvalidField(
-                f'"{name}" is not supported: SheLLM serves text completions only, without tool calls',
-                name,
-            )
-    for name in ("tool_choice", "function_call"):
-        if body.get(name) not in (None, "none"):
-            raise InvalidField(
-                f'"{name}" is not supported: SheLLM serves text completions only, without tool calls',
-                name,
-            )
+    if body.get("functions"):
+        raise InvalidField('"functions" is not supported: use "tools"', "functions")
+    if body.get("function_call") not in (None, "none"):
+        raise InvalidField('"function_call" is not supported: use "tool_choice"', "function_call")
     n = body.get("n")
     if n is not None and (not _is_int(n) or n < 1):
         raise InvalidField('"n" must be a positive integer', "n")
@@ -175,25 +178,74 @@ def _refuse_unsupported(body: dict) -> None:
         )
 
 
-def _response_format(body: dict) -> str | None:
+def _response_format(body: dict) -> OutputSpec | None:
+    return response_format_spec(body.get("response_format"))
+
+
+def _tools(body: dict) -> OutputSpec | None:
     """
-    The system instruction that C{response_format} asks for, if any.
+    The functions offered and how they may be called, if any.
     """
-    value = body.get("response_format")
-    if value is None:
+    value = body.get("tools")
+    choice = body.get("tool_choice")
+    if not value:
+        if choice not in (None, "none", "auto"):
+            raise InvalidField('"tool_choice" needs "tools"', "tool_choice")
         return None
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return JSON_MODE_INSTRUCTION
-    if kind == "json_schema":
-        raise InvalidField(
-            '"response_format" of type json_schema is not supported: no backend can guarantee '
-            'a schema; use {"type": "json_object"} or describe the format in the prompt',
-            "response_format",
+    if not isinstance(value, list):
+        raise InvalidField('"tools" must be a list', "tools")
+    tools = []
+    for i, tool in enumerate(value):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise InvalidField(
+                f'{where} must be {{"type": "function", "function": {{...}}}}: only function tools are supported',
+                where,
+            )
+        function = tool["function"]
+        tools.append(
+            make_tool(
+                function.get("name"), function.get("description"), function.get("parameters"), f"{where}.function"
+            )
         )
-    raise InvalidField('"response_format" must be an object whose "type" is "text" or "json_object"', "response_format")
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise InvalidField('"parallel_tool_calls" must be true or false', "parallel_tool_calls")
+    only = None
+    if choice in (None, "auto"):
+        required = False
+    elif choice == "none":
+        return None
+    elif choice == "required":
+        required = True
+    elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        only, required = choice["function"].get("name"), True
+        if only not in {t.name for t in tools}:
+            raise InvalidField(f'"tool_choice" names a function not in "tools": {str(only)[:64]}', "tool_choice")
+    else:
+        raise InvalidField(
+            '"tool_choice" must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+            "tool_choice",
+        )
+    return tools_spec(tools, "tools", required, parallel, only)
+
+
+def _tool_calls_text(message: dict, where: str) -> str:
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        raise InvalidField(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
+    texts = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidField(
+                f"{where}.tool_calls[{j}] must be a function call with a name", f"{where}.tool_calls[{j}]"
+            )
+        arguments = function.get("arguments")
+        arguments = arguments if isinstance(arguments, str) else "{}"
+        call_id = call.get("id")
+        texts.append(tool_call_text(function["name"], arguments, call_id if isinstance(call_id, str) else None))
+    return "\n".join(texts)
 
 
 def _content(message: dict, where: str) -> str:
@@ -234,22 +286,27 @@ def _turns(body: dict) -> list[Turn]:
         role = message.get("role")
         if not isinstance(role, str):
             raise InvalidField(f"{where}.role must be a string", f"{where}.role")
-        if role in ("tool", "function"):
-            raise InvalidField(
-                f'{where}: role "{role}" is not supported: SheLLM serves text completions only, without tool calls',
-                f"{where}.role",
-            )
+        if role == "function":
+            raise InvalidField(f'{where}: role "function" is not supported: use "tool"', f"{where}.role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise InvalidField(f"{where}.tool_call_id must be a string", f"{where}.tool_call_id")
+            turns.append(Turn(USER, tool_result_text(_content(message, where), call_id)))
+            continue
         if role not in _ROLES:
             raise InvalidField(
                 f'{where}.role must be one of "system", "developer", "user" or "assistant"',
                 f"{where}.role",
             )
-        for name in ("tool_calls", "function_call"):
-            if message.get(name):
-                raise InvalidField(
-                    f'{where}.{name} is not supported: SheLLM serves text completions only, without tool calls',
-                    f"{where}.{name}",
-                )
+        if message.get("function_call"):
+            raise InvalidField(f"{where}.function_call is not supported: use tool_calls", f"{where}.function_call")
+        if role == "assistant" and message.get("tool_calls"):
+            said = message.get("content")
+            said = _content(message, where) if said else ""
+            text = "\n".join(filter(None, [said, _tool_calls_text(message, where)]))
+            turns.append(Turn(ASSISTANT, text))
+            continue
         speaker = message.get("name")
         if speaker is not None and not (isinstance(speaker, str) and _NAME.fullmatch(speaker)):
             raise InvalidField(
@@ -286,7 +343,12 @@ def parse_request(
         raise InvalidField('"model" must be a non-empty string', "model")
     turns = _turns(body)
     _refuse_unsupported(body)
-    extra_system = _response_format(body)
+    output = _response_format(body)
+    tools = _tools(body)
+    if tools is not None:
+        if output is not None:
+            raise InvalidField('"response_format" and "tools" cannot be combined yet', "response_format")
+        output = tools
     max_tokens = _max_tokens(body)
     temperature = number_field(body, "temperature", 0, 2)
     top_p = number_field(body, "top_p", 0, 1)
@@ -317,7 +379,7 @@ def parse_request(
         temperature=temperature,
         top_p=top_p,
         stop=stop,
-        extra_system=extra_system,
+        output=output,
     )
     options = ChatOptions(
         request_id=request_id,
@@ -348,7 +410,31 @@ def _usage(completion: Completion) -> dict | None:
 
 
 def _finish_reason(completion: Completion) -> str:
+    if _calls(completion):
+        return "tool_calls"
     return "length" if completion.finish_reason == "length" else "stop"
+
+
+def _calls(completion: Completion) -> tuple:
+    return completion.answer.tool_calls if completion.answer is not None else ()
+
+
+def _tool_calls_json(completion: Completion) -> list[dict]:
+    return [
+        {"id": f"call_{call.id}", "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
+        for call in _calls(completion)
+    ]
+
+
+def _shellm_json(completion: Completion) -> dict | None:
+    """
+    What SheLLM says about a structured answer: validated, and whether it
+    took the repair attempt.
+    """
+    answer = completion.answer
+    if answer is None:
+        return None
+    return {"validated": answer.validated, "repaired": answer.repaired}
 
 
 def completion_json(completion: Completion, options: ChatOptions, now: float) -> dict:
@@ -356,7 +442,11 @@ def completion_json(completion: Completion, options: ChatOptions, now: float) ->
     A C{chat.completion}.  C{model} is the model that answered; C{usage} is
     L{None} when the backend reported no token counts.
     """
-    return {
+    message: dict[str, Any] = {"role": "assistant", "content": completion.content, "refusal": None}
+    if _calls(completion):
+        message["content"] = completion.content or None
+        message["tool_calls"] = _tool_calls_json(completion)
+    body = {
         "id": f"chatcmpl-{options.request_id}",
         "object": "chat.completion",
         "created": int(now),
@@ -364,7 +454,7 @@ def completion_json(completion: Completion, options: ChatOptions, now: float) ->
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": completion.content, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": _finish_reason(completion),
             }
@@ -372,6 +462,9 @@ def completion_json(completion: Completion, options: ChatOptions, now: float) ->
         "usage": _usage(completion),
         "system_fingerprint": None,
     }
+    if completion.answer is not None:
+        body["shellm"] = _shellm_json(completion)
+    return body
 
 
 class ChatStream:
@@ -391,6 +484,7 @@ class ChatStream:
         self._created = int(now)
         self._started = False
         self._ended = False
+        self._sent = False
 
     def _chunk(self, choices: list, **extra) -> bytes:
         body = {
@@ -421,6 +515,7 @@ class ChatStream:
     def delta(self, text: str) -> list[bytes]:
         if self._ended or not text:
             return []
+        self._sent = True
         return self.start() + [self._chunk(self._choice({"content": text}))]
 
     def finish(self, completion: Completion) -> list[bytes]:
@@ -432,7 +527,17 @@ class ChatStream:
             return []
         frames = self.start()
         self._ended = True
-        frames.append(self._chunk(self._choice({}, _finish_reason(completion))))
+        answer = completion.answer
+        if answer is not None and answer.tool_calls:
+            # Held back until validated: the text, then each call whole.
+            if answer.content:
+                frames.append(self._chunk(self._choice({"content": answer.content})))
+            for i, call in enumerate(_tool_calls_json(completion)):
+                frames.append(self._chunk(self._choice({"tool_calls": [{"index": i, **call}]})))
+        elif answer is not None and not self._sent and completion.content:
+            frames.append(self._chunk(self._choice({"content": completion.content})))
+        extra = {"shellm": _shellm_json(completion)} if answer is not None else {}
+        frames.append(self._chunk(self._choice({}, _finish_reason(completion)), **extra))
         if self._options.include_usage:
             frames.append(self._chunk([], usage=_usage(completion)))
         frames.append(frame("[DONE]"))

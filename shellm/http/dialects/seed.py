@@ -12,9 +12,10 @@ from shellm.http.dialects.conversation import clean_text
 from shellm.http.sse import frame
 from shellm.http.web import valid_request_id
 from shellm.models import ModelTable
+from shellm.structured import response_format_spec
 
 MAX_TOKENS_LIMIT = 128000
-_FIELDS = {"model", "prompt", "system", "max_tokens", "request_id", "fallback"}
+_FIELDS = {"model", "prompt", "system", "max_tokens", "request_id", "fallback", "response_format"}
 
 
 def parse_json_body(raw: bytes) -> dict:
@@ -84,14 +85,19 @@ def parse_completion_request(
     entry = models.resolve(model)
     if entry is None:
         raise InvalidRequest(f"unknown model: {model[:100]}. GET /providers lists the models")
+    output = response_format_spec(body.get("response_format"))
+    system = clean_text(system) if system else None
+    if output is not None:
+        system = "\n\n".join(filter(None, [system, output.instruction()]))
     return CompletionRequest(
         model=model,
         entry=entry,
         prompt=clean_text(prompt),
-        system=clean_text(system) if system else None,
+        system=system,
         max_tokens=max_tokens,
         request_id=request_id,
         fallback=fallback,
+        output=output,
     )
 
 
@@ -117,6 +123,9 @@ def completion_json(completion: Completion) -> dict:
         "usage": completion.usage.to_json() if completion.usage else None,
         "cost_usd": completion.cost_usd,
     }
+    if completion.answer is not None:
+        body["validated"] = completion.answer.validated
+        body["repaired"] = completion.answer.repaired
     if completion.fallback is not None:
         body["fallback"] = True
         body["original_provider"] = completion.fallback.original_provider

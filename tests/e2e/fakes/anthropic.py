@@ -7,6 +7,10 @@ A fake Anthropic Messages API, as Claude Code calls it: C{POST /v1/messages}
 from __future__ import annotations
 
 from tests.e2e.fakes.base import FakeUpstream, RecordedRequest, json_bytes
+from tests.fakes import schema_answer
+
+#: The tool claude's --json-schema offers the model.
+STRUCTURED = "StructuredOutput"
 
 #: The vendor's tool for each kind of tool call, and its input.
 TOOLS = {
@@ -77,6 +81,18 @@ def has_tool_result(body: dict) -> bool:
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
+def _called(body: dict, name: str) -> bool:
+    """
+    Whether an earlier assistant turn already called the tool C{name}.
+    """
+    return any(
+        isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == name
+        for message in body.get("messages") or []
+        if message.get("role") == "assistant" and isinstance(message.get("content"), list)
+        for block in message["content"]
+    )
+
+
 class FakeAnthropic(FakeUpstream):
     vendor = "anthropic"
 
@@ -104,10 +120,27 @@ class FakeAnthropic(FakeUpstream):
         if name and self.wants_tool(set(tool_names(body) or []), name, has_tool_result(body)):
             self.tool_calls.append((script.tool, name))
             return self._tool_use(request, body, model, name, make_input(script.targets))
+        structured = self._structured_output(body)
+        if structured is not None:
+            self.tool_calls.append(("structured", STRUCTURED))
+            return self._tool_use(request, body, model, STRUCTURED, structured)
         text = script.after_tool_text if has_tool_result(body) else None
         if not body.get("stream"):
             return self.send_json(request, self._message(model, text or script.text, "end_turn"))
         return self._stream_text(request, model, text)
+
+    def _structured_output(self, body: dict):
+        """
+        With C{--json-schema} claude offers a StructuredOutput tool: the
+        answer is a call to it (until its result comes back).
+        """
+        if not self.script.schema_answers or _called(body, STRUCTURED):
+            return None
+        tool = next((t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name") == STRUCTURED), None)
+        if tool is None:
+            return None
+        prompt = "\n".join([*system_blocks(body), user_text(body) or ""])
+        return schema_answer.answer(tool.get("input_schema") or {}, prompt)
 
     def _message(self, model, text, stop_reason, content=None) -> dict:
         return {

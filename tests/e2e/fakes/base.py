@@ -77,6 +77,10 @@ class Script:
     #: What the ChatGPT backend's usage endpoint answers (codex's app-server
     #: reads it for C{account/rateLimits/read}); none: 404.
     usage: dict | None = None
+    #: Answer requests that carry a schema (claude's StructuredOutput tool,
+    #: codex's text.format, SheLLM's instruction for gemini) with JSON for it,
+    #: or a bad answer when the prompt asks (tests/fakes/schema_answer.py).
+    schema_answers: bool = False
 
 
 #: A marker in a frame list: wait C{Script.delay} seconds here.

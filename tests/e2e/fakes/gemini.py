@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from tests.e2e.fakes.base import FakeUpstream, RecordedRequest, fill_schema, json_bytes
+from tests.fakes import schema_answer
 
 TOOLS = {
     "shell": ("run_shell_command", lambda t: {"command": f"touch {t.pwned}", "description": "Create a file"}),
@@ -142,6 +143,10 @@ class FakeGemini(FakeUpstream):
                 return self.send_json(request, self._chunk(model, parts, finish=True))
             return self.send_frames(request, [sse(self._chunk(model, parts, finish=True))])
         after_tool = script.after_tool_text if has_tool_result(body) else None
+        schema = schema_answer.schema_in_prompt(user_text(body) or "") if script.schema_answers else None
+        if schema is not None:
+            # No schema option: SheLLM's instruction carries it in the prompt.
+            after_tool = schema_answer.answer_text(schema, user_text(body) or "")
         if method == "generateContent":
             text = after_tool or script.text
             return self.send_json(request, self._chunk(model, [{"text": text}], finish=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from tests.e2e.fakes.base import FakeUpstream, RecordedRequest, json_bytes
+from tests.fakes import schema_answer
 
 _ERRORS = {
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided: fake."),
@@ -173,6 +174,10 @@ class FakeOpenAIResponses(FakeUpstream):
             output = [item]
         else:
             after_tool = script.after_tool_text if has_tool_result(body) else None
+            fmt = (body.get("text") or {}).get("format") or {}
+            if script.schema_answers and fmt.get("type") == "json_schema":
+                # --output-schema: the schema arrives as text.format.
+                after_tool = schema_answer.answer_text(fmt.get("schema") or {}, user_text(body) or "")
             pieces = self.text_pieces() if after_tool is None else [after_tool]
             output = []
             if self.message_per_chunk and after_tool is None:
