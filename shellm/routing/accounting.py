@@ -46,6 +46,9 @@ class Accounting:
         status: int,
         completion: Completion | None,
         started: float,
+        key_id: str | None = None,
+        endpoint: str | None = None,
+        error_code: str | None = None,
     ) -> None:
         """
         Count one finished request: C{status} is what its client got (499
@@ -76,5 +79,9 @@ class Accounting:
                 duration_ms=completion.duration_ms if completion else round(elapsed * 1000),
                 queued_ms=completion.queued_ms if completion else None,
                 request_id=request.request_id,
+                key_id=key_id,
+                endpoint=endpoint,
+                error_code=error_code,
+                fallback=completion.fallback.original_provider if completion and completion.fallback else None,
             )
         )
