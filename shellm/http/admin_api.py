@@ -73,6 +73,56 @@ def parse_time(field: str, value: Any) -> float:
     raise InvalidRequest(f"{field} must be UNIX seconds or an ISO 8601 time with an offset")
 
 
+def check_key_fields(body: dict[str, Any], creating: bool, models: ModelTable, now: float) -> dict[str, Any]:
+    """
+    The key fields of C{body}, checked; the first bad one is named.
+    """
+    unknown = sorted(set(body) - set(EDITABLE))
+    if unknown:
+        raise InvalidRequest(f"{unknown[0]}: unknown field")
+    fields: dict[str, Any] = {}
+    if creating and "name" not in body:
+        raise InvalidRequest("name: required")
+    for name, value in body.items():
+        fields[name] = _check_field(name, value, models, now)
+    return fields
+
+
+def _check_field(name: str, value: Any, models: ModelTable, now: float) -> Any:
+    if name == "name":
+        if not isinstance(value, str) or not value.strip() or len(value) > 100 or not value.isprintable():
+            raise InvalidRequest("name: must be 1 to 100 printable characters")
+        return value.strip()
+    if name == "note":
+        if value is not None and (not isinstance(value, str) or len(value) > 1000):
+            raise InvalidRequest("note: must be text of at most 1000 characters, or null")
+        return value
+    if name == "models":
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            raise InvalidRequest("models: must be a list of model names, or null for every model")
+        known = {entry.alias for entry in models} | {entry.provider for entry in models}
+        for model in value:
+            if model not in known:
+                raise InvalidRequest(f"models: {model!r} is not in the model table")
+        return tuple(dict.fromkeys(value))
+    if name in ("rpm", "daily_tokens", "monthly_tokens"):
+        if value is None and name != "rpm":
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidRequest(f"{name}: must be a positive integer")
+        return value
+    if name == "expires_at":
+        if value is None:
+            return None
+        when = parse_time("expires_at", value)
+        if when <= now:
+            raise InvalidRequest("expires_at: is in the past")
+        return when
+    raise InvalidRequest(f"{name}: unknown field")  # pragma: no cover
+
+
 class AdminAPI:
     app = Klein()
     log = Logger()
@@ -116,52 +166,7 @@ class AdminAPI:
         return body
 
     def _fields(self, body: dict[str, Any], creating: bool) -> dict[str, Any]:
-        """
-        The key fields of C{body}, checked; the first bad one is named.
-        """
-        unknown = sorted(set(body) - set(EDITABLE))
-        if unknown:
-            raise InvalidRequest(f"{unknown[0]}: unknown field")
-        fields: dict[str, Any] = {}
-        if creating and "name" not in body:
-            raise InvalidRequest("name: required")
-        for name, value in body.items():
-            fields[name] = self._field(name, value)
-        return fields
-
-    def _field(self, name: str, value: Any) -> Any:
-        if name == "name":
-            if not isinstance(value, str) or not value.strip() or len(value) > 100 or not value.isprintable():
-                raise InvalidRequest("name: must be 1 to 100 printable characters")
-            return value.strip()
-        if name == "note":
-            if value is not None and (not isinstance(value, str) or len(value) > 1000):
-                raise InvalidRequest("note: must be text of at most 1000 characters, or null")
-            return value
-        if name == "models":
-            if value is None:
-                return None
-            if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-                raise InvalidRequest("models: must be a list of model names, or null for every model")
-            known = {entry.alias for entry in self._models} | {entry.provider for entry in self._models}
-            for model in value:
-                if model not in known:
-                    raise InvalidRequest(f"models: {model!r} is not in the model table")
-            return tuple(dict.fromkeys(value))
-        if name in ("rpm", "daily_tokens", "monthly_tokens"):
-            if value is None and name != "rpm":
-                return None
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidRequest(f"{name}: must be a positive integer")
-            return value
-        if name == "expires_at":
-            if value is None:
-                return None
-            when = parse_time("expires_at", value)
-            if when <= self._clock.seconds():
-                raise InvalidRequest("expires_at: is in the past")
-            return when
-        raise InvalidRequest(f"{name}: unknown field")  # pragma: no cover
+        return check_key_fields(body, creating, self._models, self._clock.seconds())
 
     def _now(self) -> float:
         return self._clock.seconds()

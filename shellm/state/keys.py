@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -182,12 +182,18 @@ class KeyStore:
     The keys' rows: create, read, change, rotate, revoke; and the audit log.
     """
 
-    def __init__(self, store: Store, secret: bytes, clock: IReactorTime):
+    def __init__(self, store: Store, secret: bytes | Callable[[], bytes], clock: IReactorTime):
+        """
+        @param secret: the hashing secret, or what reads it when first
+            needed (so a daemon that never sees a stored key makes no file).
+        """
         self.store = store
         self._secret = secret
         self._clock = clock
 
     def hash(self, key: str) -> str:
+        if callable(self._secret):
+            self._secret = self._secret()
         return key_hash(self._secret, key)
 
     def all(self) -> Deferred[list[KeyRecord]]:
