@@ -30,6 +30,7 @@ from shellm.http import openapi
 from shellm.http.dialects import anthropic, openai, seed
 from shellm.http.exposure import health_summary
 from shellm.http.headers import header, presented_token
+from shellm.http.openapi_admin import admin_paths
 from shellm.http.sse import EventStream
 from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
@@ -124,7 +125,9 @@ class ShellmAPI:
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
         self._idle_waiters: list[Deferred] = []
-        self._openapi = json_bytes(openapi.document([entry.alias for entry in router.models], max_prompt_chars))
+        aliases = [entry.alias for entry in router.models]
+        allowable = aliases + sorted({entry.provider for entry in router.models} - set(aliases))
+        self._openapi = json_bytes(openapi.document(aliases, max_prompt_chars, admin_paths(allowable)))
         self._started = clock.seconds()
 
     def resource(self):
