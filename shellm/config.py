@@ -280,6 +280,13 @@ SETTINGS: tuple[Setting, ...] = (
         "secret stored keys are hashed with (else read from, or made in, ~/.shellm/key_secret)",
         option=False,
     ),
+    Setting(
+        "log_bodies",
+        "SHELLM_LOG_BODIES",
+        "0",
+        _flag,
+        "1 keeps prompts and answers (first 4096 characters) in the request log",
+    ),
     Setting("retention_days", "SHELLM_RETENTION_DAYS", "90", _int(1), "days the request log is kept"),
     Setting("log_level", "LOG_LEVEL", "info", _log_level, "debug, info, warn, error or critical"),
 )
@@ -323,6 +330,7 @@ class Config:
     db: str
     admin_key: str | None = field(repr=False)
     key_secret: str | None = field(repr=False)
+    log_bodies: bool
     retention_days: int
     log_level: str
     # What the CLIs inherit from the daemon: where to find programs and

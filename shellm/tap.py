@@ -127,6 +127,10 @@ class ShellmService(MultiService):
         self._ledger.open().addErrback(lambda f: self.log.failure("the usage ledger could not be opened", f))
         super().startService()
         self._router.health.refresh()
+        if self._api.accounting.log_bodies:
+            self.log.warn(
+                "SHELLM_LOG_BODIES=1: prompts and answers are stored in the request log (first 4096 characters)"
+            )
         if not self._authenticator.enabled:
             self.log.warn("SHELLM_CLIENTS is not set: auth is off, anyone who can connect may use the API")
         signal.signal(signal.SIGHUP, self._hangup)
@@ -228,6 +232,7 @@ def makeService(options, reactor=None):
         metrics_public=config.metrics_public,
         admin=AdminAPI(reactor, authenticator, keys, router.models),
     )
+    api.accounting.log_bodies = config.log_bodies
     site = ShellmSite(
         api.resource(),
         reactor,

@@ -266,7 +266,7 @@ async def test_request_log_and_stats(gw):
     assert code == 200 and len(page["requests"]) == 2 and page["next_cursor"]
     first = page["requests"][0]
     assert first["key_id"] == made["id"] and first["endpoint"] == "/completions" and first["status"] == 200
-    assert "prompt" not in first
+    assert first["prompt_text"] is None and first["answer_text"] is None
     code, rest, _ = await call(gw, "GET", f"/admin/requests?key={made['id']}&cursor={page['next_cursor']}")
     assert len(rest["requests"]) == 1 and rest["next_cursor"] is None
     code, stats, _ = await call(gw, "GET", f"/admin/stats?since={NOW - 10}&by=key")
@@ -274,6 +274,43 @@ async def test_request_log_and_stats(gw):
     (bucket,) = stats["buckets"]
     assert bucket["requests"] == 3 and bucket["input_tokens"] == 33 and bucket["key"] == made["id"]
     assert (await call(gw, "GET", "/admin/requests?limit=5000"))[0] == 400
+    code, usage, _ = await call(gw, "GET", "/usage", key=made["key"])
+    assert usage["totals"]["requests"] == 3 and usage["client"] == "app"
+    code, usage, _ = await call(gw, "GET", "/usage")
+    assert usage["client"] is None and usage["totals"]["requests"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_only_when_asked(gw, monkeypatch):
+    """
+    With SHELLM_LOG_BODIES on, the request log keeps the prompt and the
+    answer, cut at the cap.
+    """
+    from shellm.routing import accounting
+
+    monkeypatch.setattr(accounting, "BODY_CAP", 5)
+    gw.api.accounting.log_bodies = True
+    made = await create(gw)
+    ask = {"model": "claude", "prompt": "hello there"}
+    assert (await call(gw, "POST", "/completions", ask, key=made["key"]))[0] == 200
+    await gw.api._ledger.flush()
+    code, page, _ = await call(gw, "GET", "/admin/requests")
+    (row,) = page["requests"]
+    assert row["prompt_text"] == "hello"
+    assert row["answer_text"] is not None and len(row["answer_text"]) <= 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_key_is_refused(gw):
+    """
+    A key past its expires_at is refused with a 401 that says so.
+    """
+    made = await create(gw, expires_at=NOW + 30)
+    ask = {"model": "claude", "prompt": "hi"}
+    assert (await call(gw, "POST", "/completions", ask, key=made["key"]))[0] == 200
+    gw.clock.advance(31)
+    code, body, _ = await call(gw, "POST", "/completions", ask, key=made["key"])
+    assert code == 401 and "expired" in body["message"]
 
 
 @pytest_twisted.ensureDeferred

@@ -11,6 +11,9 @@ from shellm.completion import Completion, CompletionRequest, EventSink, TextDelt
 from shellm.state.ledger import Ledger, UsageRecord
 from shellm.state.metrics import Metrics
 
+#: Characters of a prompt or an answer kept when SHELLM_LOG_BODIES=1.
+BODY_CAP = 4096
+
 
 class Accounting:
     """
@@ -24,6 +27,8 @@ class Accounting:
         self._clock = clock
         self.metrics = metrics
         self._ledger = ledger
+        #: SHELLM_LOG_BODIES: keep prompts and answers (capped) in the log.
+        self.log_bodies = False
 
     def timing_first_delta(self, provider: str, started: float, sink: EventSink) -> EventSink:
         """
@@ -83,5 +88,7 @@ class Accounting:
                 endpoint=endpoint,
                 error_code=error_code,
                 fallback=completion.fallback.original_provider if completion and completion.fallback else None,
+                prompt_text=request.prompt[:BODY_CAP] if self.log_bodies else None,
+                answer_text=completion.content[:BODY_CAP] if self.log_bodies and completion else None,
             )
         )

@@ -33,6 +33,8 @@ class UsageRecord:
     endpoint: str | None = None
     error_code: str | None = None
     fallback: str | None = None
+    prompt_text: str | None = None
+    answer_text: str | None = None
 
 
 #: Rows are written together, at most this long after the first of them...
@@ -46,8 +48,8 @@ MAX_PENDING_ROWS = 50_000
 
 _INSERT = (
     "INSERT INTO usage (time, client, provider, model, status, input_tokens,"
-    " output_tokens, cost_usd, duration_ms, queued_ms, request_id, key_id, endpoint, error_code, fallback)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " output_tokens, cost_usd, duration_ms, queued_ms, request_id, key_id, endpoint, error_code, fallback,"
+    " prompt_text, answer_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -111,6 +113,8 @@ class Ledger:
                 row.endpoint,
                 row.error_code,
                 row.fallback,
+                row.prompt_text,
+                row.answer_text,
             )
         )
         if len(self._pending) >= FLUSH_ROWS:

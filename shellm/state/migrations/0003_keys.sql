@@ -34,4 +34,7 @@ ALTER TABLE usage ADD COLUMN key_id TEXT;
 ALTER TABLE usage ADD COLUMN endpoint TEXT;
 ALTER TABLE usage ADD COLUMN error_code TEXT;
 ALTER TABLE usage ADD COLUMN fallback TEXT;
+-- Only with SHELLM_LOG_BODIES=1, capped; NULL otherwise.
+ALTER TABLE usage ADD COLUMN prompt_text TEXT;
+ALTER TABLE usage ADD COLUMN answer_text TEXT;
 CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage (key_id, time);
