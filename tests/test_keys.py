@@ -335,3 +335,34 @@ def test_refresh_interval_keeps_changes_within_two_seconds():
     The ring re-reads the store often enough for the 2 s promise.
     """
     assert keys_module.REFRESH_INTERVAL * 2 <= 2.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_prunes_old_rows_in_the_background(store):
+    """
+    The retention service deletes request-log rows older than
+    SHELLM_RETENTION_DAYS once an hour (on the injected clock), leaving
+    newer ones.
+    """
+    from shellm.state.ledger import UsageRecord
+    from shellm.state.retention import PRUNE_INTERVAL, Retention
+
+    clock = Clock()
+    clock.advance(NOW)
+    ledger = Ledger(store, clock)
+    ledger._open = True
+    for when in (NOW - 3 * 86400, NOW - 60):
+        ledger.record(UsageRecord(when, "a", "claude", "m", 200, 1, 1, 0.0, 10, 0, "r"))
+    await ledger.flush()
+    ring = KeyRing(KeyStore(store, SECRET, clock), clock)
+    service = Retention(clock, ring, retention_days=2)
+    service.startService()
+    try:
+        clock.advance(PRUNE_INTERVAL)
+
+        async def pruned():
+            return (await store.query("SELECT COUNT(*) FROM usage"))[0][0] == 1
+
+        assert await eventually(pruned, timeout=5)
+    finally:
+        service.stopService()
