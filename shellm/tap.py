@@ -36,7 +36,7 @@ from shellm.routing.queue import RequestQueue
 from shellm.routing.quota import QuotaTracker
 from shellm.routing.router import Router
 from shellm.routing.shared_limits import rate_limiter
-from shellm.state.keys import KeyRing, KeyStore, load_secret
+from shellm.state.keys import KeyRing, KeyStore, had_client_keys, load_secret
 from shellm.state.ledger import Ledger
 from shellm.state.metrics import Metrics
 from shellm.state.retention import Retention
@@ -218,6 +218,7 @@ def makeService(options, reactor=None):
     store = Store.from_setting(config.db, reactor)
     keys = KeyStore(store, lambda: load_secret(config.key_secret, "~/.shellm/key_secret"), reactor)
     ring = KeyRing(keys, reactor)
+    ring.assume_client_keys = had_client_keys(store.target)
     authenticator = Authenticator(config.clients, ring, config.admin_key)
     ledger = Ledger(store, reactor)
     api = ShellmAPI(

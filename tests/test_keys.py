@@ -366,3 +366,27 @@ async def test_retention_prunes_old_rows_in_the_background(store):
         assert await eventually(pruned, timeout=5)
     finally:
         service.stopService()
+
+
+def test_env_keys_shaped_like_stored_ones_still_work_and_auth_fails_closed():
+    """
+    A SHELLM_CLIENTS key that happens to start with shellm_ is still
+    accepted; until the stored keys are first read, a store that had client
+    keys at start keeps auth on (no open window at start-up).
+    """
+    from shellm.routing.auth import AuthRequired
+
+    clock = Clock()
+    ring = KeyRing(KeyStore(None, SECRET, clock), clock)  # type: ignore[arg-type]
+    env_key = "shellm_" + "x" * 30
+    auth = Authenticator([Client("legacy", env_key)], ring)
+    assert auth.authenticate(env_key).name == "legacy"
+    with pytest.raises(AuthRequired, match="mistyped"):
+        auth.authenticate(new_key()[:-1] + "!")
+    with pytest.raises(AuthRequired, match="not known"):
+        auth.authenticate(new_key())
+    fresh = KeyRing(KeyStore(None, SECRET, clock), clock)  # type: ignore[arg-type]
+    fresh.assume_client_keys = True
+    assert Authenticator([], fresh).enabled
+    fresh.replace([])
+    assert not Authenticator([], fresh).enabled

@@ -151,8 +151,11 @@ class Authenticator:
         presented = _digest(token or "")
         if token and self._admin_digest is not None and hmac.compare_digest(presented, self._admin_digest):
             return ADMIN
-        if token and self.ring is not None and looks_like_key(token):
-            return self._stored(token)
+        stored = self.ring is not None and token is not None and looks_like_key(token)
+        if stored and token is not None and checksum_ok(token):
+            client = self._stored(token)
+            if client is not None:
+                return client
         if not self.enabled:
             return ANONYMOUS
         found = None
@@ -160,16 +163,24 @@ class Authenticator:
             if hmac.compare_digest(presented, digest) and token:
                 found = client
         if found is None:
+            if stored and token is not None and not checksum_ok(token):
+                raise AuthRequired("this key is mistyped: its checksum does not match")
+            if stored:
+                raise AuthRequired("this key is not known (it may have been deleted)")
             raise AuthRequired("a valid API key is required (Authorization: Bearer <key> or x-api-key)")
         return found
 
-    def _stored(self, token: str) -> Client:
+    def _stored(self, token: str) -> Client | None:
+        """
+        The client of a stored key, L{None} if no stored key matches (it
+        may still be a C{SHELLM_CLIENTS} key).
+
+        @raise AuthRequired: the key is revoked, rotated out or expired.
+        """
         assert self.ring is not None
-        if not checksum_ok(token):
-            raise AuthRequired("this key is mistyped: its checksum does not match")
         found = self.ring.find(token)
         if found is None:
-            raise AuthRequired("this key is not known (it may have been deleted)")
+            return None
         record, grace_until = found
         now = self.ring.now()
         if record.revoked_at is not None:

@@ -26,7 +26,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from shellm.state.store import Cursor, Store
+from shellm.state.schema import SQLITE, table_exists
+from shellm.state.store import Cursor, Store, StoreTarget, connect_now
 
 PREFIX = "shellm_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -399,6 +400,10 @@ class KeyRing:
         self._clock = clock
         self._by_hash: dict[str, tuple[KeyRecord, float | None]] = {}
         self.records: tuple[KeyRecord, ...] = ()
+        #: Whether the keys were read from the store yet; until then
+        #: L{assume_client_keys} stands in (fail closed).
+        self.loaded = False
+        self.assume_client_keys = False
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = clock
 
@@ -434,6 +439,7 @@ class KeyRing:
             if record.prev_hash is not None and record.revoked_at is None:
                 by_hash[record.prev_hash] = (record, record.prev_valid_until)
         self._by_hash, self.records = by_hash, kept
+        self.loaded = True
 
     def find(self, token: str) -> tuple[KeyRecord, float | None] | None:
         """
@@ -457,11 +463,36 @@ class KeyRing:
         Whether any client key was ever made here: from then on, auth is on
         (revoking every key must not open the gateway).
         """
+        if not self.loaded:
+            return self.assume_client_keys
         return any(not record.admin for record in self.records)
 
     @property
     def any_admin_keys(self) -> bool:
         return any(record.admin and record.revoked_at is None for record in self.records)
+
+
+def had_client_keys(target: StoreTarget) -> bool:
+    """
+    At start-up (never on a running reactor): whether the store holds any
+    client key, so that auth is on from the first request, before the
+    keys are read.  A database that cannot be asked counts as yes.
+    """
+    if target.engine == SQLITE and not os.path.exists(target.location):
+        return False
+    try:
+        connection = connect_now(target)
+    except Exception:
+        return True
+    try:
+        cursor = Cursor(connection.cursor(), target.engine)
+        if not table_exists(cursor, "api_keys"):
+            return False
+        return cursor.execute("SELECT 1 FROM api_keys WHERE admin = 0 LIMIT 1").fetchone() is not None
+    except Exception:
+        return True
+    finally:
+        connection.close()
 
 
 async def _nothing() -> None:
