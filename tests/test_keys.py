@@ -124,7 +124,7 @@ def test_secret_file_is_private(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_create_use_list_revoke(gw, store):
+async def test_create_use_list_revoke(gw, store, log_events):
     """
     A created key is shown once, works at once, is listed without any
     secret (env clients read-only beside it), is stored only hashed, and
@@ -152,6 +152,10 @@ async def test_create_use_list_revoke(gw, store):
     audit = await store.query("SELECT action FROM audit_log ORDER BY at")
     assert [row[0] for row in audit] == ["create", "revoke"]
     assert key not in json.dumps(await store.query("SELECT * FROM audit_log"))
+    from twisted.logger import formatEvent
+
+    logged = " ".join(formatEvent(event) + repr(event) for event in log_events)
+    assert "created by admin" in logged and key not in logged
 
 
 @pytest_twisted.ensureDeferred

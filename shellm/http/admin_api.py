@@ -256,6 +256,7 @@ class AdminAPI:
         record = await self._keys.update(self._actor(admin), key_id, fields)
         if record is None:
             raise NotFound(f"no live key {key_id}")
+        self.log.info("key {id} changed by {actor}: {fields}", id=key_id, actor=admin.name, fields=sorted(fields))
         await self._authenticator_refresh()
         return _json(request, 200, record.to_json(self._now()))
 
@@ -274,6 +275,7 @@ class AdminAPI:
         if rotated is None:
             raise NotFound(f"no live key {key_id}")
         record, key = rotated
+        self.log.info("key {id} rotated by {actor} (grace {grace} s)", id=key_id, actor=admin.name, grace=grace)
         await self._authenticator_refresh()
         return _json(request, 200, {**record.to_json(self._now()), "key": key})
 
@@ -283,6 +285,7 @@ class AdminAPI:
         await self._live(key_id)
         if not await self._keys.revoke(self._actor(admin), key_id):
             raise NotFound(f"no live key {key_id}")
+        self.log.info("key {id} revoked by {actor}", id=key_id, actor=admin.name)
         await self._authenticator_refresh()
         record = await self._keys.get(key_id)
         assert record is not None
