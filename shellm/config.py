@@ -264,6 +264,30 @@ SETTINGS: tuple[Setting, ...] = (
         _db,
         "state store: a SQLite file, or a postgresql:// URL shared by nodes",
     ),
+    Setting(
+        "admin_key",
+        "SHELLM_ADMIN_KEY",
+        "",
+        _optional_text,
+        "the key of /admin/ (environment or .env only; none: /admin/ is off unless an admin key was made)",
+        option=False,
+    ),
+    Setting(
+        "key_secret",
+        "SHELLM_KEY_SECRET",
+        "",
+        _optional_text,
+        "secret stored keys are hashed with (else read from, or made in, ~/.shellm/key_secret)",
+        option=False,
+    ),
+    Setting(
+        "log_bodies",
+        "SHELLM_LOG_BODIES",
+        "0",
+        _flag,
+        "1 keeps prompts and answers (first 4096 characters) in the request log",
+    ),
+    Setting("retention_days", "SHELLM_RETENTION_DAYS", "90", _int(1), "days the request log is kept"),
     Setting("log_level", "LOG_LEVEL", "info", _log_level, "debug, info, warn, error or critical"),
 )
 
@@ -304,6 +328,10 @@ class Config:
     metrics_public: bool
     global_rpm: int
     db: str
+    admin_key: str | None = field(repr=False)
+    key_secret: str | None = field(repr=False)
+    log_bodies: bool
+    retention_days: int
     log_level: str
     # What the CLIs inherit from the daemon: where to find programs and
     # the service user's home, which holds their logins.

@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from shellm import __version__, logs
 from shellm.config import SETTINGS, Config, ConfigError, load_config
+from shellm.http.admin_api import AdminAPI
 from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
@@ -35,8 +36,10 @@ from shellm.routing.queue import RequestQueue
 from shellm.routing.quota import QuotaTracker
 from shellm.routing.router import Router
 from shellm.routing.shared_limits import rate_limiter
+from shellm.state.keys import KeyRing, KeyStore, had_client_keys, load_secret
 from shellm.state.ledger import Ledger
 from shellm.state.metrics import Metrics
+from shellm.state.retention import Retention
 from shellm.state.store import SchemaTooNew, Store, check_not_newer
 
 
@@ -124,6 +127,10 @@ class ShellmService(MultiService):
         self._ledger.open().addErrback(lambda f: self.log.failure("the usage ledger could not be opened", f))
         super().startService()
         self._router.health.refresh()
+        if self._api.accounting.log_bodies:
+            self.log.warn(
+                "SHELLM_LOG_BODIES=1: prompts and answers are stored in the request log (first 4096 characters)"
+            )
         if not self._authenticator.enabled:
             self.log.warn("SHELLM_CLIENTS is not set: auth is off, anyone who can connect may use the API")
         signal.signal(signal.SIGHUP, self._hangup)
@@ -208,8 +215,11 @@ def makeService(options, reactor=None):
     router = build_router(reactor, providers, config, quota)
     metrics = Metrics(router.queues, router.circuits, router.quota)
     router.on_call = metrics.count_call
-    authenticator = Authenticator(config.clients)
     store = Store.from_setting(config.db, reactor)
+    keys = KeyStore(store, lambda: load_secret(config.key_secret, "~/.shellm/key_secret"), reactor)
+    ring = KeyRing(keys, reactor)
+    ring.assume_client_keys = had_client_keys(store.target)
+    authenticator = Authenticator(config.clients, ring, config.admin_key)
     ledger = Ledger(store, reactor)
     api = ShellmAPI(
         reactor,
@@ -221,7 +231,9 @@ def makeService(options, reactor=None):
         ledger=ledger,
         metrics=metrics,
         metrics_public=config.metrics_public,
+        admin=AdminAPI(reactor, authenticator, keys, router.models),
     )
+    api.accounting.log_bodies = config.log_bodies
     site = ShellmSite(
         api.resource(),
         reactor,
@@ -245,6 +257,7 @@ def makeService(options, reactor=None):
     )
     # Started first; on stop it stays until the drain has reaped every run.
     watchdog.setServiceParent(service)
+    Retention(reactor, ring, config.retention_days).setServiceParent(service)
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)

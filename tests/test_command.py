@@ -31,7 +31,7 @@ from tests.daemon import free_port, wait_until
 pytestmark = pytest.mark.slow  # real processes and daemons (the second stage of .ci/run)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("start", "stop", "restart", "status", "logs", "check", "version", "env-example", "db")
+COMMANDS = ("start", "stop", "restart", "status", "logs", "check", "version", "env-example", "db", "keys")
 
 
 class Shellm:

@@ -19,6 +19,8 @@ from tests.conftest import fake_cli, wait_for_no_processes
 from tests.daemon import Daemon
 from tests.fakes.fake_openai_server import start_fake_openai
 
+ADMIN_KEY = "admin-key-0123456789abcdef"
+
 
 def _all_providers_env(marker, cerebras_url="http://127.0.0.1:9/v1"):
     """
@@ -31,6 +33,8 @@ def _all_providers_env(marker, cerebras_url="http://127.0.0.1:9/v1"):
         "SHELLM_MAX_CONCURRENT": "4",
         "CEREBRAS_API_KEY": "fake",
         "SHELLM_CEREBRAS_BASE_URL": cerebras_url,
+        "SHELLM_ADMIN_KEY": ADMIN_KEY,
+        "SHELLM_KEY_SECRET": "openapi-test-secret-0123456789",
     }
     for name, key in keys.items():
         env[f"SHELLM_{name.upper()}_BIN"] = fake_cli(name)
@@ -57,9 +61,11 @@ async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker
     finally:
         await daemon.stop()
     validator.validate(document)
+    from shellm.http.admin_api import AdminAPI
     from shellm.http.api import ShellmAPI
 
-    served = {rule.rule for rule in ShellmAPI.app.url_map.iter_rules()}
+    served = {rule.rule for rule in ShellmAPI.app.url_map.iter_rules() if not rule.rule.startswith("/admin/")}
+    served |= {"/admin" + rule.rule for rule in AdminAPI.app.url_map.iter_rules()}
     served = {path.replace("<path:", "{").replace("<", "{").replace(">", "}") for path in served}
     assert served <= set(document["paths"])
     assert "claude-sonnet" in document["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"]
@@ -88,6 +94,16 @@ async def test_schemathesis_finds_no_undocumented_answer(tmp_path, marker):
         for selection in (
             ["--exclude-path-regex", "^/v1/"],
             ["--include-path-regex", "^/v1/", "--exclude-checks", "positive_data_acceptance"],
+            # Last: keys it makes turn auth on.  Schema-valid input may still
+            # be refused (an expiry in the past, a key id that does not exist).
+            [
+                "--include-path-regex",
+                "^/admin/",
+                "--exclude-checks",
+                "positive_data_acceptance",
+                "--header",
+                f"Authorization: Bearer {ADMIN_KEY}",
+            ],
         ):
             out, err, code = await getProcessOutputAndValue(
                 sys.executable,

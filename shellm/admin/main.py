@@ -16,6 +16,8 @@ from shellm.admin.check import cmd_check
 from shellm.admin.common import ENV_FILES, ERROR, CommandError, Paths, env_file_for, port_number, warn
 from shellm.admin.db import cmd_db
 from shellm.admin.env_example import cmd_env_example, cmd_version
+from shellm.admin.keys import add_parser as add_keys_parser
+from shellm.admin.keys import cmd_keys
 from shellm.admin.lifecycle import cmd_restart, cmd_start, cmd_stop
 from shellm.admin.logs import cmd_logs
 from shellm.admin.status import cmd_status
@@ -31,6 +33,7 @@ commands:
   version   print the version
   env-example  print every setting with its default (etc/shellm.env.example)
   db        the state store: status, migrate, backup PATH
+  keys      stored client keys: create, list, show, rotate, revoke
 
 Files: $SHELLM_HOME (default ~/.shellm)/shellm.pid and logs/shellm.log.
 Settings (port, CLIs, keys) are read like the daemon reads them: the
@@ -195,6 +198,15 @@ def parser() -> argparse.ArgumentParser:
     actions.add_parser("migrate", help="apply the missing schema migrations")
     db_backup = actions.add_parser("backup", help="copy a SQLite store to PATH (online)")
     db_backup.add_argument("path", metavar="PATH", help="the new file (must not exist)")
+    keys = command(
+        "keys",
+        cmd_keys,
+        "Client keys in the state store (SHELLM_DB), as the /admin/keys API makes them: create "
+        "(the key is printed once), list, show, rotate (--grace SECONDS keeps the old key working), "
+        "revoke. A running daemon applies a change within 2 s.",
+        "  0  done\n  1  bad input, no such key, or the database cannot be used\n",
+    )
+    add_keys_parser(keys)
     return top
 
 

@@ -30,9 +30,11 @@ from shellm.http import openapi
 from shellm.http.dialects import anthropic, openai, seed
 from shellm.http.exposure import health_summary
 from shellm.http.headers import header, presented_token
+from shellm.http.openapi_admin import admin_paths
 from shellm.http.sse import EventStream
 from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
+from shellm.routing.budgets import check_budget
 from shellm.routing.health import overall_status
 from shellm.routing.limits import Limiter
 from shellm.routing.router import Admission, Router
@@ -50,6 +52,10 @@ def with_length(request, body: bytes) -> bytes:
     """
     request.setHeader(b"content-length", b"%d" % len(body))
     return body
+
+
+def _endpoint(request) -> str:
+    return request.path.decode("ascii", "replace")[:100]
 
 
 def speaks(dialect):
@@ -95,13 +101,17 @@ class ShellmAPI:
         ledger: Ledger | None = None,
         metrics: Metrics | None = None,
         metrics_public: bool = False,
+        admin=None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
         @param metrics_public: serve C{/metrics} without a key when auth is on.
         @param limiter: the request-rate limits; none means unlimited.
         @param ledger: where usage is recorded; none means nowhere.
+        @param admin: the C{/admin/} API (L{shellm.http.admin_api.AdminAPI}),
+            if keys are administered here.
         """
+        self._admin = admin
         self._clock = clock
         self._router = router
         self._max_prompt_chars = max_prompt_chars
@@ -115,7 +125,9 @@ class ShellmAPI:
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
         self._idle_waiters: list[Deferred] = []
-        self._openapi = json_bytes(openapi.document([entry.alias for entry in router.models], max_prompt_chars))
+        aliases = [entry.alias for entry in router.models]
+        allowable = aliases + sorted({entry.provider for entry in router.models} - set(aliases))
+        self._openapi = json_bytes(openapi.document(aliases, max_prompt_chars, admin_paths(allowable)))
         self._started = clock.seconds()
 
     def resource(self):
@@ -164,7 +176,7 @@ class ShellmAPI:
             return False
         return True
 
-    async def _admit(self, client: Client, completion_request: CompletionRequest) -> Admission:
+    async def _admit(self, client: Client, completion_request: CompletionRequest, endpoint: str) -> Admission:
         """
         Model allow-list, then the router's admission (a provider and a
         place in its queue), then rate limits: a request refused by a full
@@ -174,9 +186,20 @@ class ShellmAPI:
         if not client.may_use(completion_request.model, entry.provider):
             raise ModelNotAllowed(f"client {client.name} may not use {completion_request.model}")
         try:
+            if self._ledger is not None:
+                await check_budget(self._ledger, client, self._clock.seconds())
             admission = self._router.admit(completion_request, self._permits(client))
         except ShellmError as error:
-            self.accounting.record(client.name, completion_request, error.status, None, self._clock.seconds())
+            self.accounting.record(
+                client.name,
+                completion_request,
+                error.status,
+                None,
+                self._clock.seconds(),
+                key_id=client.id,
+                endpoint=endpoint,
+                error_code=error.code,
+            )
             raise
         if self._limiter is not None:
             try:
@@ -191,13 +214,19 @@ class ShellmAPI:
         return lambda entry: client.may_use(entry.alias, entry.provider)
 
     async def _serve(
-        self, client: Client, completion_request: CompletionRequest, admission: Admission, sink, streaming=False
+        self,
+        client: Client,
+        completion_request: CompletionRequest,
+        admission: Admission,
+        sink,
+        streaming=False,
+        endpoint: str | None = None,
     ) -> Completion:
         """
         Run an admitted completion and account for it, however it ends.
         """
         started = admission.admitted_at
-        status, completion = 500, None
+        status, completion, code = 500, None, "internal_error"
         self.in_flight += 1
         try:
             permits = self._permits(client)
@@ -215,17 +244,26 @@ class ShellmAPI:
                 sink,
                 streaming,
             )
-            status = 200
+            status, code = 200, None
             return completion
         except ShellmError as error:
-            status = error.status
+            status, code = error.status, error.code
             raise
         except CancelledError:
-            status = 499
+            status, code = 499, "client_gone"
             raise
         finally:
             self.in_flight -= 1
-            self.accounting.record(client.name, completion_request, status, completion, started)
+            self.accounting.record(
+                client.name,
+                completion_request,
+                status,
+                completion,
+                started,
+                key_id=client.id,
+                endpoint=endpoint,
+                error_code=code,
+            )
             if not self.in_flight:
                 waiters, self._idle_waiters = self._idle_waiters, []
                 for waiter in waiters:
@@ -307,7 +345,9 @@ class ShellmAPI:
     async def _complete(self, request, client, completion_request, admission) -> Completion:
         # The router gathers the text itself: non-streaming is the same run
         # with nobody listening to the deltas.
-        completion = await self._serve(client, completion_request, admission, lambda event: None)
+        completion = await self._serve(
+            client, completion_request, admission, lambda event: None, endpoint=_endpoint(request)
+        )
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
         self._quota_headers(request, completion.provider)
@@ -332,6 +372,7 @@ class ShellmAPI:
                 admission,
                 lambda event: stream.write(writer.delta(event.text)),
                 streaming=True,
+                endpoint=_endpoint(request),
             )
         except ShellmError as error:
             stream.write(writer.fail(error))
@@ -360,9 +401,16 @@ class ShellmAPI:
         )
         request.request_id = completion_request.request_id  # the body may name one
         request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
-        return client, completion_request, options, await self._admit(client, completion_request)
+        return client, completion_request, options, await self._admit(client, completion_request, _endpoint(request))
 
     # -- routes
+
+    @app.route("/admin/", branch=True)
+    @speaks(seed)
+    def admin(self, request):
+        if self._admin is None or not self.authenticator.admin_enabled:
+            raise NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}")
+        return self._admin.resource()
 
     @app.route("/completions", methods=["POST"])
     @speaks(seed)
@@ -486,8 +534,9 @@ class ShellmAPI:
             raise InvalidRequest(f"period must be one of {', '.join(PERIODS)}")
         if self._ledger is None:
             raise InternalError("no usage ledger is configured")
-        scope = client.name if self.authenticator.enabled else None
-        totals = await self._ledger.totals(self._clock.seconds() - PERIODS[period], scope)
+        scope = client.name if self.authenticator.enabled and not client.admin else None
+        key_id = client.id if scope is not None else None
+        totals = await self._ledger.totals(self._clock.seconds() - PERIODS[period], scope, key_id)
         return self._respond(
             request,
             200,

@@ -11,6 +11,9 @@ from shellm.completion import Completion, CompletionRequest, EventSink, TextDelt
 from shellm.state.ledger import Ledger, UsageRecord
 from shellm.state.metrics import Metrics
 
+#: Characters of a prompt or an answer kept when SHELLM_LOG_BODIES=1.
+BODY_CAP = 4096
+
 
 class Accounting:
     """
@@ -24,6 +27,8 @@ class Accounting:
         self._clock = clock
         self.metrics = metrics
         self._ledger = ledger
+        #: SHELLM_LOG_BODIES: keep prompts and answers (capped) in the log.
+        self.log_bodies = False
 
     def timing_first_delta(self, provider: str, started: float, sink: EventSink) -> EventSink:
         """
@@ -46,6 +51,9 @@ class Accounting:
         status: int,
         completion: Completion | None,
         started: float,
+        key_id: str | None = None,
+        endpoint: str | None = None,
+        error_code: str | None = None,
     ) -> None:
         """
         Count one finished request: C{status} is what its client got (499
@@ -76,5 +84,11 @@ class Accounting:
                 duration_ms=completion.duration_ms if completion else round(elapsed * 1000),
                 queued_ms=completion.queued_ms if completion else None,
                 request_id=request.request_id,
+                key_id=key_id,
+                endpoint=endpoint,
+                error_code=error_code,
+                fallback=completion.fallback.original_provider if completion and completion.fallback else None,
+                prompt_text=request.prompt[:BODY_CAP] if self.log_bodies else None,
+                answer_text=completion.content[:BODY_CAP] if self.log_bodies and completion else None,
             )
         )

@@ -8,10 +8,15 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from attrs import field, frozen
 
 from shellm.errors import ShellmError
+from shellm.state.keys import checksum_ok, looks_like_key
+
+if TYPE_CHECKING:
+    from shellm.state.keys import KeyRing
 
 DEFAULT_RPM = 10
 
@@ -37,6 +42,19 @@ class Client:
     key: str = field(repr=False)
     rpm: int = DEFAULT_RPM
     models: frozenset[str] | None = None
+    #: The stored key's id (keys made with the admin API); limits, budgets
+    #: and usage follow it, so a renamed or rotated key keeps them.
+    id: str | None = None
+    admin: bool = False
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
+
+    @property
+    def scope(self) -> str:
+        """
+        What limits and usage are counted under.
+        """
+        return self.id if self.id is not None else self.name
 
     def may_use(self, alias: str, provider: str) -> bool:
         return self.models is None or alias in self.models or provider in self.models
@@ -44,6 +62,8 @@ class Client:
 
 #: Who is calling when auth is off.
 ANONYMOUS = Client(name="anonymous", key="", rpm=0)
+#: Who is calling with SHELLM_ADMIN_KEY.
+ADMIN = Client(name="admin", key="", rpm=0, admin=True)
 
 
 def parse_clients(text: str) -> tuple[Client, ...]:
@@ -93,7 +113,13 @@ class Authenticator:
     nor how much of one matched.
     """
 
-    def __init__(self, clients: Iterable[Client]):
+    def __init__(self, clients: Iterable[Client], ring: KeyRing | None = None, admin_key: str | None = None):
+        """
+        @param ring: the keys made with the admin API, if any.
+        @param admin_key: C{SHELLM_ADMIN_KEY}, if set.
+        """
+        self.ring = ring
+        self._admin_digest = _digest(admin_key) if admin_key else None
         self.replace(clients)
 
     def replace(self, clients: Iterable[Client]) -> None:
@@ -105,7 +131,14 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._clients)
+        return bool(self._clients) or (self.ring is not None and self.ring.any_client_keys)
+
+    @property
+    def admin_enabled(self) -> bool:
+        """
+        Whether an admin key exists (else C{/admin/} is not there).
+        """
+        return self._admin_digest is not None or (self.ring is not None and self.ring.any_admin_keys)
 
     @property
     def clients(self) -> tuple[Client, ...]:
@@ -115,16 +148,57 @@ class Authenticator:
         """
         @raise AuthRequired: when auth is on and C{token} matches no key.
         """
-        if not self._clients:
-            return ANONYMOUS
         presented = _digest(token or "")
+        if token and self._admin_digest is not None and hmac.compare_digest(presented, self._admin_digest):
+            return ADMIN
+        stored = self.ring is not None and token is not None and looks_like_key(token)
+        if stored and token is not None and checksum_ok(token):
+            client = self._stored(token)
+            if client is not None:
+                return client
+        if not self.enabled:
+            return ANONYMOUS
         found = None
         for digest, client in self._clients:
             if hmac.compare_digest(presented, digest) and token:
                 found = client
         if found is None:
+            if stored and token is not None and not checksum_ok(token):
+                raise AuthRequired("this key is mistyped: its checksum does not match")
+            if stored:
+                raise AuthRequired("this key is not known (it may have been deleted)")
             raise AuthRequired("a valid API key is required (Authorization: Bearer <key> or x-api-key)")
         return found
+
+    def _stored(self, token: str) -> Client | None:
+        """
+        The client of a stored key, L{None} if no stored key matches (it
+        may still be a C{SHELLM_CLIENTS} key).
+
+        @raise AuthRequired: the key is revoked, rotated out or expired.
+        """
+        assert self.ring is not None
+        found = self.ring.find(token)
+        if found is None:
+            return None
+        record, grace_until = found
+        now = self.ring.now()
+        if record.revoked_at is not None:
+            raise AuthRequired("this key was revoked")
+        if grace_until is not None and grace_until <= now:
+            raise AuthRequired("this key was rotated; use its replacement")
+        if record.expires_at is not None and record.expires_at <= now:
+            raise AuthRequired("this key expired")
+        return Client(
+            name=record.name,
+            key="",
+            rpm=record.rpm,
+            models=frozenset(record.models) if record.models is not None else None,
+            id=record.id,
+            admin=record.admin,
+            daily_tokens=record.daily_tokens,
+            monthly_tokens=record.monthly_tokens,
+        )
 
 
 def token_from_headers(authorization: str | None, api_key: str | None) -> str | None:

@@ -80,9 +80,9 @@ class RateLimiter:
     def window_for(self, client: Client) -> SlidingWindow | None:
         if client.rpm <= 0:
             return None  # anonymous: only the global limit applies
-        window = self._client_windows.get(client.name)
+        window = self._client_windows.get(client.scope)
         if window is None or window.limit != client.rpm:
-            window = self._client_windows[client.name] = SlidingWindow(self._clock, client.rpm)
+            window = self._client_windows[client.scope] = SlidingWindow(self._clock, client.rpm)
         return window
 
     def admit(self, client: Client) -> Deferred:

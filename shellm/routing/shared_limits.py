@@ -120,7 +120,7 @@ class SharedRateLimiter:
         if client.rpm > 0:
             checks.append(
                 (
-                    f"client:{client.name}",
+                    f"client:{client.scope}",
                     client.rpm,
                     f"client {client.name} is over its limit of {client.rpm} requests per minute",
                 )

@@ -29,6 +29,12 @@ class UsageRecord:
     duration_ms: int | None
     queued_ms: int | None
     request_id: str | None
+    key_id: str | None = None
+    endpoint: str | None = None
+    error_code: str | None = None
+    fallback: str | None = None
+    prompt_text: str | None = None
+    answer_text: str | None = None
 
 
 #: Rows are written together, at most this long after the first of them...
@@ -42,8 +48,8 @@ MAX_PENDING_ROWS = 50_000
 
 _INSERT = (
     "INSERT INTO usage (time, client, provider, model, status, input_tokens,"
-    " output_tokens, cost_usd, duration_ms, queued_ms, request_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " output_tokens, cost_usd, duration_ms, queued_ms, request_id, key_id, endpoint, error_code, fallback,"
+    " prompt_text, answer_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -103,6 +109,12 @@ class Ledger:
                 row.duration_ms,
                 row.queued_ms,
                 row.request_id,
+                row.key_id,
+                row.endpoint,
+                row.error_code,
+                row.fallback,
+                row.prompt_text,
+                row.answer_text,
             )
         )
         if len(self._pending) >= FLUSH_ROWS:
@@ -188,7 +200,24 @@ class Ledger:
             self.log.error("usage of {count} requests not recorded: the state store is down", count=len(self._pending))
         self._open = False
 
-    def totals(self, since: float, client: str | None) -> Deferred:
+    def spent(self, key_id: str, since: float) -> Deferred:
+        """
+        Tokens (in and out) key C{key_id} used since C{since}, every request
+        recorded before the call included; from the shared store, so exact
+        across the nodes that share it.
+        """
+        return ensureDeferred(self._spent(key_id, since))
+
+    async def _spent(self, key_id: str, since: float) -> int:
+        await self._flush()
+        rows = await self.store.query(
+            "SELECT SUM(COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0)) FROM usage"
+            " WHERE key_id = ? AND time >= ?",
+            (key_id, since),
+        )
+        return int(rows[0][0] or 0)
+
+    def totals(self, since: float, client: str | None, key_id: str | None = None) -> Deferred:
         """
         Requests, tokens, cost and errors by provider and model since
         C{since}, for one client or (L{None}) all, including every request
@@ -196,13 +225,16 @@ class Ledger:
 
         @raise StoreUnavailable: (as a failure) the store is down.
         """
-        return ensureDeferred(self._totals(since, client))
+        return ensureDeferred(self._totals(since, client, key_id))
 
-    async def _totals(self, since: float, client: str | None) -> dict:
+    async def _totals(self, since: float, client: str | None, key_id: str | None) -> dict:
         await self._flush()
         where = "time >= ?"
         params: list[object] = [since]
-        if client is not None:
+        if key_id is not None:
+            where += " AND key_id = ?"
+            params.append(key_id)
+        elif client is not None:
             where += " AND client = ?"
             params.append(client)
         rows = await self.store.query(

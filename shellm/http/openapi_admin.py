@@ -1,0 +1,163 @@
+"""
+The C{/admin/} part of the OpenAPI document: key administration and the
+request log (L{shellm.http.admin_api}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_ADMIN_ERRORS = {
+    "400": _error("Invalid input; the message starts with the field's name"),
+    "401": _error("An admin key is required (none, or not a valid key, was sent)"),
+    "403": _error("admin_only: a client key was sent"),
+    "404": _error("No such key, or /admin/ is off (no admin key is configured)"),
+    "415": _error("Content-Type is not application/json"),
+    "503": _error("The state store (SHELLM_DB) cannot be reached now"),
+}
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+_LIMIT = {"type": ["integer", "null"], "minimum": 1}
+
+
+def _key_fields(models: list[str]) -> dict[str, Any]:
+    return {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "models": {"type": ["array", "null"], "items": {"type": "string", "enum": models}},
+        "rpm": {"type": "integer", "minimum": 1},
+        "daily_tokens": _LIMIT,
+        "monthly_tokens": _LIMIT,
+        "expires_at": {
+            "description": "UNIX seconds or ISO 8601 with an offset; in the future",
+            "type": ["number", "string", "null"],
+        },
+        "note": {"type": ["string", "null"], "maxLength": 1000},
+    }
+
+
+_KEY = {
+    "type": "object",
+    "required": ["id", "name", "models", "rpm", "status", "source"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "prefix": {"type": ["string", "null"]},
+        "key": {"type": "string", "description": "Only when made or rotated: shown once"},
+        "models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "rpm": {"type": "integer"},
+        "daily_tokens": {"type": ["integer", "null"]},
+        "monthly_tokens": {"type": ["integer", "null"]},
+        "expires_at": {"type": ["number", "null"]},
+        "created_at": {"type": "number"},
+        "last_used_at": {"type": ["number", "null"]},
+        "revoked_at": {"type": ["number", "null"]},
+        "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+        "source": {"type": "string", "enum": ["db", "env"]},
+    },
+}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _operation(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "security": _SECURITY, "responses": {**responses, **_ADMIN_ERRORS}, **extra}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_KEY_ID = [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def _query(*names: str) -> list[dict[str, Any]]:
+    kinds = {"limit": {"type": "integer", "minimum": 1, "maximum": 200}, "status": {"type": "integer"}}
+    return [{"name": n, "in": "query", "required": False, "schema": kinds.get(n, {"type": "string"})} for n in names]
+
+
+def admin_paths(models: list[str]) -> dict[str, Any]:
+    """
+    The C{/admin/} operations, for this daemon's model table.
+    """
+    fields = _key_fields(models)
+    create = {"type": "object", "required": ["name"], "additionalProperties": False, "properties": fields}
+    change = {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": fields}
+    one = _json("The key", _KEY)
+    filters = ("since", "until", "key", "provider", "status", "error")
+    return {
+        "/admin/keys": {
+            "post": _operation(
+                "Make a key; the key is in this answer only",
+                {"201": _json("The key, with `key`", _KEY), "409": _error("A live key has that name")},
+                requestBody=_body(create),
+            ),
+            "get": _operation(
+                "Every key, stored and from SHELLM_CLIENTS (read-only), without secrets",
+                {"200": _json("The keys", {"type": "object", "properties": {"keys": {"type": "array"}}})},
+            ),
+        },
+        "/admin/keys/{key_id}": {
+            "get": _operation("One key", {"200": one}, parameters=_KEY_ID),
+            "patch": _operation(
+                "Change a key's name, models, limits, expiry or note",
+                {"200": one, "409": _error("Name taken, or a read-only SHELLM_CLIENTS key")},
+                parameters=_KEY_ID,
+                requestBody=_body(change),
+            ),
+            "delete": _operation(
+                "Revoke a key (404 once revoked)",
+                {"200": one, "409": _error("A read-only SHELLM_CLIENTS key")},
+                parameters=_KEY_ID,
+            ),
+        },
+        "/admin/keys/{key_id}/rotate": {
+            "post": _operation(
+                "A new key, shown once; the old one works for grace_seconds",
+                {"200": _json("The key, with the new `key`", _KEY), "409": _error("A read-only key")},
+                parameters=_KEY_ID,
+                requestBody=_body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"grace_seconds": {"type": "number", "minimum": 0, "maximum": 604800}},
+                    }
+                ),
+            ),
+        },
+        "/admin/requests": {
+            "get": _operation(
+                "The request log, newest first, in pages (no prompt or answer text)",
+                {
+                    "200": _json(
+                        "A page, and the cursor of the next (null at the end)",
+                        {
+                            "type": "object",
+                            "required": ["requests", "next_cursor"],
+                            "properties": {"requests": {"type": "array"}, "next_cursor": {"type": ["string", "null"]}},
+                        },
+                    )
+                },
+                parameters=_query(*filters, "limit", "cursor"),
+            ),
+        },
+        "/admin/stats": {
+            "get": _operation(
+                "Requests, errors by code, p50/p95 latency, tokens and cost per hour or day",
+                {"200": _json("The buckets", {"type": "object", "properties": {"buckets": {"type": "array"}}})},
+                parameters=[
+                    *_query(*filters),
+                    {"name": "bucket", "in": "query", "schema": {"type": "string", "enum": ["hour", "day"]}},
+                    {"name": "by", "in": "query", "schema": {"type": "string", "enum": ["provider", "key", "model"]}},
+                ],
+            ),
+        },
+    }
