@@ -13,7 +13,7 @@ last one.
 
 from __future__ import annotations
 
-from twisted.web.http import Request
+from twisted.web.iweb import IRequest
 
 from shellm.errors import InvalidRequest
 from shellm.routing.auth import AuthRequired, token_from_headers
@@ -22,7 +22,7 @@ from shellm.routing.auth import AuthRequired, token_from_headers
 CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
 
 
-def header(request: Request, name: bytes) -> str | None:
+def header(request: IRequest, name: bytes) -> str | None:
     """
     The last value of header C{name}, decoded as UTF-8 with undecodable
     bytes replaced; L{None} when it is absent.  Never raises.
@@ -33,7 +33,7 @@ def header(request: Request, name: bytes) -> str | None:
     return values[-1].decode("utf-8", "replace")
 
 
-def _credential(request: Request, name: bytes) -> str | None:
+def _credential(request: IRequest, name: bytes) -> str | None:
     values = request.requestHeaders.getRawHeaders(name)
     if not values:
         return None
@@ -46,7 +46,7 @@ def _credential(request: Request, name: bytes) -> str | None:
         raise AuthRequired(f"the {shown} header is not valid UTF-8") from None
 
 
-def presented_token(request: Request) -> str | None:
+def presented_token(request: IRequest) -> str | None:
     """
     The key a request presents (C{Authorization: Bearer} first, then
     C{x-api-key}), or L{None}.
