@@ -170,7 +170,9 @@ def run_as_compose(podman: Podman, image: str, name: str, port: int, env_file: s
     args += ["--publish", f"{interface}:{port}:{container_port}"]
     for key, value in environment.items():
         args += ["--env", f"{key}={value}"]
-    args += ["--volume", f"{fake_cli('claude')}:/opt/fakes/claude:ro", image]
+    # The fake claude runs on the engine beside it: the whole folder goes in.
+    fakes = os.path.dirname(fake_cli("claude"))
+    args += ["--volume", f"{fakes}:/opt/fakes:ro", image]
     podman(*args)
 
 
@@ -261,7 +263,7 @@ def test_image_serves_completions_as_compose_runs_it(podman, image, containers, 
     """
     env_file = tmp_path / "env"
     env_file.write_text(
-        "SHELLM_CLAUDE_BIN=/opt/fakes/claude\n"
+        "SHELLM_CLAUDE_BIN=/opt/fakes/fake_claude.py\n"
         'SHELLM_CLAUDE_ENV={"ANTHROPIC_API_KEY": "fake", "FAKE_TEXT": "Hello from the container"}\n'
     )
     compose_env = {k: str(v) for k, v in compose_service()["environment"].items()}
