@@ -20,6 +20,7 @@ from twisted.python import usage
 from shellm import __version__, logs
 from shellm.config import SETTINGS, Config, ConfigError, load_config
 from shellm.http.api import ShellmAPI
+from shellm.http.jobs_api import build_jobs
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
 from shellm.providers.http_client import upstream_client
@@ -31,6 +32,7 @@ from shellm.reload import ClientReload
 from shellm.routing.auth import Authenticator
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
+from shellm.routing.job_runner import JobService
 from shellm.routing.queue import RequestQueue
 from shellm.routing.quota import QuotaTracker
 from shellm.routing.router import Router
@@ -222,6 +224,8 @@ def makeService(options, reactor=None):
         metrics=metrics,
         metrics_public=config.metrics_public,
     )
+    jobs = build_jobs(reactor, api, store, config)
+    api.jobs = jobs
     site = ShellmSite(
         api.resource(),
         reactor,
@@ -245,6 +249,7 @@ def makeService(options, reactor=None):
     )
     # Started first; on stop it stays until the drain has reaped every run.
     watchdog.setServiceParent(service)
+    JobService(jobs.runner).setServiceParent(service)
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)
