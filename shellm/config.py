@@ -295,6 +295,13 @@ SETTINGS: tuple[Setting, ...] = (
         "async jobs run at once on this node, after interactive requests (0: this node runs none)",
     ),
     Setting(
+        "jobs_lease",
+        "SHELLM_JOBS_LEASE",
+        "30",
+        _seconds(2),
+        "seconds before a running job whose node stopped renewing its claim is run again (shared stores)",
+    ),
+    Setting(
         "webhook_secret",
         "SHELLM_WEBHOOK_SECRET",
         "",
@@ -365,6 +372,7 @@ class Config:
     db: str
     log_level: str
     jobs_max_concurrent: int
+    jobs_lease: float
     webhook_secret: str | None = field(repr=False)
     webhook_allow: str
     webhook_retry_window: float

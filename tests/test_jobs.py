@@ -367,3 +367,29 @@ async def test_two_runners_on_one_store_never_run_a_job_twice(db_setting):
         for made in (first, second):
             made.runner.stop()
             await made.store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_interrupted_job_is_run_again_once_then_failed(db_setting):
+    """
+    A running job whose node stopped renewing its lease is claimed again
+    (its second run); interrupted again, it is failed with the reason, not
+    run a third time.
+    """
+    store = Store.from_setting(db_setting, reactor)
+    await store.open()
+    jobs = JobStore(store)
+    try:
+        job, _ = await jobs.submit("app", {"model": "claude", "prompt": "hi"}, "h", None, None, None, 100.0)
+        first, _ = await jobs.claim("node-a", 101.0, 30.0)
+        assert first.id == job.id and first.attempts == 1
+        assert (await jobs.claim("node-b", 120.0, 30.0)) == (None, [])  # the lease holds
+        second, _ = await jobs.claim("node-b", 132.0, 30.0)
+        assert second.id == job.id and second.attempts == 2
+        assert await jobs.finish(job.id, "node-a", "succeeded", {}, 133.0) is None  # no longer node a's
+        nothing, given_up = await jobs.claim("node-c", 170.0, 30.0)
+        assert nothing is None
+        assert [(j.id, j.status, j.error["error"]) for j in given_up] == [(job.id, "failed", "interrupted")]
+        assert (await jobs.get(job.id, "app")).status == "failed"
+    finally:
+        await store.close()

@@ -236,6 +236,7 @@ def build_jobs(reactor: Any, api: ShellmAPI, store: Store, config: Config) -> Jo
         sender,
         registry=api.metrics.registry,
         max_concurrent=config.jobs_max_concurrent,
+        lease=config.jobs_lease,
         retry_window=config.webhook_retry_window,
         first_retry=config.webhook_first_retry,
         busy=lambda: any(queue.pending for queue in api._router.queues.values()),

@@ -62,6 +62,7 @@ class JobRunner:
         first_retry: float = FIRST_RETRY,
         busy: Callable[[], bool] = lambda: False,
         jitter: Callable[[], float] = random.random,
+        lease: float = LEASE,
     ):
         """
         @param execute: runs a job's body, firing with the C{/completions}
@@ -78,6 +79,7 @@ class JobRunner:
         self._first_retry = first_retry
         self._busy = busy
         self._jitter = jitter
+        self._lease = lease
         self.node = os.urandom(6).hex()
         self.running: dict[str, Deferred[None]] = {}
         self._sending = 0
@@ -136,7 +138,7 @@ class JobRunner:
                 self._again = False
                 await self._watch_running()
                 while len(self.running) < self._max and not self._busy() and self._active:
-                    job, given_up = await self.jobs.claim(self.node, self._clock.seconds(), LEASE)
+                    job, given_up = await self.jobs.claim(self.node, self._clock.seconds(), self._lease)
                     for failed in given_up:
                         await self._ended(failed)
                     if job is None:
@@ -157,7 +159,7 @@ class JobRunner:
         ids = list(self.running)
         if not ids:
             return
-        await self.jobs.renew(self.node, ids, self._clock.seconds() + LEASE)
+        await self.jobs.renew(self.node, ids, self._clock.seconds() + self._lease)
         for job_id in await self.jobs.cancelled_among(ids):
             self.stop_run(job_id)
 
