@@ -31,6 +31,11 @@ _JOB_FIELDS = {"callback_url", "metadata"}
 MAX_LIST = 100
 
 
+class NothingToRedeliver(ShellmError):
+    status = 409
+    code = "no_delivery"
+
+
 class JobsAPI:
     app = Klein()
 
@@ -103,8 +108,8 @@ class JobsAPI:
         if not client.may_use(parsed.model, parsed.entry.provider):
             raise ModelNotAllowed(f"client {client.name} may not use {parsed.model}")
         key = header(request, b"idempotency-key")
-        if key is not None and not 1 <= len(key) <= 255:
-            raise InvalidRequest("Idempotency-Key must be 1 to 255 characters")
+        if key is not None and not (1 <= len(key) <= 255 and all("!" <= c <= "~" for c in key)):
+            raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters without spaces")
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
         if self._api._limiter is not None:
             await self._api._limiter.admit(client)
@@ -130,6 +135,11 @@ class JobsAPI:
 
     @app.handle_errors(WerkzeugNotFound)
     def not_found(self, request: Any, failure: Failure) -> Any:
+        if request.path.rstrip(b"/") == b"/jobs":
+            # werkzeug matches the bare mount point only for a method it
+            # serves, and calls any other one unknown: it is a 405.
+            refused = Failure(WerkzeugMethodNotAllowed(valid_methods=["GET", "POST"]))
+            return self._api.method_not_allowed(request, refused)
         return self._api.not_found(request, failure)
 
     @app.handle_errors(WerkzeugMethodNotAllowed)
@@ -174,8 +184,9 @@ class JobsAPI:
         status = arg(b"status")
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
+        given = arg(b"limit")
         try:
-            limit = int(arg(b"limit") or "20")
+            limit = 20 if given is None else int(given)
         except ValueError:
             limit = 0
         if not 1 <= limit <= MAX_LIST:
@@ -212,7 +223,7 @@ class JobsAPI:
     async def redeliver(self, request: Any, job_id: str) -> bytes:
         _, job = await self._job(request, job_id)
         if not await self._jobs.redeliver(job.id, self._api._clock.seconds()):
-            raise InvalidRequest("this job has no webhook delivery to send again (no callback_url, or not finished)")
+            raise NothingToRedeliver("this job has no webhook to send again (no callback_url, or not finished)")
         self._runner.kick()
         return self._api._respond(request, 202, await self._shown(job))
 
