@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
-from shellm.http.jobs_api import JobsAPI
+from shellm.http.jobs_api import JobsAPI, interactive_waiting
 from shellm.http.webhooks import AllowList, WebhookSender
 from shellm.routing.job_runner import JobRunner
 from shellm.state.jobs import JobStore
@@ -104,8 +104,8 @@ class Setup:
         return await self.job(job_id)
 
 
-async def make_setup(db_setting, allow=LOOPBACK, resolve=None, **runner_options) -> Setup:
-    gw = make_gateway()
+async def make_setup(db_setting, allow=LOOPBACK, resolve=None, gateway=None, **runner_options) -> Setup:
+    gw = make_gateway(**(gateway or {}))
     store = Store.from_setting(db_setting, reactor)
     await store.open()
     holder: list[JobsAPI] = []
@@ -120,6 +120,7 @@ async def make_setup(db_setting, allow=LOOPBACK, resolve=None, **runner_options)
         WebhookSender(reactor, SECRET, allow, resolve=resolve),
         registry=gw.api.metrics.registry,
         jitter=lambda: 0.5,
+        busy=lambda: interactive_waiting(gw.api),
         **runner_options,
     )
     jobs = JobsAPI(gw.api, runner, webhooks=True)
@@ -393,3 +394,65 @@ async def test_an_interrupted_job_is_run_again_once_then_failed(db_setting):
         assert (await jobs.get(job.id, "app")).status == "failed"
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_interactive_requests_go_before_jobs(db_setting):
+    """
+    A job starts only in a free slot: while interactive requests hold or
+    wait for every CLI slot it stays queued, so a request that arrives
+    after the job still runs before it.
+    """
+    made = await make_setup(db_setting, gateway={"max_concurrent": 1})
+    try:
+        gw, claude = made.gw, made.gw.providers["claude"]
+        first = gw.post("/completions", {"model": "claude", "prompt": "first"})
+        await started(made, count=1)
+        response = await made.post("/jobs", {"model": "claude", "prompt": "job"})
+        assert response.code == 202
+        job_id = (await response.json())["id"]
+        for _ in range(3):
+            made.runner.kick()
+        assert (await made.job(job_id))["status"] == "queued"  # no free slot: not started
+        second = gw.post("/completions", {"model": "claude", "prompt": "second"})
+        gw.stub.flush()
+        assert gw.router.queues["cli"].pending == 1
+        claude.runs[0].succeed()
+        assert (await made.call(first)).code == 200
+        assert (await started(made, count=2)).request.prompt == "second"
+        claude.runs[1].succeed()
+        assert (await made.call(second)).code == 200
+        made.gw.clock.advance(1)  # the runner's next poll
+        assert (await started(made, count=3)).request.prompt == "job"
+    finally:
+        made.runner.stop()
+        await made.store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_key_sees_only_its_own_jobs(db_setting):
+    """
+    With auth on, a job is the key's own: another key gets 404 for it and
+    does not see it listed; no key at all is a 401.
+    """
+    from shellm.routing.auth import Authenticator, Client
+
+    keys = Authenticator([Client("alice", "a" * 20), Client("bob", "b" * 20)])
+    made = await make_setup(db_setting, gateway={"api_options": {"authenticator": keys}})
+    try:
+        response = await made.post("/jobs", {"model": "claude", "prompt": "hi"}, {"x-api-key": "a" * 20})
+        assert response.code == 202
+        job_id = (await response.json())["id"]
+
+        async def get(path, key):
+            answer = await made.call(made.gw.get(path, headers={"x-api-key": key} if key else {}))
+            return answer.code, await answer.json()
+
+        assert (await get(f"/jobs/{job_id}", "a" * 20))[0] == 200
+        assert (await get(f"/jobs/{job_id}", "b" * 20))[0] == 404
+        assert (await get("/jobs", "b" * 20))[1]["data"] == []
+        assert [j["id"] for j in (await get("/jobs", "a" * 20))[1]["data"]] == [job_id]
+        assert (await get("/jobs", None))[0] == 401
+    finally:
+        made.runner.stop()
+        await made.store.close()

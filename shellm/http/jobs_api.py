@@ -228,6 +228,15 @@ class JobsAPI:
         return self._api._respond(request, 202, await self._shown(job))
 
 
+def interactive_waiting(api: ShellmAPI) -> bool:
+    """
+    Whether a job must not start now: a queue has no free slot (or a line).
+    A job only ever takes a slot that is free, never a place in a line, so
+    an interactive request never waits behind a job that is waiting.
+    """
+    return any(queue.pending or queue.active >= queue.max_concurrent for queue in api._router.queues.values())
+
+
 def build_jobs(reactor: Any, api: ShellmAPI, store: Store, config: Config) -> JobsAPI:
     """
     The jobs API and its runner, as the daemon has them.
@@ -250,7 +259,7 @@ def build_jobs(reactor: Any, api: ShellmAPI, store: Store, config: Config) -> Jo
         lease=config.jobs_lease,
         retry_window=config.webhook_retry_window,
         first_retry=config.webhook_first_retry,
-        busy=lambda: any(queue.pending for queue in api._router.queues.values()),
+        busy=lambda: interactive_waiting(api),
     )
     holder.append(JobsAPI(api, runner, webhooks=sender is not None))
     return holder[0]

@@ -14,7 +14,7 @@ def _json(description: str, ref: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
-_SECURITY = [{"bearer": []}, {"apiKey": []}, {}]
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 #: A callback URL SheLLM takes: http(s), a host, no credentials.
 CALLBACK_URL = {
