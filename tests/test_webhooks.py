@@ -105,7 +105,7 @@ async def test_a_literal_loopback_callback_is_refused_without_the_allow_list():
     """
     sender = WebhookSender(reactor, SECRET, NOTHING, resolve=_resolver({}, []))
     outcome = await sender.send("http://127.0.0.1:9/hook", "msg_1", b"{}")
-    assert outcome.status_code is None
+    assert outcome.status_code is None and outcome.refused
     assert "refused" in outcome.error and "127.0.0.1" in outcome.error
 
 
@@ -122,7 +122,7 @@ async def test_a_name_resolving_to_a_private_address_is_refused_at_connect_time(
     )
     outcome = await sender.send("https://rebind.example/hook", "msg_1", b"{}")
     assert asked == ["rebind.example"]
-    assert outcome.status_code is None and "refused" in outcome.error
+    assert outcome.status_code is None and outcome.refused and "refused" in outcome.error
 
 
 @pytest_twisted.ensureDeferred

@@ -217,6 +217,8 @@ class Outcome:
 
     status_code: int | None
     error: str | None
+    #: The address was refused (SSRF): retrying will not help.
+    refused: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -268,10 +270,12 @@ class WebhookSender:
                 unbuffered=True,
             )
         except WebhookRefused as e:
-            return Outcome(None, str(e))
+            return Outcome(None, str(e), refused=True)
         except Exception as e:
             refused = _refused_within(e)
-            return Outcome(None, refused or f"{type(e).__name__}: {str(e)[:200] or 'no answer'}")
+            if refused is not None:
+                return Outcome(None, refused, refused=True)
+            return Outcome(None, f"{type(e).__name__}: {str(e)[:200] or 'no answer'}")
         try:
             await response.content()  # consumed, and forgotten
         except Exception:

@@ -13,7 +13,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from twisted.application.service import Service
@@ -22,7 +22,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from shellm.errors import ShellmError
-from shellm.http.webhooks import WebhookSender
 from shellm.state.jobs import Delivery, Job, JobStore
 
 #: Seconds a node's claim on a running job lasts unless renewed.
@@ -30,6 +29,31 @@ LEASE = 30.0
 #: The first retry of a failed delivery, then four times longer each time.
 FIRST_RETRY = 5.0
 MAX_RETRY = 4 * 3600.0
+
+
+class Attempt(Protocol):
+    """
+    What one delivery attempt got (L{shellm.http.webhooks.Outcome}).
+    """
+
+    @property
+    def status_code(self) -> int | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def delivered(self) -> bool: ...
+    @property
+    def gone(self) -> bool: ...
+    @property
+    def refused(self) -> bool: ...
+
+
+class Sender(Protocol):
+    """
+    Sends one signed webhook (L{shellm.http.webhooks.WebhookSender}).
+    """
+
+    def send(self, url: str, message_id: str, payload: bytes) -> Awaitable[Attempt]: ...
 
 
 def payload(job: Job, now: float) -> bytes:
@@ -54,7 +78,7 @@ class JobRunner:
         clock: Any,
         jobs: JobStore,
         execute: Callable[[Job], Awaitable[dict[str, Any]]],
-        sender: WebhookSender | None,
+        sender: Sender | None,
         registry: CollectorRegistry | None = None,
         max_concurrent: int = 1,
         poll: float = 1.0,
@@ -227,7 +251,7 @@ class JobRunner:
                 state, label = "delivered", "delivered"
             elif outcome.gone:
                 state, label = "gone", "gone"
-            elif outcome.error is not None and "refused" in outcome.error:
+            elif outcome.refused:
                 state, label = "failed", "refused"
             elif retry_at > delivery.created_at + self._retry_window:
                 state, label = "failed", "failed"
