@@ -276,9 +276,13 @@ class WebhookSender:
             if refused is not None:
                 return Outcome(None, refused, refused=True)
             return Outcome(None, f"{type(e).__name__}: {str(e)[:200] or 'no answer'}")
+        # Consumed (so the connection ends cleanly) but bounded in time: a
+        # receiver that never finishes its body does not hold a delivery.
+        reading = response.content()
+        reading.addTimeout(self._timeout, self._reactor)
         try:
-            await response.content()  # consumed, and forgotten
-        except Exception:
+            await reading
+        except Exception:  # the status is what counts
             pass
         return Outcome(response.code, None)
 
