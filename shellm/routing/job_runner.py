@@ -21,7 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from shellm.errors import ShellmError
+from shellm.errors import ShellmError, StoreUnavailable
 from shellm.state.jobs import Delivery, Job, JobStore
 
 #: Seconds a node's claim on a running job lasts unless renewed.
@@ -154,7 +154,10 @@ class JobRunner:
             self._again = True
             return
         self._ticking = True
-        ensureDeferred(self._tick()).addErrback(lambda f: self.log.failure("job poll failed", f))
+        ticking = ensureDeferred(self._tick())
+        # The store being down is logged by the store; the next poll retries.
+        ticking.addErrback(lambda f: f.trap(StoreUnavailable))
+        ticking.addErrback(lambda f: self.log.failure("job poll failed", f))
 
     async def _tick(self) -> None:
         try:
