@@ -101,6 +101,29 @@ def _db(text: str) -> str:
     return text.strip()
 
 
+def _webhook_secret(text: str) -> str | None:
+    import base64
+    import binascii
+
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        raw = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        raise ValueError("must be whsec_ followed by base64 (e.g. whsec_$(openssl rand -base64 32))") from None
+    if len(raw) < 24:
+        raise ValueError("must hold at least 24 random bytes")
+    return text
+
+
+def _webhook_allow(text: str) -> str:
+    from shellm.http.webhooks import AllowList
+
+    AllowList.parse(text)
+    return text.strip()
+
+
 def _flag(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -288,6 +311,49 @@ SETTINGS: tuple[Setting, ...] = (
         "1 keeps prompts and answers (first 4096 characters) in the request log",
     ),
     Setting("retention_days", "SHELLM_RETENTION_DAYS", "90", _int(1), "days the request log is kept"),
+    Setting(
+        "jobs_max_concurrent",
+        "SHELLM_JOBS_MAX_CONCURRENT",
+        "1",
+        _int(0, 1024),
+        "async jobs run at once on this node, after interactive requests (0: this node runs none)",
+    ),
+    Setting(
+        "jobs_lease",
+        "SHELLM_JOBS_LEASE",
+        "30",
+        _seconds(2),
+        "seconds before a running job whose node stopped renewing its claim is run again (shared stores)",
+    ),
+    Setting(
+        "webhook_secret",
+        "SHELLM_WEBHOOK_SECRET",
+        "",
+        _webhook_secret,
+        "Standard Webhooks signing secret (whsec_<base64>) for job callbacks (environment or .env only)",
+        option=False,
+    ),
+    Setting(
+        "webhook_allow",
+        "SHELLM_WEBHOOK_ALLOW",
+        "",
+        _webhook_allow,
+        "hosts or CIDR networks job callbacks may reach although not public, space-separated",
+    ),
+    Setting(
+        "webhook_retry_window",
+        "SHELLM_WEBHOOK_RETRY_WINDOW",
+        "86400",
+        _seconds(0),
+        "seconds a failing webhook delivery is retried for (backoff with jitter)",
+    ),
+    Setting(
+        "webhook_first_retry",
+        "SHELLM_WEBHOOK_FIRST_RETRY",
+        "5",
+        _seconds(0.001),
+        "seconds before the first retry of a failed webhook delivery (then four times longer each time)",
+    ),
     Setting("log_level", "LOG_LEVEL", "info", _log_level, "debug, info, warn, error or critical"),
 )
 
@@ -333,6 +399,12 @@ class Config:
     log_bodies: bool
     retention_days: int
     log_level: str
+    jobs_max_concurrent: int
+    jobs_lease: float
+    webhook_secret: str | None = field(repr=False)
+    webhook_allow: str
+    webhook_retry_window: float
+    webhook_first_retry: float
     # What the CLIs inherit from the daemon: where to find programs and
     # the service user's home, which holds their logins.
     base_env: Mapping[str, str] = field(repr=False, factory=dict)

@@ -21,6 +21,7 @@ from shellm import __version__, logs
 from shellm.config import SETTINGS, Config, ConfigError, load_config
 from shellm.http.admin_api import AdminAPI
 from shellm.http.api import ShellmAPI
+from shellm.http.jobs_api import build_jobs
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
 from shellm.providers.http_client import upstream_client
@@ -32,6 +33,7 @@ from shellm.reload import ClientReload
 from shellm.routing.auth import Authenticator
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
+from shellm.routing.job_runner import JobService
 from shellm.routing.queue import RequestQueue
 from shellm.routing.quota import QuotaTracker
 from shellm.routing.router import Router
@@ -234,6 +236,8 @@ def makeService(options, reactor=None):
         admin=AdminAPI(reactor, authenticator, keys, router.models),
     )
     api.accounting.log_bodies = config.log_bodies
+    jobs = build_jobs(reactor, api, store, config)
+    api.jobs = jobs
     site = ShellmSite(
         api.resource(),
         reactor,
@@ -258,6 +262,7 @@ def makeService(options, reactor=None):
     # Started first; on stop it stays until the drain has reaped every run.
     watchdog.setServiceParent(service)
     Retention(reactor, ring, config.retention_days).setServiceParent(service)
+    JobService(jobs.runner).setServiceParent(service)
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)

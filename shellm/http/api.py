@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import TYPE_CHECKING
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -40,6 +41,9 @@ from shellm.routing.limits import Limiter
 from shellm.routing.router import Admission, Router
 from shellm.state.ledger import PERIODS, Ledger
 from shellm.state.metrics import Metrics
+
+if TYPE_CHECKING:
+    from shellm.http.jobs_api import JobsAPI
 
 
 def json_bytes(body) -> bytes:
@@ -129,6 +133,8 @@ class ShellmAPI:
         allowable = aliases + sorted({entry.provider for entry in router.models} - set(aliases))
         self._openapi = json_bytes(openapi.document(aliases, max_prompt_chars, admin_paths(allowable)))
         self._started = clock.seconds()
+        #: The jobs API (L{shellm.http.jobs_api.JobsAPI}), when jobs are on.
+        self.jobs: JobsAPI | None = None
 
     def resource(self):
         return self.app.resource()
@@ -415,9 +421,22 @@ class ShellmAPI:
     @app.route("/completions", methods=["POST"])
     @speaks(seed)
     async def completions(self, request):
+        if self.jobs is not None:
+            client = self._authenticate(request)
+            body = self._read_json(request)
+            if "callback_url" in body:
+                # With a callback, the request is a job: 202 now, the answer later.
+                return await self.jobs.accept(request, client, body)
         client, completion_request, _, admission = await self._take_on(request, seed)
         completion = await self._complete(request, client, completion_request, admission)
         return self._respond(request, 200, seed.completion_json(completion))
+
+    @app.route("/jobs", branch=True)
+    @speaks(seed)
+    def jobs_routes(self, request):
+        if self.jobs is None:
+            raise NotFound("jobs are not enabled")
+        return self.jobs.resource()
 
     @app.route("/completions/stream", methods=["POST"])
     @speaks(seed)

@@ -5,6 +5,7 @@ The OpenAPI 3.1 description of the HTTP API, served at C{/openapi.json}.
 from __future__ import annotations
 
 from shellm import __version__
+from shellm.http import jobs_openapi
 
 
 def _error(description: str) -> dict:
@@ -220,6 +221,11 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
         },
     }
     paths.update(_compatible_paths(models))
+    paths.update(jobs_openapi.paths(_ERRORS))
+    paths["/completions"]["post"]["responses"]["202"] = {
+        "description": "With a callback_url in the body (see POST /jobs): accepted as a job",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}},
+    }
     paths.update(extra_paths or {})
     for operations in paths.values():
         for operation in operations.values():
@@ -240,6 +246,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                 "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
             },
             "schemas": {
+                **jobs_openapi.schemas(max_prompt_chars),
                 "CompletionRequest": {
                     "type": "object",
                     "required": ["model", "prompt"],

@@ -125,6 +125,13 @@ class Cursor:
     def fetchall(self) -> list[Row]:
         return self._cursor.fetchall()
 
+    @property
+    def rowcount(self) -> int:
+        """
+        Rows the last C{UPDATE} or C{DELETE} changed.
+        """
+        return int(self._cursor.rowcount)
+
 
 def _reachable(cursor: Cursor) -> list[int]:
     """
