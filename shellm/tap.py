@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Mapping
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -35,6 +36,7 @@ from shellm.routing.queue import RequestQueue
 from shellm.routing.quota import QuotaTracker
 from shellm.routing.router import Router
 from shellm.routing.shared_limits import rate_limiter
+from shellm.state.conversations import SWEEP_INTERVAL, Conversations
 from shellm.state.ledger import Ledger
 from shellm.state.metrics import Metrics
 from shellm.state.store import SchemaTooNew, Store, check_not_newer
@@ -211,6 +213,9 @@ def makeService(options, reactor=None):
     authenticator = Authenticator(config.clients)
     store = Store.from_setting(config.db, reactor)
     ledger = Ledger(store, reactor)
+    conversations = Conversations(
+        store, reactor, config.session_ttl, config.session_max_turns, config.session_max_chars
+    )
     api = ShellmAPI(
         reactor,
         router,
@@ -221,6 +226,7 @@ def makeService(options, reactor=None):
         ledger=ledger,
         metrics=metrics,
         metrics_public=config.metrics_public,
+        conversations=conversations,
     )
     site = ShellmSite(
         api.resource(),
@@ -245,6 +251,9 @@ def makeService(options, reactor=None):
     )
     # Started first; on stop it stays until the drain has reaped every run.
     watchdog.setServiceParent(service)
+    sweeper = TimerService(SWEEP_INTERVAL, conversations.sweep_quietly)
+    sweeper.clock = reactor
+    sweeper.setServiceParent(service)
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)

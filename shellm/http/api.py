@@ -30,12 +30,15 @@ from shellm.http import openapi
 from shellm.http.dialects import anthropic, openai, seed
 from shellm.http.exposure import health_summary
 from shellm.http.headers import header, presented_token
+from shellm.http.responses_api import ResponsesAPI
+from shellm.http.sessions_api import SessionsAPI, SessionStream, open_turn
 from shellm.http.sse import EventStream
 from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
 from shellm.routing.health import overall_status
 from shellm.routing.limits import RateLimiter
 from shellm.routing.router import Admission, Router
+from shellm.state.conversations import Conversations
 from shellm.state.ledger import PERIODS, Ledger
 from shellm.state.metrics import Metrics
 
@@ -95,12 +98,15 @@ class ShellmAPI:
         ledger: Ledger | None = None,
         metrics: Metrics | None = None,
         metrics_public: bool = False,
+        conversations: Conversations | None = None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
         @param metrics_public: serve C{/metrics} without a key when auth is on.
         @param limiter: the request-rate limits; none means unlimited.
         @param ledger: where usage is recorded; none means nowhere.
+        @param conversations: sessions and stored responses; none means
+            neither is available.
         """
         self._clock = clock
         self._router = router
@@ -112,6 +118,9 @@ class ShellmAPI:
         self.metrics = metrics or Metrics(router.queues, router.circuits, router.quota)
         self.accounting = Accounting(clock, self.metrics, ledger)
         self._metrics_public = metrics_public
+        self.conversations = conversations
+        self._sessions = SessionsAPI(self, conversations)
+        self._responses = ResponsesAPI(self, conversations, clock)
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
         self._idle_waiters: list[Deferred] = []
@@ -191,10 +200,20 @@ class ShellmAPI:
         return lambda entry: client.may_use(entry.alias, entry.provider)
 
     async def _serve(
-        self, client: Client, completion_request: CompletionRequest, admission: Admission, sink, streaming=False
+        self,
+        client: Client,
+        completion_request: CompletionRequest,
+        admission: Admission,
+        sink,
+        streaming=False,
+        turn=None,
     ) -> Completion:
         """
         Run an admitted completion and account for it, however it ends.
+
+        @param turn: the conversation turn it is (a session's, a stored
+            response's): committed once the answer is complete, abandoned
+            however else the request ends.
         """
         started = admission.admitted_at
         status, completion = 500, None
@@ -207,6 +226,8 @@ class ShellmAPI:
                 permits=self._permits(client),
                 streaming=streaming,
             )
+            if turn is not None:
+                await turn.commit(completion)
             status = 200
             return completion
         except ShellmError as error:
@@ -216,6 +237,8 @@ class ShellmAPI:
             status = 499
             raise
         finally:
+            if turn is not None and status != 200:
+                turn.abandon()
             self.in_flight -= 1
             self.accounting.record(client.name, completion_request, status, completion, started)
             if not self.in_flight:
@@ -260,6 +283,32 @@ class ShellmAPI:
             name = "x-shellm-quota-" + window.kind.replace("_", "-")
             request.setHeader(name.encode("ascii", "replace"), value.lstrip(";").encode("ascii", "replace"))
 
+    # -- for the mounted sub-apps (sessions, responses)
+
+    authenticate = _authenticate
+    read_json = _read_json
+    respond = _respond
+
+    @property
+    def models(self):
+        return self._router.models
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self._max_prompt_chars
+
+    def answer_failure(self, request, failure):
+        """
+        A mounted sub-app's error, answered as this app's own.
+        """
+        if failure.check(ShellmError):
+            return self.shellm_error(request, failure)
+        if failure.check(WerkzeugNotFound):
+            return self.not_found(request, failure)
+        if failure.check(WerkzeugMethodNotAllowed):
+            return self.method_not_allowed(request, failure)
+        return self.unexpected(request, failure)
+
     # -- errors
 
     @app.handle_errors(ShellmError)
@@ -299,7 +348,9 @@ class ShellmAPI:
     async def _complete(self, request, client, completion_request, admission) -> Completion:
         # The router gathers the text itself: non-streaming is the same run
         # with nobody listening to the deltas.
-        completion = await self._serve(client, completion_request, admission, lambda event: None)
+        completion = await self._serve(
+            client, completion_request, admission, lambda event: None, turn=getattr(request, "turn", None)
+        )
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
         self._quota_headers(request, completion.provider)
@@ -324,6 +375,7 @@ class ShellmAPI:
                 admission,
                 lambda event: stream.write(writer.delta(event.text)),
                 streaming=True,
+                turn=getattr(request, "turn", None),
             )
         except ShellmError as error:
             stream.write(writer.fail(error))
@@ -344,15 +396,25 @@ class ShellmAPI:
         nothing about validation), then the body, then the admission.
         """
         client = self._authenticate(request)
-        completion_request, options = dialect.parse_request(
-            self._read_json(request),
-            self._router.models,
-            self._max_prompt_chars,
-            request.request_id,
-        )
-        request.request_id = completion_request.request_id  # the body may name one
-        request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
-        return client, completion_request, options, await self._admit(client, completion_request)
+        body = self._read_json(request)
+        # A session turn holds its session from here: abandoned on any refusal.
+        turn = request.turn = await open_turn(self.conversations, client.name, body) if "session_id" in body else None
+        try:
+            completion_request, options = dialect.parse_request(
+                body,
+                self._router.models,
+                self._max_prompt_chars,
+                request.request_id,
+            )
+            if turn is not None:
+                completion_request = turn.frame(completion_request, self._max_prompt_chars)
+            request.request_id = completion_request.request_id  # the body may name one
+            request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
+            return client, completion_request, options, await self._admit(client, completion_request)
+        except BaseException:
+            if turn is not None:
+                turn.abandon()
+            raise
 
     # -- routes
 
@@ -361,14 +423,35 @@ class ShellmAPI:
     async def completions(self, request):
         client, completion_request, _, admission = await self._take_on(request, seed)
         completion = await self._complete(request, client, completion_request, admission)
-        return self._respond(request, 200, seed.completion_json(completion))
+        body = seed.completion_json(completion)
+        if request.turn is not None:
+            body.update(request.turn.to_json())
+        return self._respond(request, 200, body)
 
     @app.route("/completions/stream", methods=["POST"])
     @speaks(seed)
     async def completions_stream(self, request):
         client, completion_request, _, admission = await self._take_on(request, seed)
         writer = seed.SeedStream(completion_request.request_id)
+        if request.turn is not None:
+            writer = SessionStream(completion_request.request_id, request.turn)
         await self._stream(request, client, completion_request, admission, writer)
+
+    @staticmethod
+    def _mount(request, app: Klein):
+        if not request.postpath:
+            request.postpath = [b""]  # the mount point itself is the sub-app's "/"
+        return app.resource()
+
+    @app.route("/sessions", branch=True)
+    @speaks(seed)
+    def sessions(self, request):
+        return self._mount(request, self._sessions.app)
+
+    @app.route("/v1/responses", branch=True)
+    @speaks(openai)
+    def responses(self, request):
+        return self._mount(request, self._responses.app)
 
     @app.route("/v1/chat/completions", methods=["POST"])
     @speaks(openai)
@@ -520,3 +603,8 @@ class ShellmAPI:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
         return with_length(request, self._openapi)
+
+    # The sub-apps run completions the way these routes do.
+    admit = _admit
+    complete = _complete
+    stream = _stream
