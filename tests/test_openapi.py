@@ -55,8 +55,12 @@ async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker
         await daemon.stop()
     validator.validate(document)
     from shellm.http.api import ShellmAPI
+    from shellm.http.responses_api import ResponsesAPI
+    from shellm.http.sessions_api import SessionsAPI
 
-    served = {rule.rule for rule in ShellmAPI.app.url_map.iter_rules()}
+    served = {rule.rule for rule in ShellmAPI.app.url_map.iter_rules() if "__rest__" not in rule.rule}
+    for mount, sub in (("/sessions", SessionsAPI), ("/v1/responses", ResponsesAPI)):
+        served |= {(mount + rule.rule).rstrip("/") for rule in sub.app.url_map.iter_rules()}
     served = {path.replace("<path:", "{").replace("<", "{").replace(">", "}") for path in served}
     assert served <= set(document["paths"])
     assert "claude-sonnet" in document["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"]

@@ -26,7 +26,7 @@ from shellm.errors import (
     ShellmError,
     UnsupportedMediaType,
 )
-from shellm.http import openapi
+from shellm.http import openapi, openapi_conversations
 from shellm.http.dialects import anthropic, openai, seed
 from shellm.http.exposure import health_summary
 from shellm.http.headers import header, presented_token
@@ -124,7 +124,10 @@ class ShellmAPI:
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
         self._idle_waiters: list[Deferred] = []
-        self._openapi = json_bytes(openapi.document([entry.alias for entry in router.models], max_prompt_chars))
+        aliases = [entry.alias for entry in router.models]
+        self._openapi = json_bytes(
+            openapi.document(aliases, max_prompt_chars, openapi_conversations.paths(aliases, max_prompt_chars))
+        )
         self._started = clock.seconds()
 
     def resource(self):

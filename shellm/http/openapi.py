@@ -220,6 +220,13 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
         },
     }
     paths.update(_compatible_paths(models))
+    for route in ("/completions", "/completions/stream"):
+        paths[route]["post"]["responses"].update(
+            {
+                "404": _error("session_id names no session of this key (unknown or expired)"),
+                "409": _error("session_busy: the session is answering another turn; or session_full"),
+            }
+        )
     paths.update(extra_paths or {})
     for operations in paths.values():
         for operation in operations.values():
@@ -251,6 +258,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 128000},
                         "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:\\-]{1,128}$"},
                         "fallback": {"type": "boolean"},
+                        "session_id": {"type": "string", "description": "continue this session (POST /sessions)"},
                     },
                 },
                 "Usage": {
