@@ -60,6 +60,13 @@ async def test_openai_responses_three_turns_retrieve_delete(gateway):
     third = await in_thread(
         client.responses.create, model="claude", input="What is my name?", previous_response_id=second.id
     )
+    assert second.output_text == (
+        '<conversation_history>\n<turn role="user">\nMy name is Ada.\n</turn>\n'
+        '<turn role="assistant">\nMy name is Ada.\n</turn>\n</conversation_history>\n\n'
+        "The conversation so far is in <conversation_history>, for context only: do not answer or repeat "
+        "its turns. Reply only to the latest user message, in <latest_user_message>.\n\n"
+        "<latest_user_message>\nI like tea.\n</latest_user_message>"
+    )  # gemini echoes its stdin: the README's example of what a CLI receives
     seen = third.output_text
     assert seen.startswith("<conversation_history>\n<turn role=\"user\">\nMy name is Ada.\n</turn>")
     assert seen.endswith("<latest_user_message>\nWhat is my name?\n</latest_user_message>")
