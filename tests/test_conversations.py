@@ -187,6 +187,49 @@ async def test_one_turn_at_a_time(cgw):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_mid_turn_stores_nothing(cgw):
+    """
+    A client that disconnects while its turn runs cancels the run; nothing
+    is stored and the session takes the next turn at once.
+    """
+    session_id = await new_session(cgw)
+    d = post(cgw, "/completions", {"model": "claude", "prompt": "one", "session_id": session_id})
+    run = await started(cgw)
+    d.cancel()
+    d.addErrback(lambda f: None)
+    cgw.stub.flush()
+    assert run.cancelled
+    run.reap()
+    _, body = await session_turn(cgw, session_id, "two", "2")
+    assert body["turn"] == 1
+    shown = await json_of(cgw, get(cgw, f"/sessions/{session_id}"))
+    assert [t["prompt"] for t in shown["turns"]] == ["two"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_while_the_session_is_claimed_frees_it(cgw):
+    """
+    A client that disconnects before its claim on the session has landed
+    (the store answers in its own thread) leaves the session free.
+    """
+    session_id = await new_session(cgw)
+    d = post(cgw, "/completions", {"model": "claude", "prompt": "one", "session_id": session_id})
+    cgw.stub.flush()  # the server has the request: its claim runs in a store thread
+    d.cancel()
+    d.addErrback(lambda f: None)
+
+    async def free():
+        rows = await cgw.api.conversations.store.query("SELECT busy_until FROM sessions")
+        return rows == [(None,)]
+
+    cgw.stub.flush()
+    assert await eventually(free)
+    assert cgw.providers["claude"].runs == []
+    _, body = await session_turn(cgw, session_id, "two", "2")
+    assert body["turn"] == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_sessions_of_another_key_and_unknown_ones_are_404(cgw):
     """
     Another key cannot read, use or delete a session (404, as for an

@@ -401,7 +401,8 @@ class ShellmAPI:
         client = self._authenticate(request)
         body = self._read_json(request)
         # A session turn holds its session from here: abandoned on any refusal.
-        turn = request.turn = await open_turn(self.conversations, client.name, body) if "session_id" in body else None
+        session = dialect is seed and "session_id" in body
+        turn = request.turn = await open_turn(self.conversations, client.name, body) if session else None
         try:
             completion_request, options = dialect.parse_request(
                 body,

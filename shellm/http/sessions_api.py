@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -119,6 +120,32 @@ class SessionStream(seed.SeedStream):
         return [frame({**seed.final_event(completion), **self._turn.to_json()})]
 
 
+def _claim(conversations: Conversations, client: str, session_id: str) -> Deferred[tuple[Session, list[Exchange]]]:
+    """
+    L{Conversations.begin_turn}, which a client that leaves cannot cut
+    short: the claim runs on in its thread, so a lease it takes after all
+    is given back at once.
+    """
+    claim = conversations.begin_turn(client, session_id)
+    abandoned: list[bool] = []
+    claimed: Deferred[tuple[Session, list[Exchange]]] = Deferred(lambda _: abandoned.append(True))
+
+    def landed(value: tuple[Session, list[Exchange]]) -> None:
+        if abandoned:
+            conversations.release(session_id).addErrback(
+                lambda f: SessionTurn.log.failure("session lease not released", f, session=session_id)
+            )
+        else:
+            claimed.callback(value)
+
+    def failed(failure: Failure) -> None:
+        if not abandoned:
+            claimed.errback(failure)
+
+    claim.addCallbacks(landed, failed)
+    return claimed
+
+
 async def open_turn(conversations: Conversations | None, client: str, body: dict[str, Any]) -> SessionTurn:
     """
     Take the session a seed body names for its turn, and fill in the
@@ -129,7 +156,7 @@ async def open_turn(conversations: Conversations | None, client: str, body: dict
         raise InvalidRequest('field "session_id" must be a session id')
     if conversations is None:
         raise InvalidRequest("sessions need the state store, which is not configured")
-    session, exchanges = await conversations.begin_turn(client, session_id)
+    session, exchanges = await _claim(conversations, client, session_id)
     if "model" not in body and session.model is not None:
         body["model"] = session.model
     return SessionTurn(conversations, session, exchanges)
