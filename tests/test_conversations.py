@@ -513,3 +513,60 @@ async def test_unknown_previous_response_is_404(cgw):
     d = post(cgw, "/v1/responses", {"model": "codex", "input": "x", "previous_response_id": "resp_nope"})
     assert (await json_of(cgw, d, 404))["error"]["code"] == "response_not_found"
     assert cgw.providers["codex"].runs == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_model_change_inside_a_session_is_recorded_per_turn(cgw):
+    """
+    A turn may name another model than the session's; each turn records
+    the model that answered it.
+    """
+    session_id = await new_session(cgw, model="claude")
+    await session_turn(cgw, session_id, "one", "1")
+    d = post(cgw, "/completions", {"model": "cerebras", "prompt": "two", "session_id": session_id})
+    run = await started(cgw, "cerebras")
+    assert "one" in run.request.prompt
+    run.emit("2").succeed()
+    assert (await json_of(cgw, d))["turn"] == 2
+    shown = await json_of(cgw, get(cgw, f"/sessions/{session_id}"))
+    assert [t["provider"] for t in shown["turns"]] == ["claude", "cerebras"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_responses_expire_and_are_swept(cgw):
+    """
+    A stored response idle past the TTL is unknown (404 as
+    previous_response_id too), and the sweep deletes it.
+    """
+    _, first = await respond(cgw, {"model": "codex", "input": "Hi"}, "Hello")
+    cgw.clock.advance(TTL + 1)
+    await json_of(cgw, get(cgw, f"/v1/responses/{first['id']}"), 404)
+    d = post(cgw, "/v1/responses", {"model": "codex", "input": "x", "previous_response_id": first["id"]})
+    await json_of(cgw, d, 404)
+    assert await cgw.api.conversations.sweep() == 1
+    rows = await cgw.api.conversations.store.query("SELECT COUNT(*) FROM responses")
+    assert rows[0][0] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_response_chain_is_truncated_oldest_first(cgw):
+    """
+    When a chain's history would exceed the prompt limit, the oldest turns
+    are left out, the new input and instructions kept, and the response
+    says history_truncated.
+    """
+    long = "y" * (MAX_PROMPT // 3)
+    previous = None
+    for i in range(3):
+        body = {"model": "codex", "input": f"{i} {long}"}
+        if previous:
+            body["previous_response_id"] = previous
+        _, answered = await respond(cgw, body, f"answer {i}")
+        previous = answered["id"]
+    run, last = await respond(
+        cgw, {"model": "codex", "input": "latest", "instructions": "I", "previous_response_id": previous}, "ok"
+    )
+    assert last["history_truncated"] is True
+    assert len(run.request.prompt) <= MAX_PROMPT and "0 yyy" not in run.request.prompt
+    assert run.request.prompt.endswith("<latest_user_message>\nlatest\n</latest_user_message>")
+    assert run.request.system == "I"
