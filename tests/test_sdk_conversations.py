@@ -25,15 +25,17 @@ from tests.test_sdks import KEY, Gateway, in_thread, openai
 
 pytestmark = pytest.mark.slow  # a real daemon and CLIs
 
-NODE_MODULES = os.environ.get("SHELLM_TEST_NODE_MODULES", "/tmp/p17-node/node_modules")
+#: The openai npm package: `npm install --prefix tests/node` (tests/node/package.json).
+NODE_MODULES = os.environ.get(
+    "SHELLM_TEST_NODE_MODULES", os.path.join(os.path.dirname(__file__), "node", "node_modules")
+)
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def gateway(tmp_path_factory):
     marker = f"shellm-test-{uuid.uuid4().hex}"
-    gateway = Gateway(
-        tmp_path_factory.mktemp("conversations"), marker, clients={"sdk": {"key": KEY}, "other": {"key": KEY + "x"}}
-    )
+    clients = {"sdk": {"key": KEY, "rpm": 100000}, "other": {"key": KEY + "x", "rpm": 100000}}
+    gateway = Gateway(tmp_path_factory.mktemp("conversations"), marker, clients=clients)
     try:
         await gateway.start()
         yield gateway
@@ -145,7 +147,8 @@ async def test_langchain_chat_openai_codex_defaults(gateway):
 @pytest_twisted.ensureDeferred
 async def test_node_sdk_responses(gateway):
     """
-    The Node SDK: responses.create, previous_response_id, retrieve, delete.
+    The Node SDK: responses.create, previous_response_id over three turns,
+    responses.stream, retrieve, delete.
     """
     node = shutil.which("node")
     if node is None or not os.path.isdir(os.path.join(NODE_MODULES, "openai")):
@@ -155,12 +158,18 @@ const OpenAI = require("openai");
 const client = new OpenAI({baseURL: process.env.BASE, apiKey: process.env.KEY, maxRetries: 0});
 (async () => {
   const a = await client.responses.create({model: "claude", input: "My name is Ada."});
-  const b = await client.responses.create({model: "claude", input: "Who am I?", previous_response_id: a.id});
+  const m = await client.responses.create({model: "claude", input: "I like tea.", previous_response_id: a.id});
+  const b = await client.responses.create({model: "claude", input: "Who am I?", previous_response_id: m.id});
   const got = await client.responses.retrieve(b.id);
+  const stream = client.responses.stream({model: "codex", input: "Stream me"});
+  const kinds = [];
+  for await (const event of stream) kinds.push(event.type);
+  const streamed = await stream.finalResponse();
   await client.responses.delete(b.id);
   let gone = false;
   try { await client.responses.retrieve(b.id); } catch (e) { gone = e.status === 404; }
-  console.log(JSON.stringify({first: a.output_text, second: got.output_text, gone}));
+  const streamedText = streamed.output_text;
+  console.log(JSON.stringify({first: a.output_text, second: got.output_text, gone, kinds, streamed: streamedText}));
 })().catch((e) => { console.error(String(e)); process.exit(1); });
 """
     env = {**os.environ, "BASE": gateway.url + "/v1", "KEY": KEY, "NODE_PATH": NODE_MODULES}
@@ -170,6 +179,9 @@ const client = new OpenAI({baseURL: process.env.BASE, apiKey: process.env.KEY, m
     assert result["first"] == "My name is Ada."
     assert "My name is Ada." in result["second"] and "<latest_user_message>\nWho am I?" in result["second"]
     assert result["gone"] is True
+    assert "I like tea." in result["second"]
+    assert result["kinds"][0] == "response.created" and result["kinds"][-1] == "response.completed"
+    assert result["streamed"] == "Stream me"
 
 
 @pytest_twisted.ensureDeferred
