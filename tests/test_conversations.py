@@ -570,3 +570,27 @@ async def test_a_long_response_chain_is_truncated_oldest_first(cgw):
     assert len(run.request.prompt) <= MAX_PROMPT and "0 yyy" not in run.request.prompt
     assert run.request.prompt.endswith("<latest_user_message>\nlatest\n</latest_user_message>")
     assert run.request.system == "I"
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_turn_at_a_time_across_nodes(cgw, db_setting):
+    """
+    Two nodes on one store: a session taken for a turn by one is busy for
+    the other, until the turn is stored; then the other sees the turn.
+    """
+    from shellm.state.conversations import SessionBusy
+
+    first = cgw.api.conversations
+    other_store = Store.from_setting(db_setting, reactor)
+    await other_store.open(migrate=False, retry=False)
+    try:
+        second = Conversations(other_store, cgw.clock, TTL, max_turns=5, max_chars=100_000)
+        session = await first.create_session("alice", "claude", None, {})
+        await first.begin_turn("alice", session.id)
+        with pytest.raises(SessionBusy):
+            await second.begin_turn("alice", session.id)
+        await first.finish_turn(session.id, "p", "a", "m", "claude", 1, 1)
+        _, exchanges = await second.begin_turn("alice", session.id)
+        assert [(e.prompt, e.answer) for e in exchanges] == [("p", "a")]
+    finally:
+        await other_store.close()
