@@ -188,6 +188,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_prompt_chars", "SHELLM_MAX_PROMPT_CHARS", "50000", _int(1), "longest prompt accepted, in characters"),
     Setting("max_body_bytes", "SHELLM_MAX_BODY_BYTES", "262144", _int(1), "largest request body accepted, in bytes"),
     Setting(
+        "session_ttl", "SHELLM_SESSION_TTL", "604800", _seconds(1), "seconds a session or stored response lives idle"
+    ),
+    Setting("session_max_turns", "SHELLM_SESSION_MAX_TURNS", "200", _int(1), "completed turns a session may hold"),
+    Setting(
+        "session_max_chars", "SHELLM_SESSION_MAX_CHARS", "1048576", _int(1), "characters of text a session may hold"
+    ),
+    Setting(
         "request_deadline",
         "SHELLM_REQUEST_DEADLINE",
         "30",
@@ -372,6 +379,9 @@ class Config:
     heartbeat: float
     max_prompt_chars: int
     max_body_bytes: int
+    session_ttl: float
+    session_max_turns: int
+    session_max_chars: int
     request_deadline: float
     max_connections: int
     max_connections_per_ip: int

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Mapping
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -38,6 +39,7 @@ from shellm.routing.queue import RequestQueue
 from shellm.routing.quota import QuotaTracker
 from shellm.routing.router import Router
 from shellm.routing.shared_limits import rate_limiter
+from shellm.state.conversations import SWEEP_INTERVAL, Conversations
 from shellm.state.keys import KeyRing, KeyStore, had_client_keys, load_secret
 from shellm.state.ledger import Ledger
 from shellm.state.metrics import Metrics
@@ -223,6 +225,9 @@ def makeService(options, reactor=None):
     ring.assume_client_keys = had_client_keys(store.target)
     authenticator = Authenticator(config.clients, ring, config.admin_key)
     ledger = Ledger(store, reactor)
+    conversations = Conversations(
+        store, reactor, config.session_ttl, config.session_max_turns, config.session_max_chars
+    )
     api = ShellmAPI(
         reactor,
         router,
@@ -234,6 +239,7 @@ def makeService(options, reactor=None):
         metrics=metrics,
         metrics_public=config.metrics_public,
         admin=AdminAPI(reactor, authenticator, keys, router.models),
+        conversations=conversations,
     )
     api.accounting.log_bodies = config.log_bodies
     jobs = build_jobs(reactor, api, store, config)
@@ -263,6 +269,9 @@ def makeService(options, reactor=None):
     watchdog.setServiceParent(service)
     Retention(reactor, ring, config.retention_days).setServiceParent(service)
     JobService(jobs.runner).setServiceParent(service)
+    sweeper = TimerService(SWEEP_INTERVAL, conversations.sweep_quietly)
+    sweeper.clock = reactor
+    sweeper.setServiceParent(service)
     # Added last so it starts last and stops first; strports makes a failed
     # bind fail start-up.
     strports.service(config.listen, site, reactor=reactor).setServiceParent(service)

@@ -27,11 +27,13 @@ from shellm.errors import (
     ShellmError,
     UnsupportedMediaType,
 )
-from shellm.http import openapi
+from shellm.http import openapi, openapi_conversations
 from shellm.http.dialects import anthropic, openai, seed
 from shellm.http.exposure import health_summary
 from shellm.http.headers import header, presented_token
 from shellm.http.openapi_admin import admin_paths
+from shellm.http.responses_api import ResponsesAPI
+from shellm.http.sessions_api import SessionsAPI, SessionStream, open_turn
 from shellm.http.sse import EventStream
 from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
@@ -39,6 +41,7 @@ from shellm.routing.budgets import check_budget
 from shellm.routing.health import overall_status
 from shellm.routing.limits import Limiter
 from shellm.routing.router import Admission, Router
+from shellm.state.conversations import Conversations
 from shellm.state.ledger import PERIODS, Ledger
 from shellm.state.metrics import Metrics
 
@@ -106,6 +109,7 @@ class ShellmAPI:
         metrics: Metrics | None = None,
         metrics_public: bool = False,
         admin=None,
+        conversations: Conversations | None = None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
@@ -114,6 +118,8 @@ class ShellmAPI:
         @param ledger: where usage is recorded; none means nowhere.
         @param admin: the C{/admin/} API (L{shellm.http.admin_api.AdminAPI}),
             if keys are administered here.
+        @param conversations: sessions and stored responses; none means
+            neither is available.
         """
         self._admin = admin
         self._clock = clock
@@ -126,12 +132,16 @@ class ShellmAPI:
         self.metrics = metrics or Metrics(router.queues, router.circuits, router.quota)
         self.accounting = Accounting(clock, self.metrics, ledger)
         self._metrics_public = metrics_public
+        self.conversations = conversations
+        self._sessions = SessionsAPI(self, conversations)
+        self._responses = ResponsesAPI(self, conversations, clock)
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
         self._idle_waiters: list[Deferred] = []
         aliases = [entry.alias for entry in router.models]
         allowable = aliases + sorted({entry.provider for entry in router.models} - set(aliases))
-        self._openapi = json_bytes(openapi.document(aliases, max_prompt_chars, admin_paths(allowable)))
+        extra_paths = {**admin_paths(allowable), **openapi_conversations.paths(aliases, max_prompt_chars)}
+        self._openapi = json_bytes(openapi.document(aliases, max_prompt_chars, extra_paths))
         self._started = clock.seconds()
         #: The jobs API (L{shellm.http.jobs_api.JobsAPI}), when jobs are on.
         self.jobs: JobsAPI | None = None
@@ -227,9 +237,14 @@ class ShellmAPI:
         sink,
         streaming=False,
         endpoint: str | None = None,
+        turn=None,
     ) -> Completion:
         """
         Run an admitted completion and account for it, however it ends.
+
+        @param turn: the conversation turn it is (a session's, a stored
+            response's): committed once the answer is complete, abandoned
+            however else the request ends.
         """
         started = admission.admitted_at
         status, completion, code = 500, None, "internal_error"
@@ -250,6 +265,8 @@ class ShellmAPI:
                 sink,
                 streaming,
             )
+            if turn is not None:
+                await turn.commit(completion)
             status, code = 200, None
             return completion
         except ShellmError as error:
@@ -259,6 +276,8 @@ class ShellmAPI:
             status, code = 499, "client_gone"
             raise
         finally:
+            if turn is not None and status != 200:
+                turn.abandon()
             self.in_flight -= 1
             self.accounting.record(
                 client.name,
@@ -312,6 +331,32 @@ class ShellmAPI:
             name = "x-shellm-quota-" + window.kind.replace("_", "-")
             request.setHeader(name.encode("ascii", "replace"), value.lstrip(";").encode("ascii", "replace"))
 
+    # -- for the mounted sub-apps (sessions, responses)
+
+    authenticate = _authenticate
+    read_json = _read_json
+    respond = _respond
+
+    @property
+    def models(self):
+        return self._router.models
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self._max_prompt_chars
+
+    def answer_failure(self, request, failure):
+        """
+        A mounted sub-app's error, answered as this app's own.
+        """
+        if failure.check(ShellmError):
+            return self.shellm_error(request, failure)
+        if failure.check(WerkzeugNotFound):
+            return self.not_found(request, failure)
+        if failure.check(WerkzeugMethodNotAllowed):
+            return self.method_not_allowed(request, failure)
+        return self.unexpected(request, failure)
+
     # -- errors
 
     @app.handle_errors(ShellmError)
@@ -352,7 +397,12 @@ class ShellmAPI:
         # The router gathers the text itself: non-streaming is the same run
         # with nobody listening to the deltas.
         completion = await self._serve(
-            client, completion_request, admission, lambda event: None, endpoint=_endpoint(request)
+            client,
+            completion_request,
+            admission,
+            lambda event: None,
+            endpoint=_endpoint(request),
+            turn=getattr(request, "turn", None),
         )
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
@@ -379,6 +429,7 @@ class ShellmAPI:
                 lambda event: stream.write(writer.delta(event.text)),
                 streaming=True,
                 endpoint=_endpoint(request),
+                turn=getattr(request, "turn", None),
             )
         except ShellmError as error:
             stream.write(writer.fail(error))
@@ -399,15 +450,31 @@ class ShellmAPI:
         nothing about validation), then the body, then the admission.
         """
         client = self._authenticate(request)
-        completion_request, options = dialect.parse_request(
-            self._read_json(request),
-            self._router.models,
-            self._max_prompt_chars,
-            request.request_id,
-        )
-        request.request_id = completion_request.request_id  # the body may name one
-        request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
-        return client, completion_request, options, await self._admit(client, completion_request, _endpoint(request))
+        body = self._read_json(request)
+        # A session turn holds its session from here: abandoned on any refusal.
+        session = dialect is seed and "session_id" in body
+        turn = request.turn = await open_turn(self.conversations, client.name, body) if session else None
+        try:
+            completion_request, options = dialect.parse_request(
+                body,
+                self._router.models,
+                self._max_prompt_chars,
+                request.request_id,
+            )
+            if turn is not None:
+                completion_request = turn.frame(completion_request, self._max_prompt_chars)
+            request.request_id = completion_request.request_id  # the body may name one
+            request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
+            return (
+                client,
+                completion_request,
+                options,
+                await self._admit(client, completion_request, _endpoint(request)),
+            )
+        except BaseException:
+            if turn is not None:
+                turn.abandon()
+            raise
 
     # -- routes
 
@@ -429,7 +496,10 @@ class ShellmAPI:
                 return await self.jobs.accept(request, client, body)
         client, completion_request, _, admission = await self._take_on(request, seed)
         completion = await self._complete(request, client, completion_request, admission)
-        return self._respond(request, 200, seed.completion_json(completion))
+        body = seed.completion_json(completion)
+        if request.turn is not None:
+            body.update(request.turn.to_json())
+        return self._respond(request, 200, body)
 
     @app.route("/jobs", branch=True)
     @speaks(seed)
@@ -443,7 +513,25 @@ class ShellmAPI:
     async def completions_stream(self, request):
         client, completion_request, _, admission = await self._take_on(request, seed)
         writer = seed.SeedStream(completion_request.request_id)
+        if request.turn is not None:
+            writer = SessionStream(completion_request.request_id, request.turn)
         await self._stream(request, client, completion_request, admission, writer)
+
+    @staticmethod
+    def _mount(request, app: Klein):
+        if not request.postpath:
+            request.postpath = [b""]  # the mount point itself is the sub-app's "/"
+        return app.resource()
+
+    @app.route("/sessions", branch=True)
+    @speaks(seed)
+    def sessions(self, request):
+        return self._mount(request, self._sessions.app)
+
+    @app.route("/v1/responses", branch=True)
+    @speaks(openai)
+    def responses(self, request):
+        return self._mount(request, self._responses.app)
 
     @app.route("/v1/chat/completions", methods=["POST"])
     @speaks(openai)
@@ -596,3 +684,8 @@ class ShellmAPI:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
         return with_length(request, self._openapi)
+
+    # The sub-apps run completions the way these routes do.
+    admit = _admit
+    complete = _complete
+    stream = _stream

@@ -226,6 +226,13 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
         "description": "With a callback_url in the body (see POST /jobs): accepted as a job",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}},
     }
+    for route in ("/completions", "/completions/stream"):
+        paths[route]["post"]["responses"].update(
+            {
+                "404": _error("session_id names no session of this key (unknown or expired)"),
+                "409": _error("session_busy: the session is answering another turn; or session_full"),
+            }
+        )
     paths.update(extra_paths or {})
     for operations in paths.values():
         for operation in operations.values():
@@ -261,6 +268,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "response_format": {
                             "anyOf": [{"$ref": "#/components/schemas/ResponseFormat"}, {"type": "null"}]
                         },
+                        "session_id": {"type": "string", "description": "continue this session (POST /sessions)"},
                     },
                 },
                 "ResponseFormat": RESPONSE_FORMAT,
