@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from shellm.admin.common import ERROR, OK, CommandError, Paths, say, table, yes_no
+from shellm.admin.common import ERROR, OK, CommandError, Paths, run_on_reactor, say, table, yes_no
 from shellm.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -41,26 +41,20 @@ def run_health_checks(config: Config) -> tuple[dict[str, Provider], dict[str, Pr
     run just for this.  Returns the providers and their L{ProviderHealth}.
     """
     from twisted.internet import reactor
-    from twisted.internet.defer import gatherResults
+    from twisted.internet.defer import Deferred, gatherResults
     from twisted.python.failure import Failure
 
     providers = build_providers(reactor, config)
-    outcome: list = []
+    names = list(providers)
 
-    def go() -> None:
-        names = list(providers)
+    def check_all() -> Deferred[dict[str, ProviderHealth]]:
         d = gatherResults([providers[n].check_health() for n in names], consumeErrors=True)
-        d.addCallback(lambda results: dict(zip(names, results)))
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.stop())
+        return d.addCallback(lambda results: dict(zip(names, results)))
 
-    reactor.callWhenRunning(go)
-    reactor.run()
-    if not outcome:
-        raise CommandError("interrupted")
-    if isinstance(outcome[0], Failure):
-        raise CommandError(f"the checks failed: {outcome[0].getErrorMessage()}")
-    return providers, outcome[0]
+    healths = run_on_reactor(check_all)
+    if isinstance(healths, Failure):
+        raise CommandError(f"the checks failed: {healths.getErrorMessage()}")
+    return providers, healths
 
 
 def judge_cli(name: str, provider: CliProvider, health: ProviderHealth, config: Config) -> dict:

@@ -12,12 +12,19 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from attrs import frozen
 
 from shellm.config import SETTINGS, ConfigError, read_env_file
 from shellm.routing.auth import parse_clients
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+_T = TypeVar("_T")
 
 # Exit codes.  2 is argparse's usage error.
 OK = 0
@@ -333,3 +340,27 @@ def subprocess_run(argv: list[str], env: Mapping[str, str], timeout: float) -> F
     except subprocess.TimeoutExpired:
         raise TimeoutError()
     return Finished(done.returncode, done.stdout, done.stderr)
+
+
+def run_on_reactor(work: Callable[[], Deferred[_T]]) -> _T | Failure:
+    """
+    Run C{work()} on a reactor started just for it (the sub-commands are
+    synchronous programs) and return what its Deferred fired with: the
+    result, or the L{Failure} for the caller to explain.
+
+    @raise CommandError: if the reactor stopped before C{work} finished.
+    """
+    from twisted.internet import reactor
+
+    outcome: list[_T | Failure] = []
+
+    def start() -> None:
+        d = work()
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if not outcome:
+        raise CommandError("interrupted")
+    return outcome[0]

@@ -12,12 +12,10 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shellm.admin.common import ERROR, OK, CommandError, Paths, say, table
+from shellm.admin.common import ERROR, OK, CommandError, Paths, run_on_reactor, say, table
 from shellm.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from twisted.python.failure import Failure
-
     from shellm.state.store import Store
 
 _T = TypeVar("_T")
@@ -41,7 +39,6 @@ def _with_store(config: Config, work: Callable[[Store], Awaitable[_T]], create: 
         raise CommandError(
             f"there is no database at {store.target.location} yet (the daemon creates it when it starts)"
         )
-    outcome: list[_T | Failure] = []
 
     async def go() -> _T:
         try:
@@ -50,16 +47,7 @@ def _with_store(config: Config, work: Callable[[Store], Awaitable[_T]], create: 
         finally:
             await store.close()
 
-    def start() -> None:
-        d = ensureDeferred(go())
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if not outcome:
-        raise CommandError("interrupted")
-    result = outcome[0]
+    result = run_on_reactor(lambda: ensureDeferred(go()))
     if isinstance(result, Failure):
         if result.check(SchemaTooNew):
             raise CommandError(result.getErrorMessage())
