@@ -158,8 +158,8 @@ class PrivateTmp:
     What a CLI writes to C{/tmp}, caught: the CLI runs through a launcher
     that gives it (and everything it starts) a mount namespace of its own
     whose C{/tmp} is the empty directory L{root}, with only the test's own
-    directories (C{passed}: its tmp_path, the daemon's TMPDIR) mounted back
-    at their usual paths.  Whatever else the CLIs write under C{/tmp} lands
+    directories (C{passed}: its tmp_path, the daemon's TMPDIR) and the CLIs'
+    installation mounted back at their usual paths.  Whatever else the CLIs write under C{/tmp} lands
     in L{root}, and nothing else on the machine does.
     """
 
@@ -167,7 +167,9 @@ class PrivateTmp:
         self.tmp = os.path.realpath("/tmp")
         self.root = tempfile.mkdtemp(prefix="shellm-e2e-tmp-")
         self.mountpoints = set()
-        for path in passed:
+        # The CLIs' own installation stays visible wherever the checkout is
+        # (a CI clone may itself live under /tmp).
+        for path in [*passed, CACHE]:
             path = os.path.realpath(path)
             if os.path.commonpath([path, self.tmp]) == self.tmp and path != self.tmp:
                 relative = os.path.relpath(path, self.tmp)
