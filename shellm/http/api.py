@@ -453,7 +453,7 @@ class ShellmAPI:
         body = self._read_json(request)
         # A session turn holds its session from here: abandoned on any refusal.
         session = dialect is seed and "session_id" in body
-        turn = request.turn = await open_turn(self.conversations, client.name, body) if session else None
+        turn = request.turn = await open_turn(self.conversations, client.scope, body) if session else None
         try:
             completion_request, options = dialect.parse_request(
                 body,

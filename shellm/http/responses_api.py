@@ -139,7 +139,7 @@ class ResponsesAPI:
             raise InvalidField('the last input item must be a "user" message', "input")
         if not dialogue[-1].text.strip():
             raise InvalidField("the last user message must not be empty", "input")
-        framed = frame_history(await self._history(client.name, parsed), new, self._api.max_prompt_chars)
+        framed = frame_history(await self._history(client.scope, parsed), new, self._api.max_prompt_chars)
         if framed.system is not None and len(framed.system) > self._api.max_prompt_chars:
             raise InvalidField(
                 f"the instructions exceed the maximum length of {self._api.max_prompt_chars} characters",
@@ -164,7 +164,7 @@ class ResponsesAPI:
             parsed if self._conversations is not None else _unstored(parsed),
             framed.truncated,
         )
-        request.turn = ResponseTurn(self._conversations, shape, client.name, self._clock)
+        request.turn = ResponseTurn(self._conversations, shape, client.scope, self._clock)
         admission = await self._api.admit(client, completion_request, "/v1/responses")
         if parsed.stream:
             return await self._api.stream(request, client, completion_request, admission, ResponseStream(shape))
@@ -174,13 +174,13 @@ class ResponsesAPI:
     @app.route("/<response_id>", methods=["GET"])
     async def retrieve(self, request: Any, response_id: str) -> bytes:
         client = self._api.authenticate(request)
-        stored = await self._store().get_response(client.name, response_id)
+        stored = await self._store().get_response(client.scope, response_id)
         return self._api.respond(request, 200, stored_json(stored))
 
     @app.route("/<response_id>/input_items", methods=["GET"])
     async def input_items(self, request: Any, response_id: str) -> bytes:
         client = self._api.authenticate(request)
-        stored = await self._store().get_response(client.name, response_id)
+        stored = await self._store().get_response(client.scope, response_id)
         order = (request.args.get(b"order") or [b"desc"])[0]
         if order not in (b"asc", b"desc"):
             raise InvalidField('order must be "asc" or "desc"', "order")
@@ -223,7 +223,7 @@ class ResponsesAPI:
     @app.route("/<response_id>", methods=["DELETE"])
     async def delete(self, request: Any, response_id: str) -> bytes:
         client = self._api.authenticate(request)
-        await self._store().delete_response(client.name, response_id)
+        await self._store().delete_response(client.scope, response_id)
         return self._api.respond(request, 200, {"id": response_id, "object": "response", "deleted": True})
 
 

@@ -209,14 +209,14 @@ class SessionsAPI:
             raise InvalidRequest('field "system" must be a string')
         if system is not None and len(system) > self._api.max_prompt_chars:
             raise InvalidRequest(f"system exceeds the maximum length of {self._api.max_prompt_chars} characters")
-        session = await self._store().create_session(client.name, model, system, parse_metadata(body))
+        session = await self._store().create_session(client.scope, model, system, parse_metadata(body))
         return self._api.respond(request, 201, session.to_json())
 
     @app.route("/", methods=["GET"])
     async def listing(self, request: Any) -> bytes:
         client = self._api.authenticate(request)
         limit, after = _session_page_args(request.args)
-        sessions, more = await self._store().list_sessions(client.name, limit, after)
+        sessions, more = await self._store().list_sessions(client.scope, limit, after)
         data = [session.to_json() for session in sessions]
         return self._api.respond(
             request,
@@ -227,7 +227,7 @@ class SessionsAPI:
     @app.route("/<session_id>", methods=["GET"])
     async def read(self, request: Any, session_id: str) -> bytes:
         client = self._api.authenticate(request)
-        session, exchanges = await self._store().get_session(client.name, session_id)
+        session, exchanges = await self._store().get_session(client.scope, session_id)
         totals = {
             "input_tokens": sum(e.input_tokens or 0 for e in exchanges),
             "output_tokens": sum(e.output_tokens or 0 for e in exchanges),
@@ -239,5 +239,5 @@ class SessionsAPI:
     @app.route("/<session_id>", methods=["DELETE"])
     async def delete(self, request: Any, session_id: str) -> bytes:
         client = self._api.authenticate(request)
-        await self._store().delete_session(client.name, session_id)
+        await self._store().delete_session(client.scope, session_id)
         return self._api.respond(request, 200, {"id": session_id, "object": "session.deleted", "deleted": True})
