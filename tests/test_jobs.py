@@ -430,6 +430,42 @@ async def test_interactive_requests_go_before_jobs(db_setting):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_job_claimed_as_an_interactive_request_arrives_is_given_back(db_setting):
+    """
+    The slot was free when the runner looked, but an interactive request
+    arrived while its claim was on the way to the store: the job is given
+    back (queued, its run not counted) instead of taking the place in line.
+    """
+    from twisted.internet.task import Clock
+
+    store = Store.from_setting(db_setting, reactor)
+    await store.open()
+    jobs = JobStore(store)
+    looks: list[bool] = []
+    ran: list[str] = []
+
+    def busy() -> bool:
+        looks.append(True)
+        return len(looks) > 1  # free before the claim, busy once it is made
+
+    async def execute(job):
+        ran.append(job.id)
+        return {}
+
+    runner = JobRunner(Clock(), jobs, execute, None, busy=busy)
+    try:
+        job, _ = await jobs.submit("app", {"model": "claude", "prompt": "hi"}, "h", None, None, None, 100.0)
+        await runner.start()
+        assert await eventually(lambda: not runner._ticking, timeout=10)
+        assert ran == [] and len(looks) >= 2
+        again = await jobs.get(job.id, "app")
+        assert (again.status, again.attempts, again.started_at) == ("queued", 0, None)
+    finally:
+        runner.stop()
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_key_sees_only_its_own_jobs(db_setting):
     """
     With auth on, a job is the key's own: another key gets 404 for it and

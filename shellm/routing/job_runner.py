@@ -170,6 +170,11 @@ class JobRunner:
                         await self._ended(failed)
                     if job is None:
                         break
+                    if self._busy() or not self._active:
+                        # An interactive request came (or shutdown began)
+                        # while the claim was on its way: it goes first.
+                        await self.jobs.release(job.id, self.node)
+                        break
                     self._start(job)
                 while self._sender is not None and self._sending < 4 and self._active:
                     delivery = await self.jobs.claim_delivery(self._clock.seconds(), 60.0)

@@ -200,6 +200,14 @@ def _claim(cursor: Cursor, node: str, now: float, lease: float) -> tuple[Job | N
         return _get(cursor, job_id, None), given_up
 
 
+def _release(cursor: Cursor, job_id: str, node: str) -> None:
+    cursor.execute(
+        "UPDATE jobs SET status = 'queued', attempts = attempts - 1, started_at = NULL, lease_until = NULL,"
+        " node = NULL WHERE id = ? AND node = ? AND status = 'running'",
+        (job_id, node),
+    )
+
+
 def _finish(cursor: Cursor, job_id: str, node: str, status: str, outcome: Any, now: float) -> Job | None:
     column = "result" if status == "succeeded" else "error"
     cursor.execute(
@@ -380,6 +388,13 @@ class JobStore:
 
     def claim(self, node: str, now: float, lease: float) -> Deferred[tuple[Job | None, list[Job]]]:
         return self.store.interact(_claim, node, now, lease)
+
+    def release(self, job_id: str, node: str) -> Deferred[None]:
+        """
+        Give back a job C{node} claimed but did not start: queued again, as
+        if never claimed.
+        """
+        return self.store.interact(_release, job_id, node)
 
     def finish(self, job_id: str, node: str, status: str, outcome: Any, now: float) -> Deferred[Job | None]:
         return self.store.interact(_finish, job_id, node, status, outcome, now)
