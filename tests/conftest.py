@@ -127,7 +127,10 @@ def postgres_url(request):
     from tests.postgres import require_postgres
 
     require_postgres()
-    return request.getfixturevalue("postgres_cluster").new_database()
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.new_database()
+    yield url
+    cluster.drop_database(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
