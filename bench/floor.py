@@ -24,11 +24,12 @@ from twisted.internet.protocol import Protocol
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
-from shellm.providers.http_client import BytesBody, upstream_client
+from shellm.providers.http_client import BytesBody, ReadyURL, upstream_client
 
 app = Klein()
 http, _pool = upstream_client(reactor, max_per_host=256)
-URL = os.environ.get("UPSTREAM", "http://127.0.0.1:1/v1") + "/chat/completions"
+# Fed to treq as SheLLM feeds it: a URL encoded once, not on every request.
+URL = ReadyURL.ready(os.environ.get("UPSTREAM", "http://127.0.0.1:1/v1") + "/chat/completions")
 HEADERS = Headers(
     {b"Authorization": [b"Bearer bench-key"], b"Accept": [b"text/event-stream"], b"Content-Type": [b"application/json"]}
 )

@@ -20,15 +20,16 @@ import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import evolve, frozen
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from twisted.logger import Logger
 
 from shellm.completion import Completion, CompletionRequest, EventSink, TextDelta, Usage
 from shellm.errors import InvalidField, InvalidOutput
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 #: A schema is handed to a CLI and repeated in the system prompt: bounded.
 MAX_SCHEMA_CHARS = 32_000
@@ -218,6 +219,12 @@ def _parse_json(text: str) -> Any:
 
 
 def _validate(schema: dict, value: Any, what: str) -> None:
+    # jsonschema is imported where a schema is first met, not at start-up:
+    # with its dependencies it is a sixth of an idle daemon's memory, and
+    # most daemons never see a schema.
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
     error = best_match(Draft202012Validator(schema).iter_errors(value))
     if error is not None:
         raise InvalidAnswer(f"{what} does not follow the schema: {_describe(error)}")
@@ -268,6 +275,9 @@ def check_schema(schema: Any, param: str) -> dict:
     declared = schema.get("$schema")
     if declared is not None and not (isinstance(declared, str) and ("2020-12" in declared or "draft-07" in declared)):
         raise InvalidField(f'"{param}": only JSON Schema draft 2020-12 (or draft-07) is supported', param)
+    from jsonschema import Draft202012Validator  # see _validate
+    from jsonschema.exceptions import SchemaError
+
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as e:

@@ -27,11 +27,9 @@ from shellm.errors import (
     ShellmError,
     UnsupportedMediaType,
 )
-from shellm.http import openapi, openapi_conversations
 from shellm.http.dialects import anthropic, openai, seed
 from shellm.http.exposure import health_summary
 from shellm.http.headers import header, presented_token
-from shellm.http.openapi_admin import admin_paths
 from shellm.http.responses_api import ResponsesAPI
 from shellm.http.sessions_api import SessionsAPI, SessionStream, open_turn
 from shellm.http.sse import EventStream
@@ -138,10 +136,7 @@ class ShellmAPI:
         #: Completion requests being answered (queued, running or writing).
         self.in_flight = 0
         self._idle_waiters: list[Deferred] = []
-        aliases = [entry.alias for entry in router.models]
-        allowable = aliases + sorted({entry.provider for entry in router.models} - set(aliases))
-        extra_paths = {**admin_paths(allowable), **openapi_conversations.paths(aliases, max_prompt_chars)}
-        self._openapi = json_bytes(openapi.document(aliases, max_prompt_chars, extra_paths))
+        self._openapi: bytes | None = None
         self._started = clock.seconds()
         #: The jobs API (L{shellm.http.jobs_api.JobsAPI}), when jobs are on.
         self.jobs: JobsAPI | None = None
@@ -683,6 +678,10 @@ class ShellmAPI:
     def openapi_document(self, request):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-request-id", request.request_id.encode("ascii"))
+        if self._openapi is None:
+            from shellm.http import openapi
+
+            self._openapi = openapi.rendered(self._router.models, self._max_prompt_chars)
         return with_length(request, self._openapi)
 
     # The sub-apps run completions the way these routes do.

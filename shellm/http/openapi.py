@@ -4,8 +4,12 @@ The OpenAPI 3.1 description of the HTTP API, served at C{/openapi.json}.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from typing import Any
+
 from shellm import __version__
-from shellm.http import jobs_openapi
+from shellm.http import jobs_openapi, openapi_admin, openapi_conversations
 
 
 def _error(description: str) -> dict:
@@ -59,6 +63,22 @@ def _completion_body() -> dict:
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}},
     }
+
+
+def rendered(models: Iterable[Any], max_prompt_chars: int) -> bytes:
+    """
+    The document as served, for this daemon's model entries (each with an
+    C{alias} and a C{provider}).  Built on the first request for it, not
+    at start-up: few clients ever ask.
+    """
+    entries = list(models)
+    aliases = [entry.alias for entry in entries]
+    allowable = aliases + sorted({entry.provider for entry in entries} - set(aliases))
+    extra_paths = {
+        **openapi_admin.admin_paths(allowable),
+        **openapi_conversations.paths(aliases, max_prompt_chars),
+    }
+    return json.dumps(document(aliases, max_prompt_chars, extra_paths), ensure_ascii=False).encode("utf-8")
 
 
 def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None = None) -> dict:

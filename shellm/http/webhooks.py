@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import frozen
-from standardwebhooks.webhooks import Webhook
 from treq.client import HTTPClient
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -243,6 +242,9 @@ class WebhookSender:
         timeout: float = TIMEOUT,
     ):
         self._reactor = reactor
+        # Imported here: only a daemon with webhooks configured needs it.
+        from standardwebhooks.webhooks import Webhook
+
         self._signer = Webhook(secret)
         self._timeout = timeout
         self.pool = HTTPConnectionPool(reactor, persistent=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -31,7 +30,7 @@ from shellm.errors import InvalidRequest, ProviderFailed, ProviderUnavailable, R
 from shellm.logs import redact
 from shellm.providers.base import Capabilities
 from shellm.providers.cli import token_count
-from shellm.providers.http_client import BytesBody
+from shellm.providers.http_client import BytesBody, ReadyURL
 from shellm.structured import OutputSpec
 
 MAX_LINE_BYTES = 1024 * 1024
@@ -262,8 +261,8 @@ class CerebrasProvider:
         # Parsed once: building URLs and headers per request is a measurable
         # share of the daemon's CPU at a thousand requests a second.
         base_url = base_url.rstrip("/")
-        self._completions_url = EncodedURL.from_text(base_url + "/chat/completions")
-        self._models_url = EncodedURL.from_text(base_url + "/models")
+        self._completions_url = ReadyURL.ready(base_url + "/chat/completions")
+        self._models_url = ReadyURL.ready(base_url + "/models")
         authorization = [f"Bearer {api_key}".encode("latin-1", "replace")]
         self._headers = Headers({b"Authorization": authorization})
         self._post_headers = Headers(

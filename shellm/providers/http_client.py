@@ -7,6 +7,7 @@ from __future__ import annotations
 from http.cookiejar import CookieJar
 
 import treq.client
+from hyperlink import EncodedURL
 from twisted.internet.defer import succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
@@ -27,6 +28,43 @@ class NoCookies(CookieJar):
 
     def extract_cookies(self, response, request) -> None:
         pass
+
+
+class ReadyURL(EncodedURL):
+    """
+    A URL already in URI form, its text computed once.  treq turns every
+    URL it is given into a URI again on every request (IDNA-encoding the
+    host, percent-encoding each part, then printing it): for a provider's
+    fixed endpoint that was the larger half of treq's time per request.
+    """
+
+    @classmethod
+    def ready(cls, text: str) -> ReadyURL:
+        uri = EncodedURL.from_text(text).to_uri()
+        made = cls(
+            scheme=uri.scheme,
+            host=uri.host,
+            path=uri.path,
+            query=uri.query,
+            fragment=uri.fragment,
+            port=uri.port,
+            rooted=uri.rooted,
+            userinfo=uri.userinfo,
+            uses_netloc=uri.uses_netloc,
+        )
+        made._text = uri.to_text()
+        return made
+
+    def to_uri(self) -> EncodedURL:
+        if getattr(self, "_text", None) is None:  # a copy made by replace()
+            return super().to_uri()
+        return self
+
+    def to_text(self, with_password: bool = False) -> str:
+        text: str | None = getattr(self, "_text", None)
+        if text is None or with_password:
+            return str(super().to_text(with_password))
+        return text
 
 
 @implementer(IBodyProducer)
