@@ -13,8 +13,10 @@ import shutil
 import signal
 import sys
 import time
+from datetime import UTC, datetime
 
-from bench import processes
+from bench import processes, record
+from bench.record import busy_warning
 from bench.report import render, targets
 from bench.run import Bench, Plan
 
@@ -62,6 +64,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (daemon logs, usage databases)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any target is missed")
+    parser.add_argument("--record", metavar="FILE", help="write the record of this run here (docs/performance.md)")
+    parser.add_argument(
+        "--before", metavar="FILE", help="the --json of an earlier run, for a before/after table in the record"
+    )
     args = parser.parse_args(argv)
 
     overrides = {"log_level": args.log_level, "daemon_env": dict(item.split("=", 1) for item in args.daemon_env)}
@@ -77,6 +83,9 @@ def main(argv=None) -> int:
     _raise_file_limit(4 * plan.streams + 1024)
 
     started = time.monotonic()
+    warning = busy_warning({"cpus": os.cpu_count(), "load_before": os.getloadavg()})
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     def say(text: str) -> None:
         print(f"# {time.monotonic() - started:6.1f} s  {text}", file=sys.stderr, flush=True)
@@ -98,7 +107,17 @@ def main(argv=None) -> int:
             shutil.rmtree(bench.workdir, ignore_errors=True)
     if args.keep:
         say(f"work directory kept: {bench.workdir}")
-    print(render(results, plan))
+    results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    report = render(results, plan)
+    print(report)
+    if busy_warning(results["machine"]):
+        print(f"warning: {busy_warning(results['machine'])}", file=sys.stderr)
+    if args.record:
+        before = None
+        if args.before:
+            with open(args.before) as f:
+                before = json.load(f)
+        record.write(args.record, results, report, before)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)

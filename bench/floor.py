@@ -8,7 +8,8 @@ request to the fast fake upstream with treq, with none of SheLLM's work
 
 ``POST /completions`` sends the upstream the request SheLLM would send,
 reads its event stream to the end and answers a small JSON object;
-``GET /health`` answers 200.  The bench measures it like the daemon, so the
+``POST /completions/stream`` relays the upstream's event stream to the
+client as it arrives, untouched; ``GET /health`` answers 200.  The bench measures it like the daemon, so the
 difference between the two is what SheLLM itself costs.
 """
 
@@ -47,13 +48,28 @@ class _Body(Protocol):
         self.done.callback(b"".join(self.chunks))
 
 
+class _Relay(Protocol):
+    """
+    Writes each piece of the upstream's body to the client as it arrives.
+    """
+
+    def __init__(self, request):
+        self.request = request
+        self.done = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(None)
+
+
 @app.route("/health", methods=["GET"])
 def health(request):
     return b'{"status":"ok"}'
 
 
-@app.route("/completions", methods=["POST"])
-async def completions(request):
+def _ask(request):
     prompt = json.loads(request.content.read())["prompt"]
     body = {
         "model": "gpt-oss-120b",
@@ -61,9 +77,23 @@ async def completions(request):
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    response = await http.post(
+    return http.post(
         URL, data=BytesBody(json.dumps(body).encode()), headers=HEADERS, unbuffered=True, allow_redirects=False
     )
+
+
+@app.route("/completions/stream", methods=["POST"])
+async def stream(request):
+    response = await _ask(request)
+    request.setHeader(b"content-type", b"text/event-stream")
+    relay = _Relay(request)
+    response.deliverBody(relay)
+    await relay.done
+
+
+@app.route("/completions", methods=["POST"])
+async def completions(request):
+    response = await _ask(request)
     reader = _Body()
     response.deliverBody(reader)
     events = (await reader.done).count(b"\ndata:") + 1

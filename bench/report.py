@@ -52,38 +52,32 @@ def targets(results: dict) -> list[Target]:
     def add(name, figure, target, passed):
         found.append(Target(name, figure, target, passed))
 
-    # The framework floor (Klein + treq doing nothing else) is shown next to
-    # the HTTP figures: it is the part no change to SheLLM can remove.
-    floor_added = _get(r, "floor_c1", "p50_ms") - _get(r, "direct_c1", "p50_ms")
-    added = _get(r, "http_c1", "p50_ms") - _get(r, "direct_c1", "p50_ms")
-    add(
-        "HTTP path: added p50 latency, c=1",
-        f"{num(added, 3)} ms (floor {num(floor_added, 3)})",
-        "<= 1.0 ms",
-        _ok(added, lambda v: v <= 1.0),
-    )
-    rate = _get(r, "http_c8", "rate")
-    add(
-        "HTTP path: throughput, c=8",
-        f"{num(rate, 0)} req/s (floor {num(_get(r, 'floor_c8', 'rate'), 0)})",
-        ">= 1,000 req/s",
-        _ok(rate, lambda v: v >= 1000),
-    )
+    # The framework floor (Klein + treq doing nothing else) is measured in
+    # the same run: the HTTP targets are what SheLLM may add to it, so they
+    # hold on any machine.
     floor_cpu = _get(r, "floor_c8", "daemon_cpu_ms")
-    for key, label in (("http_c8", "non-streaming"), ("stream_c8", "streaming")):
-        cpu = _get(r, key, "daemon_cpu_ms")
-        add(
-            f"HTTP path: daemon CPU per request, {label}, c=8",
-            f"{num(cpu, 3)} ms (floor {num(floor_cpu, 3)})",
-            "<= 1.0 ms",
-            _ok(cpu, lambda v: v <= 1.0),
-        )
-    first = _get(r, "stream_c1", "first_event_p50_ms") - _get(r, "direct_c1", "first_event_p50_ms")
+    cpu = _get(r, "http_c8", "daemon_cpu_ms")
     add(
-        "Streaming: first event over direct, p50, c=1",
-        f"{num(first, 3)} ms",
-        "<= 1.0 ms",
-        _ok(first, lambda v: v <= 1.0),
+        "HTTP relay: daemon CPU per request, c=8",
+        f"{num(cpu, 3)} ms (floor {num(floor_cpu, 3)}, +{num(cpu - floor_cpu, 3)})",
+        "<= floor + 0.1 ms",
+        _ok(cpu - floor_cpu, lambda v: v <= 0.1),
+    )
+    direct_first = _get(r, "direct_c1", "first_event_p50_ms")
+    first = _get(r, "stream_c1", "first_event_p50_ms") - direct_first
+    floor_first = _get(r, "floor_stream_c1", "first_event_p50_ms") - direct_first
+    add(
+        "Streaming: first content event over direct, p50, c=1",
+        f"{num(first, 3)} ms (floor {num(floor_first, 3)})",
+        "<= 0.5 ms",
+        _ok(first, lambda v: v <= 0.5),
+    )
+    whole, floor_whole = _get(r, "stream_c1", "p50_ms"), _get(r, "floor_stream_c1", "p50_ms")
+    add(
+        "Streaming: whole stream, p50, c=1",
+        f"{num(whole, 3)} ms (floor {num(floor_whole, 3)}, +{num(whole - floor_whole, 3)})",
+        "<= floor + 0.2 ms",
+        _ok(whole - floor_whole, lambda v: v <= 0.2),
     )
     p50, p99 = _get(r, "relay_c1", "relay_p50_ms"), _get(r, "relay_c1", "relay_p99_ms")
     add("Streaming: event relay p50, c=1", f"{num(p50, 3)} ms", "<= 1 ms", _ok(p50, lambda v: v <= 1))
@@ -143,11 +137,14 @@ def targets(results: dict) -> list[Target]:
     )
     startups = r.get("startup_s", [])
     middle = statistics.median(startups) if startups else nan
+    floors = r.get("floor_startup_s", [])
+    floor_middle = statistics.median(floors) if floors else nan
     add(
         "Start-up to first 200 on /health, median",
-        f"{num(middle, 3)} s (max {num(max(startups) if startups else nan, 3)}, {len(startups)} starts)",
-        "<= 1.5 s",
-        _ok(middle, lambda v: v <= 1.5),
+        f"{num(middle * 1000, 0)} ms (max {num(max(startups) * 1000 if startups else nan, 0)}, "
+        f"{len(startups)} starts; floor {num(floor_middle * 1000, 0)})",
+        "<= 200 ms",
+        _ok(middle, lambda v: v <= 0.2),
     )
     return found
 

@@ -341,7 +341,7 @@ class Bench:
         self._daemons.append(server)
         server.start()
         try:
-            await server.ready()
+            self.results.setdefault("floor_startup_s", []).append(await server.ready())
             await asyncio.sleep(0.5)
             self.results["floor_memory"] = server.memory()["rss"]
             raw = build_request(server.port, "POST", "/completions", seed_body("cerebras", "bench:fast"))
@@ -351,6 +351,15 @@ class Bench:
                     f"floor_c{c}",
                     await run_load(
                         server.port, raw, c, answered_by("cerebras"), cpu_probes=self._probes(server), **self._window()
+                    ),
+                )
+            raw = build_request(server.port, "POST", "/completions/stream", seed_body("cerebras", "bench:fast"))
+            for c in (1, 8):
+                self.say(f"framework floor (Klein + treq), streaming, c={c}")
+                self._record(
+                    f"floor_stream_c{c}",
+                    await run_load(
+                        server.port, raw, c, upstream_done, cpu_probes=self._probes(server), **self._window()
                     ),
                 )
         finally:
@@ -515,9 +524,18 @@ class Bench:
             self._stop_daemon(daemon)
 
     async def startups(self) -> None:
+        """
+        More start-ups of the daemon, each beside one of the floor, so
+        that both medians see the same machine.
+        """
         for i in range(self.plan.extra_startups):
             self.say(f"start-up {i + 1} of {self.plan.extra_startups}")
             self._stop_daemon(await self._start_daemon(f"startup{i}"))
+            floor = FloorServer(os.path.join(self.workdir, f"floor-startup{i}"), self.upstream.base_url)
+            self._daemons.append(floor)
+            floor.start()
+            self.results.setdefault("floor_startup_s", []).append(await floor.ready())
+            self._stop_daemon(floor)
 
     # -- the whole run
 

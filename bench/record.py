@@ -1,0 +1,132 @@
+"""
+The bench's record, C{docs/performance.md}: written by C{python -m bench
+--record FILE} from the run just made, never by hand, so that it cannot
+drift from what the bench measures.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from datetime import UTC, datetime
+from importlib.metadata import version
+from string import Template
+
+from bench.report import num, targets
+
+TEMPLATE = os.path.join(os.path.dirname(__file__), "record_template.md")
+
+#: A one-minute load average above this (per CPU) before the run means
+#: something else was running: the figures are then not the machine's.
+BUSY_LOAD_PER_CPU = 0.25
+
+
+def busy_warning(machine: dict) -> str | None:
+    """
+    Why the figures may not be this machine's, or L{None}.
+    """
+    cpus = machine.get("cpus") or 1
+    before = machine.get("load_before", [float("nan")])[0]
+    if isinstance(before, float) and not math.isnan(before) and before > BUSY_LOAD_PER_CPU * cpus:
+        return (
+            f"the load average was {before:.2f} on {cpus} CPUs before the run: something else was "
+            "running, so these figures are lower than this machine's (run again on an idle machine)"
+        )
+    return None
+
+
+def machine_line(machine: dict) -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    memory = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
+        memory = f", {kib / 1024 / 1024:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    load_before = machine.get("load_before", [float("nan")] * 3)
+    load_after = machine.get("load_after", [float("nan")] * 3)
+    return (
+        f"Machine: {machine.get('cpus')} × {model}{memory}, {platform.system()} {platform.release()}; "
+        f"Python {machine.get('python')}, Twisted {version('twisted')}, treq {version('treq')}, "
+        f"Klein {version('klein')}. Load average (1, 5, 15 min) before the run "
+        f"{', '.join(num(x) for x in load_before)}, after {', '.join(num(x) for x in load_after)} "
+        "(the bench itself keeps about two processes busy)."
+    )
+
+
+def _targets_table(results: dict) -> tuple[str, str]:
+    judged = targets(results)
+    rows = ["| target | measured | goal | result |", "|---|---|---|---|"]
+    rows += [f"| {t.name} | {t.figure} | {t.target} | {'PASS' if t.passed else 'FAIL'} |" for t in judged]
+    met = sum(t.passed for t in judged)
+    return "\n".join(rows), f"{met} of {len(judged)} targets met."
+
+
+#: The figures a before/after table compares: (label, how to read them).
+COMPARED = (
+    ("HTTP /completions, c=1: p50 ms", lambda r: r.get("http_c1", {}).get("p50_ms")),
+    ("HTTP /completions, c=8: req/s", lambda r: r.get("http_c8", {}).get("rate")),
+    ("HTTP /completions, c=8: daemon CPU ms/req", lambda r: r.get("http_c8", {}).get("daemon_cpu_ms")),
+    ("stream, c=1: first content event p50 ms", lambda r: r.get("stream_c1", {}).get("first_event_p50_ms")),
+    ("stream, c=1: whole stream p50 ms", lambda r: r.get("stream_c1", {}).get("p50_ms")),
+    ("stream, c=8: daemon CPU ms/req", lambda r: r.get("stream_c8", {}).get("daemon_cpu_ms")),
+    ("CLI (claude), c=1: p50 ms", lambda r: r.get("cli_c1", {}).get("p50_ms")),
+    ("RSS idle MiB", lambda r: r.get("memory", {}).get("idle")),
+    ("RSS after load MiB", lambda r: r.get("memory", {}).get("after_round2")),
+    (
+        "start-up ms, median",
+        lambda r: statistics.median(r["startup_s"]) * 1000 if r.get("startup_s") else None,
+    ),
+)
+
+
+def _before_after(before: dict | None, after: dict) -> str:
+    if before is None:
+        return ""
+    rows = [
+        "### Before and after",
+        "",
+        f"The previous version (run {before.get('date', 'earlier')}, load average before it "
+        f"{num(before.get('machine', {}).get('load_before', [float('nan')])[0])}) and this one, "
+        "with the same bench on the same machine:",
+        "",
+        "| figure | before | after |",
+        "|---|---:|---:|",
+    ]
+    for label, read in COMPARED:
+        old, new = read(before), read(after)
+        rows.append(f"| {label} | {num(old if old is not None else float('nan'), 3)} | {num(new, 3)} |")
+    return "\n".join(rows) + "\n\n"
+
+
+def write(path: str, results: dict, report: str, before: dict | None = None) -> None:
+    """
+    Write the record of this run (and of C{before}, an earlier run's
+    results) to C{path}.
+    """
+    machine = results.get("machine", {})
+    table, verdict = _targets_table(results)
+    warning = busy_warning(machine)
+    with open(TEMPLATE) as f:
+        template = Template(f.read())
+    text = template.substitute(
+        generated_note="Generated by `python -m bench --record`, do not edit: run it again",
+        machine_line=machine_line(machine),
+        warning=f"> **Warning:** {warning}." if warning else "",
+        date=f"Run on {results.get('date') or datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        elapsed=f"{num(results.get('elapsed_s'), 0)} s",
+        targets_table=table,
+        verdict=verdict,
+        before_after=_before_after(before, results),
+        report=report.rstrip("\n"),
+    )
+    with open(path, "w") as f:
+        f.write(text)
