@@ -19,7 +19,14 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from shellm.errors import InvalidRequest, MethodNotAllowed, NotFound, ShellmError, UnsupportedMediaType
+from shellm.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    ShellmError,
+    UnsupportedMediaType,
+)
 from shellm.http.dialects import seed
 from shellm.http.headers import header, presented_token
 from shellm.http.templates_api import TemplatesAdmin
@@ -187,6 +194,9 @@ class AdminAPI:
         if kind != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json")
         content = request.content
+        if getattr(content, "overflowed", False):
+            # Read past the cap it would be empty, and the error misleading.
+            raise RequestTooLarge(f"the request body is larger than {content.cap} bytes")
         content.seek(0)
         raw = content.read()
         if not raw.strip():

@@ -74,7 +74,10 @@ class TemplatesAdmin:
 
     @app.handle_errors(WerkzeugNotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        self._admin.authorize(request)
+        try:
+            self._admin.authorize(request)  # an unknown caller learns nothing of the routes
+        except ShellmError as error:
+            return self._admin.fail(request, error)
         return self._admin.fail(request, NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}"))
 
     @app.handle_errors(WerkzeugMethodNotAllowed)
