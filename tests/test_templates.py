@@ -24,6 +24,7 @@ from shellm.http.admin_api import AdminAPI
 from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.routing.auth import Authenticator, Client
+from shellm.state.conversations import Conversations
 from shellm.state.keys import KeyRing, KeyStore
 from shellm.state.ledger import Ledger
 from shellm.state.store import Store
@@ -118,6 +119,9 @@ def test_strict_variables_name_the_variable(given, code, named):
 
 
 def test_a_version_holds_at_most_64_kib_and_100_variables():
+    """
+    Template and system together hold at most 64 KiB, and 100 variables.
+    """
     with pytest.raises(InvalidField, match="at most 65536"):
         draft("x" * 65000, "y" * 600, None, None)
     with pytest.raises(InvalidField, match="uses 101 variables; at most 100"):
@@ -126,6 +130,9 @@ def test_a_version_holds_at_most_64_kib_and_100_variables():
 
 
 def test_numbers_are_written_as_text():
+    """
+    A number is a valid value, written as Python writes it.
+    """
     assert rendering.check_values(("n", "x"), {"n": 3, "x": 0.5}, "variables") == {"n": "3", "x": "0.5"}
 
 
@@ -163,6 +170,9 @@ def test_front_matter_gives_system_variables_and_description():
     ],
 )
 def test_a_bad_file_says_why(text, why):
+    """
+    A folder file that cannot be taken says why, for the log and the list.
+    """
     with pytest.raises(ValueError, match=why):
         parse_file("x", text, 0.0)
 
@@ -183,6 +193,7 @@ def build(store: Store, folder: TemplateFolder | None = None) -> Gateway:
     ledger = Ledger(store, clock)
     ledger._open = True
     templates = TemplateStore(store, clock, folder)
+    conversations = Conversations(store, clock, 3600, 10, 100000)
     api = ShellmAPI(
         clock,
         router,
@@ -192,6 +203,7 @@ def build(store: Store, folder: TemplateFolder | None = None) -> Gateway:
         ledger=ledger,
         admin=AdminAPI(clock, authenticator, keys, router.models, templates, MAX_PROMPT),
         templates=templates,
+        conversations=conversations,
     )
     site = ShellmSite(api.resource(), clock, MAX_BODY)
     return Gateway(clock, providers, router, site, stub_treq(site), api)
@@ -318,6 +330,10 @@ async def test_render_returns_the_text_without_running_anything(gw):
 )
 @pytest_twisted.ensureDeferred
 async def test_bad_input_names_the_field(gw, fields, named):
+    """
+    A bad name, text, placeholder, declaration or field is refused, the
+    message starting with the field's name (and a bad placeholder's place).
+    """
     body = {"name": "greet", "template": "Hi {{ who }}", **fields}
     code, answer, _ = await call(gw, "POST", "/admin/templates", body)
     assert code in (400, 413) and named in answer["message"], answer
@@ -373,6 +389,21 @@ async def test_completions_with_a_template(gw, store):
     assert [row["template"] for row in page["requests"]] == ["greet@2", "greet@1"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_session_turn_from_a_template(gw):
+    """
+    A session turn may be a template: its rendered text is the turn stored.
+    """
+    await save(gw)
+    code, session, _ = await call(gw, "POST", "/sessions", {"model": "claude"}, key=CLIENT)
+    assert code == 201
+    body = {"session_id": session["id"], "template": "greet", "variables": {"who": "Ada"}}
+    code, answer, _ = await call(gw, "POST", "/completions", body, key=CLIENT)
+    assert code == 200 and answer["turn"] == 1, answer
+    code, shown, _ = await call(gw, "GET", f"/sessions/{session['id']}", key=CLIENT)
+    assert [turn["prompt"] for turn in shown["turns"]] == ["Say hello to Ada."]
+
+
 @pytest.mark.parametrize(
     "fields, status, code, named",
     [
@@ -390,6 +421,10 @@ async def test_completions_with_a_template(gw, store):
 )
 @pytest_twisted.ensureDeferred
 async def test_completions_template_errors(gw, fields, status, code, named):
+    """
+    Each wrong use of a template is refused before any provider runs, with
+    its own code and a message naming what is wrong.
+    """
     await save(gw)
     body = {"model": "claude", "template": "greet", "variables": {"who": "Ada"}, **fields}
     body = {k: v for k, v in body.items() if v is not None}
