@@ -16,6 +16,7 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock
 
 from shellm import rendering
@@ -279,6 +280,24 @@ async def test_versions_are_numbered_immutable_and_never_reused(gw):
     code, body, _ = await call(gw, "GET", "/admin/templates/greet")
     assert code == 404 and body["error"] == "template_not_found"
     assert (await save(gw))["version"] == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_saves_at_once_get_distinct_versions(store, db_setting):
+    """
+    Saves of one name at once, from two stores on one database (two
+    nodes), each get their own number.
+    """
+    other = Store.from_setting(db_setting, reactor)
+    await other.open()
+    try:
+        clock = Clock()
+        one, two = TemplateStore(store, clock), TemplateStore(other, clock)
+        text = draft("Hi {{ who }}", None, None, None)
+        made = await gatherResults([(one if i % 2 else two).create("a", "greet", text) for i in range(8)])
+        assert sorted(t.version for t in made) == list(range(1, 9))
+    finally:
+        await other.close()
 
 
 @pytest_twisted.ensureDeferred
