@@ -12,7 +12,7 @@ from typing import Any
 TEMPLATE_NAME: dict[str, Any] = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"}
 #: A template's variables: each a string or a number.
 TEMPLATE_VARIABLES: dict[str, Any] = {
-    "type": "object",
+    "type": ["object", "null"],
     "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
     "additionalProperties": {"type": ["string", "number"]},
 }
