@@ -42,6 +42,9 @@ class CompletionRequest:
     #: Structured output or offered functions (L{shellm.structured}): what
     #: the answer must be, for backends with a mechanism of their own.
     output: OutputSpec | None = None
+    #: The prompt template version that made the prompt (C{name@version}),
+    #: for the request log; the prompt itself is already rendered.
+    template: str | None = None
 
 
 @frozen

@@ -101,6 +101,18 @@ def _db(text: str) -> str:
     return text.strip()
 
 
+def _folder(text: str) -> str | None:
+    import os
+
+    text = text.strip()
+    if not text:
+        return None
+    path = os.path.abspath(os.path.expanduser(text))
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is not a folder")
+    return path
+
+
 def _webhook_secret(text: str) -> str | None:
     import base64
     import binascii
@@ -319,6 +331,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("retention_days", "SHELLM_RETENTION_DAYS", "90", _int(1), "days the request log is kept"),
     Setting(
+        "templates_dir",
+        "SHELLM_TEMPLATES_DIR",
+        "",
+        _folder,
+        "folder of read-only prompt templates (name.md files), read at start and on SIGHUP",
+    ),
+    Setting(
         "jobs_max_concurrent",
         "SHELLM_JOBS_MAX_CONCURRENT",
         "1",
@@ -408,6 +427,7 @@ class Config:
     key_secret: str | None = field(repr=False)
     log_bodies: bool
     retention_days: int
+    templates_dir: str | None
     log_level: str
     jobs_max_concurrent: int
     jobs_lease: float

@@ -1,7 +1,8 @@
 """
 What SIGHUP changes: the client keys, read again from the settings file
 (or the environment), under one rule start-up does not need: a reload may
-change who holds a key, but never turns authentication off.
+change who holds a key, but never turns authentication off.  (SIGHUP also
+reads the templates folder again: L{shellm.state.templates.TemplateFolder}.)
 
 Serving without keys is decided at start-up only, where C{SHELLM_ALLOW_OPEN}
 and the listener are checked (L{shellm.config.load_config}); a settings file

@@ -46,6 +46,7 @@ from shellm.state.ledger import Ledger
 from shellm.state.metrics import Metrics
 from shellm.state.retention import Retention
 from shellm.state.store import SchemaTooNew, Store, check_not_newer
+from shellm.state.templates import TemplateFolder, TemplateStore
 
 
 def _option(name: str) -> str:
@@ -115,6 +116,7 @@ class ShellmService(MultiService):
         ledger: Ledger,
         env_file,
         site: ShellmSite,
+        templates: TemplateStore | None = None,
     ):
         super().__init__()
         self._site = site
@@ -127,6 +129,7 @@ class ShellmService(MultiService):
         self._authenticator = authenticator
         self._ledger = ledger
         self._env_file = env_file
+        self._templates = templates
 
     def startService(self):
         self._ledger.open().addErrback(lambda f: self.log.failure("the usage ledger could not be opened", f))
@@ -145,7 +148,16 @@ class ShellmService(MultiService):
         gc.freeze()
 
     def _hangup(self, signum, frame):
-        self._clock.callFromThread(self.reload_clients)
+        self._clock.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """
+        SIGHUP: the client keys, and the templates folder if there is one.
+        """
+        self.reload_clients()
+        folder = self._templates.folder if self._templates is not None else None
+        if folder is not None:
+            folder.load()
 
     def reload_clients(self) -> None:
         """
@@ -230,6 +242,10 @@ def makeService(options, reactor=None):
     ring.assume_client_keys = had_client_keys(store.target)
     authenticator = Authenticator(config.clients, ring, config.admin_key)
     ledger = Ledger(store, reactor)
+    folder = TemplateFolder(config.templates_dir) if config.templates_dir else None
+    if folder is not None:
+        folder.load()
+    templates = TemplateStore(store, reactor, folder)
     conversations = Conversations(
         store, reactor, config.session_ttl, config.session_max_turns, config.session_max_chars
     )
@@ -243,8 +259,9 @@ def makeService(options, reactor=None):
         ledger=ledger,
         metrics=metrics,
         metrics_public=config.metrics_public,
-        admin=AdminAPI(reactor, authenticator, keys, router.models),
+        admin=AdminAPI(reactor, authenticator, keys, router.models, templates, config.max_prompt_chars),
         conversations=conversations,
+        templates=templates,
     )
     api.accounting.log_bodies = config.log_bodies
     jobs = build_jobs(reactor, api, store, config)
@@ -269,6 +286,7 @@ def makeService(options, reactor=None):
         ledger,
         options.get("env-file-path"),
         site,
+        templates,
     )
     # Started first; on stop it stays until the drain has reaped every run.
     watchdog.setServiceParent(service)

@@ -1,7 +1,9 @@
 """
 C{/admin/}: key administration and the request log, for admin keys only
 (C{SHELLM_ADMIN_KEY}, or a key made with C{shellm keys create --admin}).
-Mounted by L{shellm.http.api}; errors are the seed dialect's JSON.
+Mounted by L{shellm.http.api}; errors are the seed dialect's JSON.  Prompt
+templates are a sub-app of their own (L{shellm.http.templates_api}), mounted
+at C{/admin/templates}.
 """
 
 from __future__ import annotations
@@ -17,14 +19,23 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from shellm.errors import InvalidRequest, MethodNotAllowed, NotFound, ShellmError, UnsupportedMediaType
+from shellm.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    ShellmError,
+    UnsupportedMediaType,
+)
 from shellm.http.dialects import seed
 from shellm.http.headers import header, presented_token
+from shellm.http.templates_api import TemplatesAdmin
 from shellm.models import ModelTable
 from shellm.routing.auth import Authenticator, AuthRequired, Client
 from shellm.state import request_log
 from shellm.state.keys import EDITABLE, KeyRecord, KeyStore, NameTaken
 from shellm.state.request_log import MAX_PAGE, LogFilter
+from shellm.state.templates import TemplateStore
 
 #: Longest rotation grace period.
 MAX_GRACE = 7 * 86400
@@ -127,14 +138,41 @@ class AdminAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, authenticator: Authenticator, keys: KeyStore, models: ModelTable):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        authenticator: Authenticator,
+        keys: KeyStore,
+        models: ModelTable,
+        templates: TemplateStore | None = None,
+        max_prompt_chars: int = 50000,
+    ):
+        """
+        @param templates: the prompt templates; none means C{/admin/templates} is off.
+        @param max_prompt_chars: the prompt limit a rendered template obeys.
+        """
         self._clock = clock
         self._authenticator = authenticator
         self._keys = keys
         self._models = models
+        self._templates = TemplatesAdmin(self, templates, max_prompt_chars) if templates is not None else None
 
     def resource(self) -> Any:
         return self.app.resource()
+
+    # -- for the mounted templates sub-app
+
+    def authorize(self, request: IRequest) -> Client:
+        return self._admin(request)
+
+    def read_body(self, request: IRequest) -> dict[str, Any]:
+        return self._body(request)
+
+    def respond(self, request: IRequest, status: int, body: Any) -> bytes:
+        return _json(request, status, body)
+
+    def fail(self, request: IRequest, error: ShellmError) -> bytes:
+        return _error(request, error)
 
     # -- helpers
 
@@ -156,6 +194,9 @@ class AdminAPI:
         if kind != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json")
         content = request.content
+        if getattr(content, "overflowed", False):
+            # Read past the cap it would be empty, and the error misleading.
+            raise RequestTooLarge(f"the request body is larger than {content.cap} bytes")
         content.seek(0)
         raw = content.read()
         if not raw.strip():
@@ -213,6 +254,17 @@ class AdminAPI:
         allowed = failure.value.valid_methods or []
         request.setHeader(b"allow", ", ".join(allowed).encode())
         return _error(request, MethodNotAllowed(f"use {' or '.join(allowed)}"))
+
+    # -- prompt templates
+
+    @app.route("/templates", branch=True)
+    def templates(self, request: IRequest) -> Any:
+        if self._templates is None:
+            self._admin(request)
+            raise NotFound("prompt templates need the state store (SHELLM_DB)")
+        if not request.postpath:
+            request.postpath = [b""]  # the mount point itself is the sub-app's "/"
+        return self._templates.resource()
 
     # -- keys
 

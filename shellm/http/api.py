@@ -10,6 +10,7 @@ import functools
 import json
 from typing import TYPE_CHECKING
 
+from attrs import evolve
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
@@ -33,6 +34,7 @@ from shellm.http.headers import header, presented_token
 from shellm.http.responses_api import ResponsesAPI
 from shellm.http.sessions_api import SessionsAPI, SessionStream, open_turn
 from shellm.http.sse import EventStream
+from shellm.http.template_use import expand_seed
 from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
 from shellm.routing.budgets import check_budget
@@ -42,6 +44,7 @@ from shellm.routing.router import Admission, Router
 from shellm.state.conversations import Conversations
 from shellm.state.ledger import PERIODS, Ledger
 from shellm.state.metrics import Metrics
+from shellm.state.templates import TemplateStore
 
 if TYPE_CHECKING:
     from shellm.http.jobs_api import JobsAPI
@@ -108,6 +111,7 @@ class ShellmAPI:
         metrics_public: bool = False,
         admin=None,
         conversations: Conversations | None = None,
+        templates: TemplateStore | None = None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
@@ -118,6 +122,8 @@ class ShellmAPI:
             if keys are administered here.
         @param conversations: sessions and stored responses; none means
             neither is available.
+        @param templates: the prompt templates requests may name; none means
+            none may.
         """
         self._admin = admin
         self._clock = clock
@@ -131,6 +137,7 @@ class ShellmAPI:
         self.accounting = Accounting(clock, self.metrics, ledger)
         self._metrics_public = metrics_public
         self.conversations = conversations
+        self.templates = templates
         self._sessions = SessionsAPI(self, conversations)
         self._responses = ResponsesAPI(self, conversations, clock)
         #: Completion requests being answered (queued, running or writing).
@@ -326,6 +333,15 @@ class ShellmAPI:
             name = "x-shellm-quota-" + window.kind.replace("_", "-")
             request.setHeader(name.encode("ascii", "replace"), value.lstrip(";").encode("ascii", "replace"))
 
+    @staticmethod
+    def used_template(request, completion_request: CompletionRequest, label: str) -> CompletionRequest:
+        """
+        Say which template version made the prompt: a response header, and
+        the request log.
+        """
+        request.setHeader(b"x-shellm-template", label.encode("ascii"))
+        return evolve(completion_request, template=label)
+
     # -- for the mounted sub-apps (sessions, responses)
 
     authenticate = _authenticate
@@ -446,6 +462,7 @@ class ShellmAPI:
         """
         client = self._authenticate(request)
         body = self._read_json(request)
+        template = await expand_seed(self.templates, body) if dialect is seed else None
         # A session turn holds its session from here: abandoned on any refusal.
         session = dialect is seed and "session_id" in body
         turn = request.turn = await open_turn(self.conversations, client.scope, body) if session else None
@@ -458,6 +475,8 @@ class ShellmAPI:
             )
             if turn is not None:
                 completion_request = turn.frame(completion_request, self._max_prompt_chars)
+            if template is not None:
+                completion_request = self.used_template(request, completion_request, template.label)
             request.request_id = completion_request.request_id  # the body may name one
             request.log_fields.update(provider=completion_request.entry.provider, model=completion_request.model)
             return (

@@ -17,6 +17,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from shellm.errors import InvalidRequest, NotFound, ShellmError
 from shellm.http.dialects import seed
 from shellm.http.headers import header
+from shellm.http.template_use import expand_seed
 from shellm.http.webhooks import AllowList, WebhookSender, check_url
 from shellm.routing.auth import ANONYMOUS, Client, ModelNotAllowed
 from shellm.routing.job_runner import JobRunner
@@ -98,10 +99,14 @@ class JobsAPI:
         metadata = body.get("metadata")
         if metadata is not None and (not isinstance(metadata, dict) or len(json.dumps(metadata)) > 4096):
             raise InvalidRequest('field "metadata" must be a JSON object of at most 4 KiB')
-        for field in ("session_id", "template"):
-            if field in body:
-                raise InvalidRequest(f'field "{field}" is not supported in jobs yet')
+        if "session_id" in body:
+            raise InvalidRequest('field "session_id" is not supported in jobs yet')
         completion = {k: v for k, v in body.items() if k not in _JOB_FIELDS}
+        # A template is rendered now: the job keeps (and later runs) the
+        # text the version of today made, and a bad variable is a 400 now.
+        rendered = await expand_seed(self._api.templates, completion)
+        if rendered is not None:
+            request.setHeader(b"x-shellm-template", rendered.label.encode("ascii"))
         parsed = seed.parse_completion_request(
             completion, self._api._router.models, self._api._max_prompt_chars, request.request_id
         )

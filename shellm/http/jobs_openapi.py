@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shellm.http.openapi_templates import NO_TEMPLATE, PROMPT_OR_TEMPLATE, TEMPLATE_FIELDS
 from shellm.state.jobs import STATUSES
 
 
@@ -52,6 +53,7 @@ def paths(errors: dict[str, Any]) -> dict[str, Any]:
                     "202": _json("Accepted: stored, and queued", "#/components/schemas/JobAccepted"),
                     "200": _json("The job this Idempotency-Key already names", "#/components/schemas/JobAccepted"),
                     "422": errors["400"] | {"description": "The Idempotency-Key was used with another body"},
+                    "404": errors["400"] | {"description": NO_TEMPLATE},
                     **{k: v for k, v in errors.items() if k not in ("502", "504")},
                 },
             },
@@ -159,9 +161,10 @@ def schemas(max_prompt_chars: int) -> dict[str, Any]:
     return {
         "JobRequest": {
             "type": "object",
-            "required": ["model", "prompt"],
+            "required": ["model"],
+            "anyOf": PROMPT_OR_TEMPLATE,
             "additionalProperties": False,
-            "description": "A /completions body, plus callback_url and metadata",
+            "description": "A /completions body, plus callback_url and metadata (a template is rendered at once)",
             **_job_request(max_prompt_chars),
         },
         "JobAccepted": {
@@ -193,6 +196,7 @@ def _job_request(max_prompt_chars: int) -> dict[str, Any]:
             "model": {"$ref": "#/components/schemas/CompletionRequest/properties/model"},
             "prompt": {"type": "string", "minLength": 1, "maxLength": max_prompt_chars, "pattern": "\\S"},
             "system": {"type": ["string", "null"], "maxLength": max_prompt_chars},
+            **TEMPLATE_FIELDS,
             "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 128000},
             "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:\\-]{1,128}$"},
             "fallback": {"type": "boolean"},

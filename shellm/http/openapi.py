@@ -10,6 +10,7 @@ from typing import Any
 
 from shellm import __version__
 from shellm.http import jobs_openapi, openapi_admin, openapi_conversations
+from shellm.http.openapi_templates import NO_TEMPLATE, PROMPT_OR_TEMPLATE, TEMPLATE_FIELDS
 
 
 def _error(description: str) -> dict:
@@ -57,6 +58,8 @@ _MALFORMED = _error("Not valid HTTP/1.1, a Host or path that is not UTF-8, or a 
 
 _SECURITY = [{"bearer": []}, {"apiKey": []}, {}]
 
+_NO_TEMPLATE = _error(NO_TEMPLATE)
+
 
 def _completion_body() -> dict:
     return {
@@ -98,6 +101,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Completion"}}},
                     },
                     **{k: v for k, v in _ERRORS.items()},
+                    "404": _NO_TEMPLATE,
                 },
             }
         },
@@ -115,6 +119,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "content": {"text/event-stream": {"schema": SSE_EVENT}},
                     },
                     **{k: v for k, v in _ERRORS.items() if k not in ("502", "503", "504")},
+                    "404": _NO_TEMPLATE,
                 },
             }
         },
@@ -276,11 +281,13 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                 **jobs_openapi.schemas(max_prompt_chars),
                 "CompletionRequest": {
                     "type": "object",
-                    "required": ["model", "prompt"],
+                    "required": ["model"],
+                    "anyOf": PROMPT_OR_TEMPLATE,
                     "additionalProperties": False,
                     "properties": {
                         "model": {"type": "string", "enum": models},
                         "prompt": {"type": "string", "minLength": 1, "maxLength": max_prompt_chars, "pattern": "\\S"},
+                        **TEMPLATE_FIELDS,
                         "system": {"type": ["string", "null"], "maxLength": max_prompt_chars},
                         "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 128000},
                         "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:\\-]{1,128}$"},

@@ -1,11 +1,14 @@
 """
 The C{/admin/} part of the OpenAPI document: key administration and the
-request log (L{shellm.http.admin_api}).
+request log (L{shellm.http.admin_api}), and prompt templates
+(L{shellm.http.templates_api}).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from shellm.http.openapi_templates import TEMPLATE_NAME, TEMPLATE_VARIABLES
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -94,6 +97,7 @@ def admin_paths(models: list[str]) -> dict[str, Any]:
     one = _json("The key", _KEY)
     filters = ("since", "until", "key", "provider", "status", "error")
     return {
+        **_template_paths(),
         "/admin/keys": {
             "post": _operation(
                 "Make a key; the key is in this answer only",
@@ -158,6 +162,113 @@ def admin_paths(models: list[str]) -> dict[str, Any]:
                     {"name": "bucket", "in": "query", "schema": {"type": "string", "enum": ["hour", "day"]}},
                     {"name": "by", "in": "query", "schema": {"type": "string", "enum": ["provider", "key", "model"]}},
                 ],
+            ),
+        },
+    }
+
+
+_TEMPLATE = {
+    "type": "object",
+    "required": ["name", "version", "template", "system", "variables", "source", "read_only"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "integer"},
+        "template": {"type": "string"},
+        "system": {"type": ["string", "null"]},
+        "variables": {"type": "array", "items": {"type": "string"}},
+        "description": {"type": ["string", "null"]},
+        "created_at": {"type": "number"},
+        "created_by": {"type": ["string", "null"]},
+        "source": {"type": "string", "enum": ["store", "folder"]},
+        "read_only": {"type": "boolean"},
+        "versions": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_NAME = [{"name": "name", "in": "path", "required": True, "schema": TEMPLATE_NAME}]
+_VERSION = [{"name": "version", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}}]
+_READ_ONLY = _error("template_read_only: the name is a SHELLM_TEMPLATES_DIR file's; or template_full")
+
+
+def _template_paths() -> dict[str, Any]:
+    create = {
+        "type": "object",
+        "required": ["name", "template"],
+        "additionalProperties": False,
+        "properties": {
+            "name": TEMPLATE_NAME,
+            "template": {"type": "string", "minLength": 1, "pattern": "\\S"},
+            "system": {"type": ["string", "null"]},
+            "variables": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "when given, exactly the variables the template and system use",
+            },
+            "description": {"type": ["string", "null"], "maxLength": 1000},
+        },
+    }
+    render = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "variables": TEMPLATE_VARIABLES,
+            "version": {
+                "type": ["integer", "string", "null"],
+                "minimum": 1,
+                "maximum": 1000000000,
+                "pattern": "^[1-9][0-9]{0,8}$",
+            },
+        },
+    }
+    rendered = {
+        "type": "object",
+        "required": ["name", "version", "prompt", "system"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "prompt": {"type": "string"},
+            "system": {"type": ["string", "null"]},
+        },
+    }
+    deleted = {
+        "type": "object",
+        "required": ["name", "deleted_versions"],
+        "properties": {"name": {"type": "string"}, "deleted_versions": {"type": "array", "items": {"type": "integer"}}},
+    }
+    listing = {
+        "type": "object",
+        "required": ["templates"],
+        "properties": {
+            "templates": {"type": "array", "items": {"type": "object"}},
+            "folder": {"type": "object", "description": "SHELLM_TEMPLATES_DIR: its path, the files refused and why"},
+        },
+    }
+    return {
+        "/admin/templates": {
+            "post": _operation(
+                "Save a prompt template: version 1 of a new name, else the name's next version",
+                {"201": _json("The version made", _TEMPLATE), "409": _READ_ONLY},
+                requestBody=_body(create),
+            ),
+            "get": _operation("Every template, as its latest version stands", {"200": _json("The list", listing)}),
+        },
+        "/admin/templates/{name}": {
+            "get": _operation(
+                "A template's latest version, or the one asked for, with the list of its versions",
+                {"200": _json("The version", _TEMPLATE)},
+                parameters=_NAME + _VERSION,
+            ),
+            "delete": _operation(
+                "Delete every version of a template, or the one asked for (its number is never reused)",
+                {"200": _json("What was deleted", deleted), "409": _READ_ONLY},
+                parameters=_NAME + _VERSION,
+            ),
+        },
+        "/admin/templates/{name}/render": {
+            "post": _operation(
+                "Fill a template with variables, as a request would, without running anything",
+                {"200": _json("The prompt and system text", rendered)},
+                parameters=_NAME,
+                requestBody=_body(render),
             ),
         },
     }

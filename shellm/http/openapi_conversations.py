@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shellm.http.openapi_templates import TEMPLATE_NAME
+
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
 
 
@@ -94,6 +96,19 @@ RESPONSE = {
         },
         "previous_response_id": {"type": ["string", "null"]},
         "history_truncated": {"type": "boolean"},
+    },
+}
+
+
+#: OpenAI's C{prompt} (C{ResponsePromptParam}): a SheLLM prompt template.
+PROMPT = {
+    "type": ["object", "null"],
+    "required": ["id"],
+    "description": "a prompt template: its text is the first user message, its system before instructions",
+    "properties": {
+        "id": TEMPLATE_NAME,
+        "version": {"type": ["string", "integer", "null"], "description": "default: the latest"},
+        "variables": {"type": ["object", "null"], "description": "strings, numbers or input_text parts"},
     },
 }
 
@@ -198,10 +213,12 @@ def paths(models: list[str], max_prompt_chars: int) -> dict[str, Any]:
                         "application/json": {
                             "schema": {
                                 "type": "object",
-                                "required": ["model", "input"],
+                                "required": ["model"],
+                                "anyOf": [{"required": ["input"]}, {"required": ["prompt"]}],
                                 "properties": {
                                     "model": {"type": "string", "enum": models},
                                     "input": {"type": ["string", "array"]},
+                                    "prompt": PROMPT,
                                     "instructions": {"type": ["string", "null"]},
                                     "max_output_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 128000},
                                     "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},

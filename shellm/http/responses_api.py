@@ -21,6 +21,7 @@ from shellm.http.dialects import openai, responses
 from shellm.http.dialects.conversation import ASSISTANT, USER, InvalidField, Turn, clean_text
 from shellm.http.dialects.responses import ResponseShape, ResponsesRequest, ResponseStream
 from shellm.http.history import frame_history
+from shellm.http.template_use import joined_system, render_prompt_object
 from shellm.state.conversations import Conversations, StoredResponse
 
 if TYPE_CHECKING:
@@ -128,7 +129,15 @@ class ResponsesAPI:
     @app.route("/", methods=["POST"])
     async def create(self, request: Any) -> Any:
         client = self._api.authenticate(request)
-        parsed = responses.parse_request(self._api.read_json(request))
+        body = self._api.read_json(request)
+        rendered = None
+        if body.get("prompt") is not None:
+            rendered = await render_prompt_object(self._api.templates, body["prompt"])
+            body["instructions"] = joined_system(rendered.system, body.get("instructions"))
+        parsed = responses.parse_request(body, (Turn(USER, rendered.prompt),) if rendered else ())
+        if rendered is not None:
+            given = body["prompt"].get("variables")
+            parsed = evolve(parsed, prompt={"id": rendered.name, "version": str(rendered.version), "variables": given})
         entry = self._api.models.resolve(parsed.model)
         if entry is None:
             raise openai.unknown_model(parsed.model)
@@ -155,6 +164,8 @@ class ResponsesAPI:
             temperature=parsed.temperature,
             top_p=parsed.top_p,
         )
+        if rendered is not None:
+            completion_request = self._api.used_template(request, completion_request, rendered.label)
         request.log_fields.update(provider=entry.provider, model=parsed.model)
         response_id = responses.new_response_id()
         shape = ResponseShape(

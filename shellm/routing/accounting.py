@@ -90,5 +90,6 @@ class Accounting:
                 fallback=completion.fallback.original_provider if completion and completion.fallback else None,
                 prompt_text=request.prompt[:BODY_CAP] if self.log_bodies else None,
                 answer_text=completion.content[:BODY_CAP] if self.log_bodies and completion else None,
+                template=request.template,
             )
         )

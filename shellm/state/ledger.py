@@ -35,6 +35,7 @@ class UsageRecord:
     fallback: str | None = None
     prompt_text: str | None = None
     answer_text: str | None = None
+    template: str | None = None
 
 
 #: Rows are written together, at most this long after the first of them...
@@ -49,7 +50,7 @@ MAX_PENDING_ROWS = 50_000
 _INSERT = (
     "INSERT INTO usage (time, client, provider, model, status, input_tokens,"
     " output_tokens, cost_usd, duration_ms, queued_ms, request_id, key_id, endpoint, error_code, fallback,"
-    " prompt_text, answer_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " prompt_text, answer_text, template) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -115,6 +116,7 @@ class Ledger:
                 row.fallback,
                 row.prompt_text,
                 row.answer_text,
+                row.template,
             )
         )
         if len(self._pending) >= FLUSH_ROWS:

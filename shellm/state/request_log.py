@@ -16,7 +16,7 @@ from shellm.state.store import Cursor, Store
 MAX_PAGE = 200
 _FIELDS = (
     "id, time, request_id, client, key_id, endpoint, provider, model, status, error_code,"
-    " queued_ms, duration_ms, input_tokens, output_tokens, cost_usd, fallback, prompt_text, answer_text"
+    " queued_ms, duration_ms, input_tokens, output_tokens, cost_usd, fallback, template, prompt_text, answer_text"
 )
 _NAMES = [name.strip() for name in _FIELDS.split(",")]
 

@@ -45,6 +45,7 @@ _FIELDS = {
     "include",
     "reasoning",
     "stream_options",
+    "prompt",
 }
 
 
@@ -60,6 +61,9 @@ class ResponsesRequest:
     previous_response_id: str | None
     metadata: dict[str, str]
     stream: bool
+    #: The prompt template used, as the response repeats it (C{id},
+    #: C{version}, C{variables}).
+    prompt: dict[str, Any] | None = None
 
 
 def new_response_id() -> str:
@@ -112,8 +116,10 @@ def parse_input(value: Any) -> tuple[Turn, ...]:
     return tuple(turns)
 
 
-def parse_request(body: dict[str, Any]) -> ResponsesRequest:
+def parse_request(body: dict[str, Any], prompt: tuple[Turn, ...] = ()) -> ResponsesRequest:
     """
+    @param prompt: the turns a prompt template made (C{"prompt"}), before
+        the input items; with them C{"input"} may be left out.
     @raise InvalidField: naming the first field that is wrong.
     """
     unknown = sorted(set(body) - _FIELDS)
@@ -130,9 +136,9 @@ def parse_request(body: dict[str, Any]) -> ResponsesRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidField('"model" must be a model name', "model")
-    if "input" not in body:
+    if "input" not in body and not prompt:
         raise InvalidField('missing required field: "input"', "input")
-    turns = parse_input(body["input"])
+    turns = prompt + (parse_input(body["input"]) if "input" in body else ())
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidField('"instructions" must be a string', "instructions")
@@ -262,6 +268,8 @@ class ResponseShape:
 
     def body(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None, **more: Any) -> dict:
         request = self.request
+        if request.prompt is not None:
+            more["prompt"] = request.prompt
         return response_json(
             self.id,
             self.created_at,
