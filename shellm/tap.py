@@ -21,6 +21,8 @@ from twisted.python import usage
 from shellm import __version__, logs
 from shellm.config import SETTINGS, Config, ConfigError, load_config
 from shellm.http.admin_api import AdminAPI
+from shellm.http.dashboard.pages import Dashboard
+from shellm.http.dashboard.session import SessionSigner, derive_secret
 from shellm.http.api import ShellmAPI
 from shellm.http.jobs_api import build_jobs
 from shellm.http.web import ShellmSite
@@ -242,6 +244,12 @@ def makeService(options, reactor=None):
         conversations=conversations,
     )
     api.accounting.log_bodies = config.log_bodies
+    api.dashboard = Dashboard(
+        api,
+        keys,
+        SessionSigner(lambda: derive_secret(keys.secret(), config.admin_key), reactor),
+        config.dashboard_secure_cookie,
+    )
     jobs = build_jobs(reactor, api, store, config)
     api.jobs = jobs
     site = ShellmSite(

@@ -110,6 +110,7 @@ class ShellmAPI:
         metrics_public: bool = False,
         admin=None,
         conversations: Conversations | None = None,
+        dashboard=None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
@@ -122,6 +123,8 @@ class ShellmAPI:
             neither is available.
         """
         self._admin = admin
+        #: The web dashboard (L{shellm.http.dashboard.pages.Dashboard}), if any.
+        self.dashboard = dashboard
         self._clock = clock
         self._router = router
         self._max_prompt_chars = max_prompt_chars
@@ -342,6 +345,14 @@ class ShellmAPI:
         return self._router.models
 
     @property
+    def router(self) -> Router:
+        return self._router
+
+    @property
+    def clock(self):
+        return self._clock
+
+    @property
     def max_prompt_chars(self) -> int:
         return self._max_prompt_chars
 
@@ -484,6 +495,13 @@ class ShellmAPI:
         if self._admin is None or not self.authenticator.admin_enabled:
             raise NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}")
         return self._admin.resource()
+
+    @app.route("/dashboard", branch=True)
+    @speaks(seed)
+    def dashboard_pages(self, request):
+        if self.dashboard is None:
+            raise NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}")
+        return self._mount(request, self.dashboard.app)
 
     @app.route("/completions", methods=["POST"])
     @speaks(seed)
