@@ -496,7 +496,12 @@ class ShellmAPI:
             raise NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}")
         return self._admin.resource()
 
-    @app.route("/dashboard", branch=True)
+    @app.route("/dashboard")
+    @speaks(seed)
+    def dashboard_bare(self, request):
+        return self.dashboard_pages(request)
+
+    @app.route("/dashboard/", branch=True)
     @speaks(seed)
     def dashboard_pages(self, request):
         if self.dashboard is None:

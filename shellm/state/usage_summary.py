@@ -59,21 +59,22 @@ class Summary:
     by_key: tuple[Share, ...]
 
 
-def _buckets(cursor: Cursor, since: float, width: int, count: int) -> tuple[Bucket, ...]:
+def _buckets(cursor: Cursor, now: float, width: int, count: int) -> tuple[Bucket, ...]:
+    """
+    C{count} buckets of C{width} seconds, the last one holding C{now}.
+    """
+    first = int(now // width) - count + 1
     # FLOOR on PostgreSQL (its CAST rounds); SQLite's CAST truncates, and
     # times are positive.
     slot = "FLOOR(time / ?)" if cursor.engine == POSTGRESQL else "CAST(time / ? AS INTEGER)"
     rows = cursor.execute(
         f"SELECT {slot} AS slot, COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)"
         " FROM usage WHERE time >= ? GROUP BY slot",
-        (width, since),
+        (width, float(first * width)),
     ).fetchall()
     found = {int(slot): (int(n), int(errors or 0)) for slot, n, errors in rows}
-    first = int(since // width)
     # Quiet buckets are drawn too, as zero.
-    return tuple(
-        Bucket(float((first + i) * width), *found.get(first + i, (0, 0))) for i in range(1, count + 1)
-    )
+    return tuple(Bucket(float((first + i) * width), *found.get(first + i, (0, 0))) for i in range(count))
 
 
 def _percentiles(cursor: Cursor, since: float) -> tuple[int | None, int | None]:
@@ -124,8 +125,8 @@ def _shares(cursor: Cursor, since: float, group: str) -> tuple[Share, ...]:
 def _summary(cursor: Cursor, now: float) -> Summary:
     month = now - DAYS * DAY
     day = now - DAY
-    daily = _buckets(cursor, now - DAYS * DAY, DAY, DAYS)
-    hourly = _buckets(cursor, now - HOURS * HOUR, HOUR, HOURS)
+    daily = _buckets(cursor, now, DAY, DAYS)
+    hourly = _buckets(cursor, now, HOUR, HOURS)
     day_requests, day_errors = cursor.execute(
         "SELECT COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) FROM usage WHERE time >= ?", (day,)
     ).fetchone()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from klein import Klein
 from twisted.logger import Logger
@@ -26,6 +26,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from shellm.errors import InvalidRequest, ShellmError
 from shellm.http.admin_api import MAX_GRACE, check_key_fields
 from shellm.http.dashboard import charts
+from shellm.http.headers import header
 from shellm.http.dashboard.session import (
     COOKIE,
     DashboardSession,
@@ -224,7 +225,7 @@ class Dashboard:
 
         @raise LoginNeeded: otherwise.
         """
-        session = self._signer.open(cookie_value(request.getHeader(b"cookie")))
+        session = self._signer.open(cookie_value(header(request, b"cookie")))
         if session is None or not self._still_admin(session.who):
             raise LoginNeeded()
         return session
@@ -854,6 +855,8 @@ class Dashboard:
     @app.route("/sessions", methods=["GET"])
     async def sessions(self, request: IRequest) -> bytes:
         session = self._session(request)
+        if self._api.conversations is None:
+            return await self._html(request, Page("Sessions", tags.p("Sessions are not enabled."), "sessions", session))
         after = _arg(request, "after")
         found, more = await self._conversations().list_all_sessions(PAGE_ROWS, after)
         names = await self._key_names()
@@ -920,7 +923,30 @@ class Dashboard:
         return self._redirect(request, "/dashboard/sessions")
 
 
+def _form(request: IRequest) -> dict[str, list[str]]:
+    """
+    A posted form's fields (read from the body once; the site hands it over
+    unparsed).
+    """
+    form: dict[str, list[str]] | None = getattr(request, "dashboard_form", None)
+    if form is None:
+        form = {}
+        kind = (header(request, b"content-type") or "").split(";")[0].strip().lower()
+        if request.method == b"POST" and kind == "application/x-www-form-urlencoded":
+            content = request.content
+            content.seek(0)
+            form = parse_qs(content.read().decode("utf-8", "replace"), keep_blank_values=True)
+        request.dashboard_form = form  # type: ignore[attr-defined]
+    return form
+
+
 def _arg(request: IRequest, name: str) -> str | None:
+    """
+    A field of the posted form, else of the query string.
+    """
+    posted = _form(request).get(name)
+    if posted:
+        return posted[0]
     values = request.args.get(name.encode())
     return values[0].decode("utf-8", "replace") if values else None
 

@@ -17,6 +17,8 @@ from typing import Any
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
+from shellm.http.headers import header
+
 #: The session cookie's name.
 COOKIE = "shellm_dashboard"
 #: How long a login lasts.
@@ -177,11 +179,11 @@ def same_origin(request: Any) -> bool:
     browser says (C{Sec-Fetch-Site}, else C{Origin}); a client that says
     nothing is judged by its CSRF token alone.
     """
-    site = request.getHeader(b"sec-fetch-site")
+    site = header(request, b"sec-fetch-site")
     if site is not None:
         return site in ("same-origin", "none")
-    origin = request.getHeader(b"origin")
+    origin = header(request, b"origin")
     if origin is None or origin == "null":
         return origin is None
-    host = request.getHeader(b"host") or ""
+    host = header(request, b"host") or ""
     return origin.split("://", 1)[-1] == host
