@@ -21,9 +21,9 @@ from twisted.python import usage
 from shellm import __version__, logs
 from shellm.config import SETTINGS, Config, ConfigError, load_config
 from shellm.http.admin_api import AdminAPI
+from shellm.http.api import ShellmAPI
 from shellm.http.dashboard.pages import Dashboard
 from shellm.http.dashboard.session import SessionSigner, derive_secret
-from shellm.http.api import ShellmAPI
 from shellm.http.jobs_api import build_jobs
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable

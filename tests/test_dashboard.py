@@ -30,7 +30,7 @@ from shellm.state.store import Store
 from tests.daemon import eventually
 from tests.test_api import URL, Gateway, has_result
 from tests.test_keys import ADMIN, NOW, SECRET, build
-from tests.test_keys import store as store  # noqa: F401  (the fixture, on both engines)
+from tests.test_keys import store as store  # the fixture, on both engines
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -365,7 +365,9 @@ async def test_keys_made_and_revoked_in_the_dashboard(dgw):
 
     _, listing = await browser.request("GET", "/dashboard/keys")
     assert "ui-app" in listing and key not in listing
-    response, body = await browser.request("POST", f"/dashboard/keys/{key_id}", {"name": "ui-app", "rpm": "0", "csrf": token})
+    response, body = await browser.request(
+        "POST", f"/dashboard/keys/{key_id}", {"name": "ui-app", "rpm": "0", "csrf": token}
+    )
     assert response.code == 400 and "rpm" in body
     response, body = await browser.request(
         "POST", f"/dashboard/keys/{key_id}", {"name": "ui-app", "rpm": "12", "models": "claude", "csrf": token}
@@ -386,7 +388,9 @@ async def test_request_log_pages_and_bad_filters(dgw, store):
     The request log pages back 50 rows at a time, filters by status, and
     answers a bad filter with a page that says so (400), not a traceback.
     """
-    await _rows(store, [(NOW - i, "app", None, "claude", "m", 200 if i % 2 else 500, None, 1, 1, None, 5) for i in range(120)])
+    await _rows(
+        store, [(NOW - i, "app", None, "claude", "m", 200 if i % 2 else 500, None, 1, 1, None, 5) for i in range(120)]
+    )
     browser = Browser(dgw)
     await browser.login()
     response, body = await browser.request("GET", "/dashboard/requests")

@@ -8,8 +8,6 @@ is; all of them run in one trip to the store's thread.
 
 from __future__ import annotations
 
-from typing import Any
-
 from attrs import frozen
 from twisted.internet.defer import Deferred
 

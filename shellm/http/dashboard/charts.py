@@ -89,7 +89,7 @@ def bar_chart(title: str, labels: Sequence[str], series: Sequence[Series], every
         group = _svg("g", class_="bar")
         parts = ", ".join(f"{s.name} {_number(s.values[i])}" for s in series)
         group(_svg("title")(f"{label}: {parts}"))
-        base = TOP + plot_h
+        base = float(TOP + plot_h)
         for s in series:
             height = plot_h * s.values[i] / top
             if height <= 0:

@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlencode
 
 from klein import Klein
 from twisted.logger import Logger
-from twisted.python.filepath import FilePath
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
@@ -26,7 +26,6 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from shellm.errors import InvalidRequest, ShellmError
 from shellm.http.admin_api import MAX_GRACE, check_key_fields
 from shellm.http.dashboard import charts
-from shellm.http.headers import header
 from shellm.http.dashboard.session import (
     COOKIE,
     DashboardSession,
@@ -37,6 +36,7 @@ from shellm.http.dashboard.session import (
     same_origin,
     set_security_headers,
 )
+from shellm.http.headers import header
 from shellm.routing.auth import AuthRequired
 from shellm.state import request_log, usage_summary
 from shellm.state.conversations import SessionNotFound
@@ -264,7 +264,10 @@ class Dashboard:
     @app.handle_errors(ShellmError)
     async def shellm_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
-        return await self._html(request, Page("Refused", tags.p(str(error)), notice=str(error), error=True), error.status)
+        assert isinstance(error, ShellmError)
+        return await self._html(
+            request, Page("Refused", tags.p(str(error)), notice=str(error), error=True), error.status
+        )
 
     @app.handle_errors(WerkzeugNotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
@@ -272,7 +275,8 @@ class Dashboard:
 
     @app.handle_errors(WerkzeugMethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        request.setHeader(b"allow", ", ".join(failure.value.valid_methods or []).encode())
+        allowed = getattr(failure.value, "valid_methods", None) or []
+        request.setHeader(b"allow", ", ".join(allowed).encode())
         return self._plain_error(request, 405, "Method not allowed.")
 
     @app.handle_errors(Exception)
@@ -549,7 +553,9 @@ class Dashboard:
             ]
             for row in page["requests"]
         ]
-        pager = tags.nav(class_="pager", **{"aria-label": "Pages"})(tags.a(href="/dashboard/requests?" + _query(given))("Newest"))
+        pager = tags.nav(class_="pager", **{"aria-label": "Pages"})(
+            tags.a(href="/dashboard/requests?" + _query(given))("Newest")
+        )
         if page["next_cursor"]:
             pager(tags.a(href="/dashboard/requests?" + _query(given, cursor=page["next_cursor"]), rel="next")("Older"))
         content = [
@@ -643,7 +649,9 @@ class Dashboard:
             fields = self._fields(request, creating=True)
             record, key = await self._keys.create("dashboard:" + session.who, fields)
         except (InvalidRequest, NameTaken) as error:
-            text = f"name: a live key is already called {error.args[0]!r}" if isinstance(error, NameTaken) else str(error)
+            text = (
+                f"name: a live key is already called {error.args[0]!r}" if isinstance(error, NameTaken) else str(error)
+            )
             return await self._html(request, await self._keys_page(session, text, True), 400)
         self.log.info("key {id} ({prefix}) created from the dashboard", id=record.id, prefix=record.prefix)
         await self._refresh_keys()
@@ -726,7 +734,9 @@ class Dashboard:
             fields = self._fields(request, creating=False)
             changed = await self._keys.update("dashboard:" + session.who, key_id, fields)
         except (InvalidRequest, NameTaken) as error:
-            text = f"name: a live key is already called {error.args[0]!r}" if isinstance(error, NameTaken) else str(error)
+            text = (
+                f"name: a live key is already called {error.args[0]!r}" if isinstance(error, NameTaken) else str(error)
+            )
             return await self._html(request, await self._key_page(session, record, text, True), 400)
         await self._refresh_keys()
         return await self._html(request, await self._key_page(session, changed or record, "Saved."))
@@ -780,7 +790,9 @@ class Dashboard:
         filters = tags.form(method="get", action="/dashboard/jobs", class_="filters")(
             tags.label(
                 "Status",
-                tags.select(name="status")(_option("", "any", status or ""), *[_option(s, s, status or "") for s in STATUSES]),
+                tags.select(name="status")(
+                    _option("", "any", status or ""), *[_option(s, s, status or "") for s in STATUSES]
+                ),
             ),
             tags.button(type="submit")("Filter"),
         )
@@ -790,7 +802,9 @@ class Dashboard:
             pager(tags.a(href="/dashboard/jobs?" + query, rel="next")("Next"))
         content = [
             filters,
-            tags.div(class_="scroll")(charts.table(["job", "client", "status", "created (UTC)", "finished (UTC)"], rows)),
+            tags.div(class_="scroll")(
+                charts.table(["job", "client", "status", "created (UTC)", "finished (UTC)"], rows)
+            ),
             pager,
         ]
         return await self._html(request, Page("Jobs", content, "jobs", session))
@@ -874,7 +888,9 @@ class Dashboard:
         if more and found:
             pager(tags.a(href="/dashboard/sessions?" + urlencode({"after": found[-1].id}), rel="next")("Next"))
         content = [
-            tags.div(class_="scroll")(charts.table(["session", "owner", "model", "created (UTC)", "expires (UTC)"], rows)),
+            tags.div(class_="scroll")(
+                charts.table(["session", "owner", "model", "created (UTC)", "expires (UTC)"], rows)
+            ),
             pager,
         ]
         return await self._html(request, Page("Sessions", content, "sessions", session))
@@ -1016,7 +1032,12 @@ def _key_inputs(record: KeyRecord | None) -> list[Tag]:
             " ".join(record.models) if record and record.models else "",
         ),
         field("Requests per minute", "rpm", record.rpm if record else 10, inputmode="numeric"),
-        field("Daily tokens (empty: no limit)", "daily_tokens", record.daily_tokens if record else None, inputmode="numeric"),
+        field(
+            "Daily tokens (empty: no limit)",
+            "daily_tokens",
+            record.daily_tokens if record else None,
+            inputmode="numeric",
+        ),
         field(
             "Monthly tokens (empty: no limit)",
             "monthly_tokens",
