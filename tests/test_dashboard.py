@@ -213,8 +213,8 @@ async def test_summary_sums_in_sql(store):
     assert by_provider["claude"].cost_usd == pytest.approx(0.18)
     assert by_provider["gemini"].cost_usd is None
     assert {s.name for s in summary.by_key} == {"key_a", "client:envapp"}
-    usage = await usage_summary.key_usage(store, now)
-    assert usage["key_a"].requests == 19
+    usage = await usage_summary.UsageSummaries(store).key_usage(now)
+    assert set(usage) == {"key_a"} and usage["key_a"].requests == 19
 
 
 @pytest_twisted.ensureDeferred
@@ -421,3 +421,30 @@ async def test_every_page_answers_html(dgw):
     assert response.code == 200 and _header(response, "content-type").startswith("text/javascript")
     response, _ = await browser.request("GET", "/dashboard/static/../../pyproject.toml")
     assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_closed_days_are_summed_once_a_day(store):
+    """
+    The days before today are read once and kept: a view reads only today's
+    rows (and the last 48 hours'), so a row that lands late in a closed day
+    is seen the next day, while today's are seen at once.
+    """
+    summaries = usage_summary.UsageSummaries(store)
+    now = NOW + 3600  # well after midnight: yesterday is closed
+    await _rows(store, [(now - 86400, "app", "key_a", "claude", "m", 200, None, 1, 1, None, 10)])
+    first = await summaries.summarize(now)
+    assert first.daily[-2].requests == 1
+    await _rows(
+        store,
+        [
+            (now - 86400, "app", "key_a", "claude", "m", 200, None, 1, 1, None, 10),
+            (now - 10, "app", "key_a", "claude", "m", 200, None, 1, 1, None, 10),
+        ],
+    )
+    second = await summaries.summarize(now)
+    assert second.daily[-2].requests == 1 and second.daily[-1].requests == 1
+    assert {s.name: s.requests for s in second.by_key} == {"key_a": 2}
+    # The next day, the closed days are read again.
+    third = await summaries.summarize(now + 86400)
+    assert third.daily[-3].requests == 2 and third.daily[-2].requests == 1

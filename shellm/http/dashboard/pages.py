@@ -186,6 +186,7 @@ class Dashboard:
         self._keys = keys
         self._signer = signer
         self._secure_cookie = secure_cookie
+        self._summaries = usage_summary.UsageSummaries(keys.store)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -376,7 +377,7 @@ class Dashboard:
             return await self._html(request, self._unconfigured())
         session = self._session(request)
         started = time.process_time()
-        summary = await usage_summary.summarize(self._keys.store, self._now())
+        summary = await self._summaries.summarize(self._now())
         names = await self._key_names()
         content = [tags.div(hidden="hidden", **{"data-refresh": str(REFRESH)})]
         content += self._summary_view(summary, names)
@@ -581,7 +582,7 @@ class Dashboard:
     async def _keys_page(self, session: DashboardSession, notice: str | None = None, error: bool = False) -> Page:
         now = self._now()
         records = await self._keys.all()
-        usage = await usage_summary.key_usage(self._keys.store, now)
+        usage = await self._summaries.key_usage(now)
         used = await self._keys.last_used()
         rows = []
         for record in records:
@@ -683,7 +684,7 @@ class Dashboard:
         self, session: DashboardSession, record: KeyRecord, notice: str | None = None, error: bool = False
     ) -> Page:
         now = self._now()
-        share = (await usage_summary.key_usage(self._keys.store, now)).get(record.id)
+        share = (await self._summaries.key_usage(now)).get(record.id)
         facts = charts.table(
             ["", ""],
             [
