@@ -448,3 +448,40 @@ async def test_closed_days_are_summed_once_a_day(store):
     # The next day, the closed days are read again.
     third = await summaries.summarize(now + 86400)
     assert third.daily[-3].requests == 2 and third.daily[-2].requests == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_clients_sessions_listed_shown_and_deleted(dgw, store):
+    """
+    An administrator sees every client's sessions, newest first and paged,
+    a session's facts without what its client wrote, and deletes one with
+    the form (not without its token).
+    """
+    from shellm.state.conversations import Conversations
+
+    conversations = Conversations(store, dgw.clock, 86400, 50, 100_000)
+    dgw.api.conversations = conversations
+    made = []
+    for i in range(53):
+        # Far enough apart for PostgreSQL's REAL (4 bytes: 128 s apart at these times).
+        dgw.clock.advance(200)
+        made.append(await conversations.create_session(f"client-{i % 3}", None, "SECRET SYSTEM PROMPT", {}))
+    browser = Browser(dgw)
+    await browser.login()
+    _, body = await browser.request("GET", "/dashboard/sessions")
+    listed = re.findall(r'href="/dashboard/sessions/(sess_\w+)"', body)
+    assert listed == [s.id for s in reversed(made)][:50]
+    after = re.search(r'href="/dashboard/sessions\?(after=[^"]+)" rel="next"', body).group(1)
+    _, body = await browser.request("GET", "/dashboard/sessions?" + after)
+    assert re.findall(r'href="/dashboard/sessions/(sess_\w+)"', body) == [s.id for s in reversed(made)][50:]
+    victim = made[0].id
+    response, body = await browser.request("GET", f"/dashboard/sessions/{victim}")
+    assert response.code == 200 and "client-0" in body and "SECRET" not in body
+    response, _ = await browser.request("POST", f"/dashboard/sessions/{victim}/delete", {})
+    assert response.code == 403
+    token = await browser.csrf("/dashboard/sessions")
+    response, _ = await browser.request("POST", f"/dashboard/sessions/{victim}/delete", {"csrf": token})
+    assert response.code == 303
+    assert await conversations.owner_of(victim) is None
+    response, _ = await browser.request("GET", f"/dashboard/sessions/{victim}")
+    assert response.code == 404

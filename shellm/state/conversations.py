@@ -280,23 +280,23 @@ class Conversations:
         now = self._now()
 
         def read(cursor: Cursor) -> tuple[list[Session], bool]:
-            until: tuple[float, str] = (float("inf"), "")
-            if after is not None:
-                row = cursor.execute("SELECT created_at, id FROM sessions WHERE id = ?", (after,)).fetchone()
-                if row is None:
-                    raise SessionNotFound(f"no such session: {after[:100]}")
-                until = (float(row[0]), row[1])
-            if until[0] == float("inf"):
+            if after is None:
                 rows = cursor.execute(
                     f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE expires_at > ?"
                     " ORDER BY created_at DESC, id DESC LIMIT ?",
                     (now, limit + 1),
                 ).fetchall()
             else:
+                if cursor.execute("SELECT 1 FROM sessions WHERE id = ?", (after,)).fetchone() is None:
+                    raise SessionNotFound(f"no such session: {after[:100]}")
+                # The cursor's time compared in SQL, never read back: on
+                # PostgreSQL a REAL read as text is rounded.
+                mark = "(SELECT created_at FROM sessions WHERE id = ?)"
                 rows = cursor.execute(
                     f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE expires_at > ?"
-                    " AND (created_at < ? OR (created_at = ? AND id < ?)) ORDER BY created_at DESC, id DESC LIMIT ?",
-                    (now, until[0], until[0], until[1], limit + 1),
+                    f" AND (created_at < {mark} OR (created_at = {mark} AND id < ?))"
+                    " ORDER BY created_at DESC, id DESC LIMIT ?",
+                    (now, after, after, after, limit + 1),
                 ).fetchall()
             return [_session(row) for row in rows[:limit]], len(rows) > limit
 

@@ -908,9 +908,20 @@ class Dashboard:
         except SessionNotFound:
             raise WerkzeugNotFound() from None
         names = await self._key_names()
-        shown = found.to_json()
         facts = charts.table(
-            ["", ""], [["owner", _key_label(owner, names)], *[[k, _brief(v)] for k, v in shown.items()]]
+            ["", ""],
+            [
+                ["owner", _key_label(owner, names)],
+                ["model", found.model or "—"],
+                # What the client said stays out of the page: only its size.
+                ["system prompt", f"{len(found.system):,} characters" if found.system else "—"],
+                ["metadata", _brief(found.metadata)],
+                ["turns", str(found.turns)],
+                ["characters", f"{found.chars:,}"],
+                ["created (UTC)", when(found.created_at)],
+                ["updated (UTC)", when(found.updated_at)],
+                ["expires (UTC)", when(found.expires_at)],
+            ],
         )
         turns = charts.table(
             ["turn", "time (UTC)", "tokens in / out"],
