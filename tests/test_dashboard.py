@@ -485,3 +485,41 @@ async def test_every_clients_sessions_listed_shown_and_deleted(dgw, store):
     assert await conversations.owner_of(victim) is None
     response, _ = await browser.request("GET", f"/dashboard/sessions/{victim}")
     assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_listed_shown_cancelled_and_redelivery_refused(db_setting):
+    """
+    The jobs page lists every client's jobs; a job's page cancels it (its
+    run is stopped, as with DELETE /jobs/{id}); asking to send the webhook
+    of a job that has none is refused with a page that says why.
+    """
+    from shellm.routing.auth import Authenticator
+    from tests.test_jobs import make_setup, started
+
+    setup = await make_setup(db_setting, gateway={"api_options": {"authenticator": Authenticator((), None, ADMIN)}})
+    try:
+        with_dashboard(setup.gw, setup.store)
+        prompt = "PROMPT-TEXT-OF-A-CLIENT"
+        job_id = (await (await setup.post("/jobs", {"model": "claude", "prompt": prompt})).json())["id"]
+        run = await started(setup)
+        browser = Browser(setup.gw)
+        await browser.login()
+        _, body = await browser.request("GET", "/dashboard/jobs")
+        assert f'href="/dashboard/jobs/{job_id}"' in body
+        response, body = await browser.request("GET", f"/dashboard/jobs/{job_id}")
+        assert response.code == 200 and "running" in body and prompt not in body
+        token = await browser.csrf(f"/dashboard/jobs/{job_id}")
+        response, _ = await browser.request("POST", f"/dashboard/jobs/{job_id}/cancel", {})
+        assert response.code == 403 and not run.cancelled
+        response, _ = await browser.request("POST", f"/dashboard/jobs/{job_id}/cancel", {"csrf": token})
+        assert response.code == 303 and run.cancelled
+        run.reap()
+        assert (await setup.job(job_id))["status"] == "cancelled"
+        response, body = await browser.request("POST", f"/dashboard/jobs/{job_id}/redeliver", {"csrf": token})
+        assert response.code == 409 and "no webhook" in body
+        response, _ = await browser.request("GET", "/dashboard/jobs?status=nonsense")
+        assert response.code == 400
+    finally:
+        setup.runner.stop()
+        await setup.store.close()
