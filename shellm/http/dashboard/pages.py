@@ -10,22 +10,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
-from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
+from twisted.web.template import Tag, flattenString, tags
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from shellm.errors import InvalidRequest, ShellmError
 from shellm.http.admin_api import MAX_GRACE, check_key_fields
 from shellm.http.dashboard import charts
+from shellm.http.dashboard.forms import arg, peer, query, status_arg, time_arg
+from shellm.http.dashboard.layout import (
+    HERE,
+    Page,
+    brief,
+    by_name,
+    card,
+    csrf_field,
+    key_inputs,
+    key_label,
+    money,
+    option,
+    post_button,
+    state,
+    when,
+)
 from shellm.http.dashboard.session import (
     COOKIE,
     DashboardSession,
@@ -47,18 +61,10 @@ from shellm.state.request_log import LogFilter
 if TYPE_CHECKING:
     from shellm.http.api import ShellmAPI
 
-_HERE = FilePath(__file__).parent()
 _STATIC = {
-    "dashboard.css": ("text/css; charset=utf-8", _HERE.child("static").child("dashboard.css")),
-    "dashboard.js": ("text/javascript; charset=utf-8", _HERE.child("static").child("dashboard.js")),
+    "dashboard.css": ("text/css; charset=utf-8", HERE.child("static").child("dashboard.css")),
+    "dashboard.js": ("text/javascript; charset=utf-8", HERE.child("static").child("dashboard.js")),
 }
-_NAV = (
-    ("overview", "Overview", "/dashboard/"),
-    ("requests", "Requests", "/dashboard/requests"),
-    ("keys", "Keys", "/dashboard/keys"),
-    ("jobs", "Jobs", "/dashboard/jobs"),
-    ("sessions", "Sessions", "/dashboard/sessions"),
-)
 #: Rows per page of the request log and the job list.
 PAGE_ROWS = 50
 #: How often the overview reloads itself (seconds).
@@ -74,98 +80,6 @@ class LoginNeeded(Exception):
     """
     No valid session: a page sends the browser to the login form.
     """
-
-
-def when(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    return datetime.fromtimestamp(float(seconds), UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _money(value: float | None) -> str:
-    return "—" if value is None else f"${value:,.4f}"
-
-
-class Page(Element):
-    """
-    One page in the layout (C{templates/page.xml}).
-    """
-
-    loader = XMLFile(_HERE.child("templates").child("page.xml"))
-
-    def __init__(
-        self,
-        title: str,
-        content: Tag | Sequence[Tag],
-        current: str | None = None,
-        session: DashboardSession | None = None,
-        notice: str | None = None,
-        error: bool = False,
-    ):
-        super().__init__()
-        self._title = title
-        self._content = content
-        self._current = current
-        self._session = session
-        self._notice = notice
-        self._error = error
-
-    @renderer
-    def page(self, request: IRequest | None, tag: Tag) -> Tag:
-        return tag.fillSlots(title=self._title)
-
-    @renderer
-    def nav(self, request: IRequest | None, tag: Tag) -> Tag | str:
-        if self._session is None:
-            return ""
-        items = tags.ul()
-        for name, label, href in _NAV:
-            link = tags.a(href=href)(label)
-            if name == self._current:
-                link.attributes["aria-current"] = "page"
-            items(tags.li(link))
-        return tag(items)
-
-    @renderer
-    def logout(self, request: IRequest | None, tag: Tag) -> Tag | str:
-        if self._session is None:
-            return ""
-        return tag(csrf_field(self._session), tags.button(type="submit")("Log out"))
-
-    @renderer
-    def notice(self, request: IRequest | None, tag: Tag) -> Tag | str:
-        if not self._notice:
-            return ""
-        return tags.p(class_="notice error" if self._error else "notice", role="alert" if self._error else "status")(
-            self._notice
-        )
-
-    @renderer
-    def content(self, request: IRequest | None, tag: Tag) -> Tag | Sequence[Tag]:
-        return self._content
-
-
-def csrf_field(session: DashboardSession) -> Tag:
-    return tags.input(type="hidden", name="csrf", value=session.csrf)
-
-
-def post_button(session: DashboardSession, action: str, label: str, danger: bool = False, **fields: str) -> Tag:
-    form = tags.form(method="post", action=action, class_="inline")(csrf_field(session))
-    for name, value in fields.items():
-        form(tags.input(type="hidden", name=name, value=value))
-    button = tags.button(type="submit")(label)
-    if danger:
-        button.attributes["class"] = "danger"
-    return form(button)
-
-
-def _card(value: str, what: str) -> Tag:
-    return tags.div(class_="card")(tags.div(class_="value")(value), tags.div(class_="what")(what))
-
-
-def _state(text: str, good: bool | None) -> Tag:
-    css = "state-ok" if good else "state-warn" if good is None else "state-bad"
-    return tags.span(class_=css)(text)
 
 
 class Dashboard:
@@ -250,7 +164,7 @@ class Dashboard:
         @raise Forbidden: a missing or wrong token, or another site's post.
         """
         session = self._session(request)
-        if not same_origin(request) or not csrf_ok(session, _arg(request, "csrf")):
+        if not same_origin(request) or not csrf_ok(session, arg(request, "csrf")):
             raise Forbidden("this form did not come from this dashboard (CSRF check failed); reload the page")
         return session
 
@@ -347,16 +261,16 @@ class Dashboard:
     async def login(self, request: IRequest) -> bytes:
         if not self._api.authenticator.admin_enabled:
             return await self._html(request, self._unconfigured(), 403)
-        if not same_origin(request) or not self._signer.login_token_ok(_arg(request, "csrf")):
+        if not same_origin(request) or not self._signer.login_token_ok(arg(request, "csrf")):
             page = self._login_page("The login form expired or did not come from this page: try again.")
             return await self._html(request, page, 403)
-        token = _arg(request, "key") or ""
+        token = arg(request, "key") or ""
         try:
             client = self._api.authenticator.authenticate(token.strip())
         except (AuthRequired, ShellmError):
             client = None
         if client is None or not client.admin:
-            self.log.warn("dashboard login refused from {peer}", peer=_peer(request))
+            self.log.warn("dashboard login refused from {peer}", peer=peer(request))
             return await self._html(request, self._login_page("That is not an admin key."), 401)
         value, _ = self._signer.issue(client.id or "admin")
         request.setHeader(b"set-cookie", cookie_header(value, self._secure(request), int(self._signer.lifetime)))
@@ -394,12 +308,12 @@ class Dashboard:
         tokens_out = sum(s.output_tokens for s in summary.by_provider)
         costs = [s.cost_usd for s in summary.by_provider if s.cost_usd is not None]
         cards = tags.div(class_="cards")(
-            _card(f"{summary.day_requests:,}", "requests, last 24 h"),
-            _card(rate, "error rate, last 24 h"),
-            _card("—" if summary.p50_ms is None else f"{summary.p50_ms:,} ms", "p50 latency, 24 h"),
-            _card("—" if summary.p95_ms is None else f"{summary.p95_ms:,} ms", "p95 latency, 24 h"),
-            _card(f"{tokens_in:,} / {tokens_out:,}", "tokens in / out, 30 d"),
-            _card(_money(sum(costs)) if costs else "—", "cost where known, 30 d"),
+            card(f"{summary.day_requests:,}", "requests, last 24 h"),
+            card(rate, "error rate, last 24 h"),
+            card("—" if summary.p50_ms is None else f"{summary.p50_ms:,} ms", "p50 latency, 24 h"),
+            card("—" if summary.p95_ms is None else f"{summary.p95_ms:,} ms", "p95 latency, 24 h"),
+            card(f"{tokens_in:,} / {tokens_out:,}", "tokens in / out, 30 d"),
+            card(money(sum(costs)) if costs else "—", "cost where known, 30 d"),
         )
         daily = charts.bar_chart(
             "Requests per day, last 30 days (errors in red)",
@@ -428,11 +342,11 @@ class Dashboard:
                 ["", "requests", "tokens in", "tokens out", "cost"],
                 [
                     [
-                        _key_label(s.name, names) if named else s.name,
+                        key_label(s.name, names) if named else s.name,
                         f"{s.requests:,}",
                         f"{s.input_tokens:,}",
                         f"{s.output_tokens:,}",
-                        _money(s.cost_usd),
+                        money(s.cost_usd),
                     ]
                     for s in rows
                 ],
@@ -470,9 +384,9 @@ class Dashboard:
             providers.append(
                 [
                     name,
-                    _state("unknown" if health is None else "usable" if usable else "unusable", usable),
-                    _state(circuit["state"], circuit["state"] == "closed"),
-                    _state(quota.state, quota.state == "ok" or None),
+                    state("unknown" if health is None else "usable" if usable else "unusable", usable),
+                    state(circuit["state"], circuit["state"] == "closed"),
+                    state(quota.state, quota.state == "ok" or None),
                     when(quota.resets_at),
                 ]
             )
@@ -506,15 +420,15 @@ class Dashboard:
     @app.route("/requests", methods=["GET"])
     async def requests(self, request: IRequest) -> bytes:
         session = self._session(request)
-        given = {name: (_arg(request, name) or "").strip() for name in ("key", "provider", "status", "since", "until")}
+        given = {name: (arg(request, name) or "").strip() for name in ("key", "provider", "status", "since", "until")}
         where = LogFilter(
-            since=_time_arg("since", given["since"]),
-            until=_time_arg("until", given["until"]),
+            since=time_arg("since", given["since"]),
+            until=time_arg("until", given["until"]),
             key=given["key"] or None,
             provider=given["provider"] or None,
-            status=_status_arg(given["status"]),
+            status=status_arg(given["status"]),
         )
-        cursor = _arg(request, "cursor")
+        cursor = arg(request, "cursor")
         if cursor is not None and not cursor.isdigit():
             raise InvalidRequest("cursor: not a cursor this page gave")
         page = await request_log.page(self._keys.store, where, PAGE_ROWS, int(cursor) if cursor else None)
@@ -524,14 +438,14 @@ class Dashboard:
             tags.label(
                 "Key",
                 tags.select(name="key")(
-                    _option("", "any", given["key"]),
-                    *[_option(key_id, name, given["key"]) for key_id, name in sorted(names.items(), key=_by_name)],
+                    option("", "any", given["key"]),
+                    *[option(key_id, name, given["key"]) for key_id, name in sorted(names.items(), key=by_name)],
                 ),
             ),
             tags.label(
                 "Provider",
                 tags.select(name="provider")(
-                    _option("", "any", given["provider"]), *[_option(p, p, given["provider"]) for p in providers]
+                    option("", "any", given["provider"]), *[option(p, p, given["provider"]) for p in providers]
                 ),
             ),
             tags.label("Status", tags.input(name="status", value=given["status"], inputmode="numeric", size="5")),
@@ -542,11 +456,11 @@ class Dashboard:
         rows = [
             [
                 when(row["time"]),
-                _key_label(row["key_id"], names) if row["key_id"] else row["client"],
+                key_label(row["key_id"], names) if row["key_id"] else row["client"],
                 row["endpoint"] or "—",
                 row["provider"] or "—",
                 row["model"] or "—",
-                _state(str(row["status"]), int(row["status"]) < 400),
+                state(str(row["status"]), int(row["status"]) < 400),
                 row["error_code"] or "",
                 "—" if row["duration_ms"] is None else f"{row['duration_ms']:,}",
                 f"{row['input_tokens'] or 0:,} / {row['output_tokens'] or 0:,}",
@@ -555,10 +469,10 @@ class Dashboard:
             for row in page["requests"]
         ]
         pager = tags.nav(class_="pager", **{"aria-label": "Pages"})(
-            tags.a(href="/dashboard/requests?" + _query(given))("Newest")
+            tags.a(href="/dashboard/requests?" + query(given))("Newest")
         )
         if page["next_cursor"]:
-            pager(tags.a(href="/dashboard/requests?" + _query(given, cursor=page["next_cursor"]), rel="next")("Older"))
+            pager(tags.a(href="/dashboard/requests?" + query(given, cursor=page["next_cursor"]), rel="next")("Older"))
         content = [
             filters,
             tags.div(class_="scroll")(
@@ -591,7 +505,7 @@ class Dashboard:
                 [
                     tags.a(href=f"/dashboard/keys/{record.id}")(record.name),
                     tags.code(record.prefix + "…"),
-                    _state(record.status(now), record.status(now) == "active"),
+                    state(record.status(now), record.status(now) == "active"),
                     "admin" if record.admin else ", ".join(record.models) if record.models else "every model",
                     str(record.rpm),
                     f"{share.requests:,}" if share else "0",
@@ -600,10 +514,10 @@ class Dashboard:
                 ]
             )
         for client in self._api.authenticator.clients:
-            rows.append([client.name, "—", _state("from SHELLM_CLIENTS", None), "—", str(client.rpm), "", "", ""])
+            rows.append([client.name, "—", state("from SHELLM_CLIENTS", None), "—", str(client.rpm), "", "", ""])
         create = tags.form(method="post", action="/dashboard/keys", class_="stack")(
             csrf_field(session),
-            *_key_inputs(None),
+            *key_inputs(None),
             tags.button(type="submit")("Create key"),
         )
         content = [
@@ -621,13 +535,13 @@ class Dashboard:
     def _fields(self, request: IRequest, creating: bool) -> dict[str, Any]:
         body: dict[str, Any] = {}
         for name in ("name", "note"):
-            value = (_arg(request, name) or "").strip()
+            value = (arg(request, name) or "").strip()
             if value or not creating:
                 body[name] = value or (None if name == "note" else value)
-        models = (_arg(request, "models") or "").replace(",", " ").split()
+        models = (arg(request, "models") or "").replace(",", " ").split()
         body["models"] = models or None
         for name in ("rpm", "daily_tokens", "monthly_tokens"):
-            value = (_arg(request, name) or "").strip()
+            value = (arg(request, name) or "").strip()
             if value:
                 if not value.isdigit():
                     raise InvalidRequest(f"{name}: must be a positive integer")
@@ -696,7 +610,7 @@ class Dashboard:
                 ["rotation grace until", when(record.prev_valid_until if record.prev_hash else None)],
                 ["requests, 30 d", f"{share.requests:,}" if share else "0"],
                 ["tokens in / out, 30 d", f"{share.input_tokens:,} / {share.output_tokens:,}" if share else "0 / 0"],
-                ["cost, 30 d", _money(share.cost_usd) if share else "—"],
+                ["cost, 30 d", money(share.cost_usd) if share else "—"],
             ],
         )
         content: list[Tag] = [facts]
@@ -705,7 +619,7 @@ class Dashboard:
             content += [
                 tags.h2("Limits and models"),
                 tags.form(method="post", action=base, class_="stack")(
-                    csrf_field(session), *_key_inputs(record), tags.button(type="submit")("Save")
+                    csrf_field(session), *key_inputs(record), tags.button(type="submit")("Save")
                 ),
                 tags.h2("Rotate"),
                 tags.form(method="post", action=base + "/rotate", class_="stack")(
@@ -746,7 +660,7 @@ class Dashboard:
     async def rotate_key(self, request: IRequest, key_id: str) -> bytes:
         session = self._changing(request)
         await self._live(key_id)
-        grace_text = (_arg(request, "grace_seconds") or "0").strip()
+        grace_text = (arg(request, "grace_seconds") or "0").strip()
         if not grace_text.isdigit() or int(grace_text) > MAX_GRACE:
             raise InvalidRequest(f"grace_seconds: must be a number of seconds from 0 to {MAX_GRACE}")
         rotated = await self._keys.rotate("dashboard:" + session.who, key_id, float(grace_text))
@@ -772,10 +686,10 @@ class Dashboard:
         jobs_api = self._api.jobs
         if jobs_api is None:
             return await self._html(request, Page("Jobs", tags.p("Jobs are not enabled."), "jobs", session))
-        status = _arg(request, "status") or None
+        status = arg(request, "status") or None
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
-        after = _arg(request, "cursor")
+        after = arg(request, "cursor")
         found = await jobs_api.jobs_store.list_jobs(None, status, PAGE_ROWS + 1, after)
         shown = found[:PAGE_ROWS]
         rows = [
@@ -792,7 +706,7 @@ class Dashboard:
             tags.label(
                 "Status",
                 tags.select(name="status")(
-                    _option("", "any", status or ""), *[_option(s, s, status or "") for s in STATUSES]
+                    option("", "any", status or ""), *[option(s, s, status or "") for s in STATUSES]
                 ),
             ),
             tags.button(type="submit")("Filter"),
@@ -824,7 +738,7 @@ class Dashboard:
         facts = charts.table(
             ["", ""],
             [["client", job.client]]
-            + [[name, _brief(shown[name])] for name in ("status", "attempts", "callback_url", "error")]
+            + [[name, brief(shown[name])] for name in ("status", "attempts", "callback_url", "error")]
             + [[name + " (UTC)", when(shown[name])] for name in ("created_at", "started_at", "finished_at")],
         )
         content: list[Tag] = [tags.div(class_="scroll")(facts)]
@@ -832,7 +746,7 @@ class Dashboard:
             head = sorted({name for d in deliveries for name in d})
             content += [
                 tags.h2("Webhook deliveries"),
-                tags.div(class_="scroll")(charts.table(head, [[_brief(d.get(h)) for h in head] for d in deliveries])),
+                tags.div(class_="scroll")(charts.table(head, [[brief(d.get(h)) for h in head] for d in deliveries])),
             ]
         base = f"/dashboard/jobs/{job.id}"
         content.append(
@@ -872,13 +786,13 @@ class Dashboard:
         session = self._session(request)
         if self._api.conversations is None:
             return await self._html(request, Page("Sessions", tags.p("Sessions are not enabled."), "sessions", session))
-        after = _arg(request, "after")
+        after = arg(request, "after")
         found, more = await self._conversations().list_all_sessions(PAGE_ROWS, after)
         names = await self._key_names()
         rows = [
             [
                 tags.a(href=f"/dashboard/sessions/{s.id}")(s.id),
-                _key_label(s.client, names),
+                key_label(s.client, names),
                 s.model or "—",
                 when(s.created_at),
                 when(s.expires_at),
@@ -911,11 +825,11 @@ class Dashboard:
         facts = charts.table(
             ["", ""],
             [
-                ["owner", _key_label(owner, names)],
+                ["owner", key_label(owner, names)],
                 ["model", found.model or "—"],
                 # What the client said stays out of the page: only its size.
                 ["system prompt", f"{len(found.system):,} characters" if found.system else "—"],
-                ["metadata", _brief(found.metadata)],
+                ["metadata", brief(found.metadata)],
                 ["turns", str(found.turns)],
                 ["characters", f"{found.chars:,}"],
                 ["created (UTC)", when(found.created_at)],
@@ -949,115 +863,6 @@ class Dashboard:
             except SessionNotFound:
                 pass
         return self._redirect(request, "/dashboard/sessions")
-
-
-def _form(request: IRequest) -> dict[str, list[str]]:
-    """
-    A posted form's fields (read from the body once; the site hands it over
-    unparsed).
-    """
-    form: dict[str, list[str]] | None = getattr(request, "dashboard_form", None)
-    if form is None:
-        form = {}
-        kind = (header(request, b"content-type") or "").split(";")[0].strip().lower()
-        if request.method == b"POST" and kind == "application/x-www-form-urlencoded":
-            content = request.content
-            content.seek(0)
-            form = parse_qs(content.read().decode("utf-8", "replace"), keep_blank_values=True)
-        request.dashboard_form = form  # type: ignore[attr-defined]
-    return form
-
-
-def _arg(request: IRequest, name: str) -> str | None:
-    """
-    A field of the posted form, else of the query string.
-    """
-    posted = _form(request).get(name)
-    if posted:
-        return posted[0]
-    values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
-
-
-def _peer(request: IRequest) -> str:
-    peer = request.getClientAddress()
-    return str(getattr(peer, "host", "?"))
-
-
-def _time_arg(name: str, value: str) -> float | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"{name}: not a date and time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
-def _status_arg(value: str) -> int | None:
-    if not value:
-        return None
-    if not value.isdigit() or len(value) != 3:
-        raise InvalidRequest("status: must be an HTTP status code")
-    return int(value)
-
-
-def _query(given: dict[str, str], **more: str) -> str:
-    return urlencode({**{k: v for k, v in given.items() if v}, **more})
-
-
-def _option(value: str, label: str, chosen: str) -> Tag:
-    option = tags.option(value=value)(label)
-    if value == chosen:
-        option.attributes["selected"] = "selected"
-    return option
-
-
-def _by_name(item: tuple[str, str]) -> str:
-    return item[1]
-
-
-def _key_label(key: str | None, names: dict[str, str]) -> str:
-    if key is None:
-        return "—"
-    if key.startswith("client:"):
-        return key[len("client:") :]
-    return names.get(key, key)
-
-
-def _brief(value: Any) -> str:
-    text = value if isinstance(value, str) else "—" if value is None else str(value)
-    return text if len(text) <= 300 else text[:300] + "…"
-
-
-def _key_inputs(record: KeyRecord | None) -> list[Tag]:
-    def field(label: str, name: str, value: object, **extra: str) -> Tag:
-        return tags.label(label, tags.input(name=name, value="" if value is None else str(value), **extra))
-
-    return [
-        field("Name", "name", record.name if record else "", required="required", maxlength="100"),
-        field(
-            "Models (space-separated; empty for every model)",
-            "models",
-            " ".join(record.models) if record and record.models else "",
-        ),
-        field("Requests per minute", "rpm", record.rpm if record else 10, inputmode="numeric"),
-        field(
-            "Daily tokens (empty: no limit)",
-            "daily_tokens",
-            record.daily_tokens if record else None,
-            inputmode="numeric",
-        ),
-        field(
-            "Monthly tokens (empty: no limit)",
-            "monthly_tokens",
-            record.monthly_tokens if record else None,
-            inputmode="numeric",
-        ),
-        field("Note", "note", record.note if record else "", maxlength="1000"),
-    ]
 
 
 __all__ = ["COOKIE", "Dashboard"]
