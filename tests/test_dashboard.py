@@ -523,3 +523,19 @@ async def test_jobs_listed_shown_cancelled_and_redelivery_refused(db_setting):
     finally:
         setup.runner.stop()
         await setup.store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_overview_with_the_store_down_still_shows_the_live_state(dgw, store):
+    """
+    When the store cannot be reached the overview says so and still shows
+    the queues and providers; the other pages answer 503 with the reason.
+    """
+    browser = Browser(dgw)
+    await browser.login()
+    await store.close()
+    response, body = await browser.request("GET", "/dashboard/")
+    assert response.code == 200
+    assert "usage figures are missing" in body and "Queues (now)" in body and "Requests per day" not in body
+    response, body = await browser.request("GET", "/dashboard/requests")
+    assert response.code == 503 and "state store" in body

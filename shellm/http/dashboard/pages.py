@@ -21,7 +21,7 @@ from twisted.web.template import Tag, flattenString, tags
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from shellm.errors import InvalidRequest, ShellmError
+from shellm.errors import InvalidRequest, ShellmError, StoreUnavailable
 from shellm.http.admin_api import MAX_GRACE, check_key_fields
 from shellm.http.dashboard import charts
 from shellm.http.dashboard.forms import arg, peer, query, status_arg, time_arg
@@ -291,13 +291,19 @@ class Dashboard:
             return await self._html(request, self._unconfigured())
         session = self._session(request)
         started = time.process_time()
-        summary = await self._summaries.summarize(self._now())
-        names = await self._key_names()
         content = [tags.div(hidden="hidden", **{"data-refresh": str(REFRESH)})]
-        content += self._summary_view(summary, names)
+        notice = None
+        try:
+            summary = await self._summaries.summarize(self._now())
+            names = await self._key_names()
+        except StoreUnavailable as error:
+            # The live state is worth showing most when the store is down.
+            notice = f"{error} The usage figures are missing until it is back."
+        else:
+            content += self._summary_view(summary, names)
         content += await self._live_view()
         self.log.debug("overview rendered in {cpu} ms of CPU", cpu=round(1000 * (time.process_time() - started)))
-        return await self._html(request, Page("Overview", content, "overview", session))
+        return await self._html(request, Page("Overview", content, "overview", session, notice, notice is not None))
 
     async def _key_names(self) -> dict[str, str]:
         return {record.id: record.name for record in await self._keys.all()}
