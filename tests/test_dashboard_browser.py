@@ -152,11 +152,12 @@ def _fill_request_log(db: str, rows: int) -> None:
 
     now = time.time()
     with sqlite3.connect(db) as connection:
+        # In time order, as the ledger appends them.
         connection.executemany(
             "INSERT INTO usage (time, client, key_id, endpoint, provider, model, status, error_code,"
             " input_tokens, output_tokens, cost_usd, duration_ms, queued_ms, request_id)"
             " VALUES (?, 'app', NULL, '/v1/chat/completions', ?, 'm', ?, ?, ?, ?, ?, ?, 0, ?)",
-            [
+            sorted(
                 (
                     now - 3600 * (i % 200) - i,
                     ("claude", "gemini", "cerebras")[i % 3],
@@ -169,7 +170,7 @@ def _fill_request_log(db: str, rows: int) -> None:
                     f"req-{i}",
                 )
                 for i in range(rows)
-            ],
+            ),
         )
 
 
@@ -191,7 +192,8 @@ async def test_dashboard_in_a_browser(need_browser, tmp_path, marker):
     daemon = Daemon(_all_providers_env(marker), marker, str(tmp_path))
     try:
         await daemon.started()
-        # Real traffic through a fake CLI, and a refusal, then older rows.
+        # Older rows, then real traffic through a fake CLI, and a refusal.
+        await deferToThread(_fill_request_log, str(tmp_path / "shellm.db"), 150)
         for i in range(4):
             response = await treq.post(
                 daemon.url + "/completions",
@@ -205,7 +207,6 @@ async def test_dashboard_in_a_browser(need_browser, tmp_path, marker):
             headers={"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}"},
         )
         await response.content()
-        await deferToThread(_fill_request_log, str(tmp_path / "shellm.db"), 150)
 
         def scenario(s: Session) -> dict[str, Any]:
             seen: dict[str, Any] = {}
