@@ -1,11 +1,11 @@
 """
 The request log summed for the dashboard's overview, in SQL: requests and
 errors per day and per hour, p50/p95 latency, errors by code, tokens and
-cost by provider and by key.  Every query is bounded by time and reads an
-index that covers it (migration 0007), and answers at most a few thousand
-grouped rows however long the log is; the days before today are summed
-once a day and kept, so a view reads only the last 48 hours' rows.  One
-trip to the store's thread per view.
+cost by provider and by key.  Every query is bounded by time (the
+C{usage_by_time} index) and answers at most a few thousand grouped rows
+however long the log is; the days before today are summed once a day and
+kept, so a view reads only the last 48 hours' rows.  One trip to the
+store's thread per view.
 """
 
 from __future__ import annotations
