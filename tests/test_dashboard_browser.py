@@ -55,7 +55,12 @@ def browser(width: int = 1280, height: int = 1000) -> Any:
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
-    options.add_argument(f"--window-size={width},{height}")
+    options.add_argument(f"--window-size={max(width, 500)},{height}")
+    if width < 500:
+        # A desktop window is at least 500 px wide: a phone is emulated.
+        options.add_experimental_option(
+            "mobileEmulation", {"deviceMetrics": {"width": width, "height": 844, "pixelRatio": 1.0}}
+        )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -114,14 +119,19 @@ class Session:
 
     def click(self, css: str) -> None:
         """
-        Click what loads another page, and wait until it has.
+        Click what loads another page, and wait until it has (the old
+        page's window object is gone and the new one is complete).
         """
-        from selenium.webdriver.support import expected_conditions
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        page = self.find("html")
+        self.driver.execute_script("window.shellmOldPage = true")
         self.find(css).click()
-        WebDriverWait(self.driver, 10).until(expected_conditions.staleness_of(page))
+        WebDriverWait(self.driver, 10, ignored_exceptions=(WebDriverException,)).until(
+            lambda driver: driver.execute_script(
+                "return window.shellmOldPage === undefined && document.readyState === 'complete'"
+            )
+        )
 
     def login(self, key: str) -> None:
         self.go("/dashboard/login")
@@ -284,6 +294,7 @@ async def test_dashboard_in_a_browser(need_browser, tmp_path, marker):
             return int(widths[0]), int(widths[1]), s.console_errors()
 
         scroll_width, window_width, errors = await run_in_browser(phone, daemon.url, width=390)
+        assert window_width == 390
         assert scroll_width <= window_width
         assert errors == []
 
