@@ -329,6 +329,13 @@ SETTINGS: tuple[Setting, ...] = (
         _flag,
         "1 keeps prompts and answers (first 4096 characters) in the request log",
     ),
+    Setting(
+        "dashboard_secure_cookie",
+        "SHELLM_DASHBOARD_SECURE_COOKIE",
+        "0",
+        _flag,
+        "1 marks the /dashboard login cookie Secure over plain HTTP (TLS ended by a proxy); it always is under TLS",
+    ),
     Setting("retention_days", "SHELLM_RETENTION_DAYS", "90", _int(1), "days the request log is kept"),
     Setting(
         "templates_dir",
@@ -426,6 +433,7 @@ class Config:
     admin_key: str | None = field(repr=False)
     key_secret: str | None = field(repr=False)
     log_bodies: bool
+    dashboard_secure_cookie: bool
     retention_days: int
     templates_dir: str | None
     log_level: str

@@ -23,6 +23,8 @@ from shellm import __version__, logs
 from shellm.config import SETTINGS, Config, ConfigError, load_config
 from shellm.http.admin_api import AdminAPI
 from shellm.http.api import ShellmAPI
+from shellm.http.dashboard.pages import Dashboard
+from shellm.http.dashboard.session import SessionSigner, derive_secret
 from shellm.http.jobs_api import build_jobs
 from shellm.http.web import ShellmSite
 from shellm.models import ModelTable
@@ -264,6 +266,12 @@ def makeService(options, reactor=None):
         templates=templates,
     )
     api.accounting.log_bodies = config.log_bodies
+    api.dashboard = Dashboard(
+        api,
+        keys,
+        SessionSigner(lambda: derive_secret(keys.secret(), config.admin_key), reactor),
+        config.dashboard_secure_cookie,
+    )
     jobs = build_jobs(reactor, api, store, config)
     api.jobs = jobs
     site = ShellmSite(

@@ -73,6 +73,14 @@ async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker
     # A mounted sub-app's catch-all stands for the sub-app's own routes.
     served = {rule.rule for rule in ShellmAPI.app.url_map.iter_rules() if "__rest__" not in rule.rule}
     served = {rule for rule in served if not rule.startswith("/admin/")}
+    # The dashboard's pages are HTML for a browser with a login cookie, not
+    # an API: left out of the document on purpose (tests/test_dashboard.py
+    # covers them), and every one of them is under /dashboard.
+    from shellm.http.dashboard.pages import Dashboard
+
+    assert {rule for rule in served if rule.startswith("/dashboard")} == {"/dashboard", "/dashboard/"}
+    assert all(not rule.rule.startswith("/dashboard") for rule in Dashboard.app.url_map.iter_rules())
+    served = {rule for rule in served if not rule.startswith("/dashboard")}
     served |= {"/admin" + rule.rule for rule in AdminAPI.app.url_map.iter_rules() if "__rest__" not in rule.rule}
     mounted = (
         ("/jobs", JobsAPI),
@@ -84,6 +92,7 @@ async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker
         served |= {(mount + rule.rule).rstrip("/") for rule in sub.app.url_map.iter_rules()}
     served = {path.replace("<path:", "{").replace("<", "{").replace(">", "}") for path in served}
     assert served <= set(document["paths"])
+    assert not [path for path in document["paths"] if path.startswith("/dashboard")]
     assert "claude-sonnet" in document["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"]
 
 

@@ -112,6 +112,7 @@ class ShellmAPI:
         admin=None,
         conversations: Conversations | None = None,
         templates: TemplateStore | None = None,
+        dashboard=None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
@@ -126,6 +127,8 @@ class ShellmAPI:
             none may.
         """
         self._admin = admin
+        #: The web dashboard (L{shellm.http.dashboard.pages.Dashboard}), if any.
+        self.dashboard = dashboard
         self._clock = clock
         self._router = router
         self._max_prompt_chars = max_prompt_chars
@@ -353,6 +356,14 @@ class ShellmAPI:
         return self._router.models
 
     @property
+    def router(self) -> Router:
+        return self._router
+
+    @property
+    def clock(self):
+        return self._clock
+
+    @property
     def max_prompt_chars(self) -> int:
         return self._max_prompt_chars
 
@@ -498,6 +509,18 @@ class ShellmAPI:
         if self._admin is None or not self.authenticator.admin_enabled:
             raise NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}")
         return self._admin.resource()
+
+    @app.route("/dashboard")
+    @speaks(seed)
+    def dashboard_bare(self, request):
+        return self.dashboard_pages(request)
+
+    @app.route("/dashboard/", branch=True)
+    @speaks(seed)
+    def dashboard_pages(self, request):
+        if self.dashboard is None:
+            raise NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}")
+        return self._mount(request, self.dashboard.app)
 
     @app.route("/completions", methods=["POST"])
     @speaks(seed)

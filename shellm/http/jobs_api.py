@@ -53,6 +53,10 @@ class JobsAPI:
     def runner(self) -> JobRunner:
         return self._runner
 
+    @property
+    def jobs_store(self) -> JobStore:
+        return self._jobs
+
     def resource(self) -> Any:
         return self.app.resource()
 
@@ -217,20 +221,38 @@ class JobsAPI:
     @app.route("/<job_id>", methods=["DELETE"])
     async def cancel(self, request: Any, job_id: str) -> bytes:
         client, _ = await self._job(request, job_id)
-        job, was = await self._jobs.cancel(job_id, self._scope(client), self._api._clock.seconds())
-        assert job is not None
+        job = await self.cancel_job(job_id, self._scope(client))
+        return self._api._respond(request, 200, await self._shown(job))
+
+    async def cancel_job(self, job_id: str, scope: str | None) -> Job:
+        """
+        Cancel C{job_id} (of C{scope}'s, or anyone's for L{None}).
+
+        @raise NotFound: there is no such job.
+        """
+        job, was = await self._jobs.cancel(job_id, scope, self._api._clock.seconds())
+        if job is None:
+            raise NotFound(f"no such job: {job_id[:100]}")
         if was is not None:
             self._runner.jobs_total.labels("cancelled").inc()
             self._runner.stop_run(job_id)  # other nodes see it at their next poll
-        return self._api._respond(request, 200, await self._shown(job))
+        return job
 
     @app.route("/<job_id>/redeliver", methods=["POST"])
     async def redeliver(self, request: Any, job_id: str) -> bytes:
         _, job = await self._job(request, job_id)
-        if not await self._jobs.redeliver(job.id, self._api._clock.seconds()):
+        await self.redeliver_job(job.id)
+        return self._api._respond(request, 202, await self._shown(job))
+
+    async def redeliver_job(self, job_id: str) -> None:
+        """
+        Queue C{job_id}'s webhook to be sent again.
+
+        @raise NothingToRedeliver: it has none to send.
+        """
+        if not await self._jobs.redeliver(job_id, self._api._clock.seconds()):
             raise NothingToRedeliver("this job has no webhook to send again (no callback_url, or not finished)")
         self._runner.kick()
-        return self._api._respond(request, 202, await self._shown(job))
 
 
 def interactive_waiting(api: ShellmAPI) -> bool:

@@ -141,6 +141,13 @@ class Authenticator:
         return self._admin_digest is not None or (self.ring is not None and self.ring.any_admin_keys)
 
     @property
+    def admin_key_set(self) -> bool:
+        """
+        Whether C{SHELLM_ADMIN_KEY} is set.
+        """
+        return self._admin_digest is not None
+
+    @property
     def clients(self) -> tuple[Client, ...]:
         return tuple(c for _, c in self._clients)
 

@@ -272,6 +272,44 @@ class Conversations:
 
         return self.store.interact(read)
 
+    def list_all_sessions(self, limit: int, after: str | None) -> Deferred[tuple[list[Session], bool]]:
+        """
+        Every client's live sessions, for an administrator: newest first,
+        C{limit} at a time after the session C{after}; and whether more follow.
+        """
+        now = self._now()
+
+        def read(cursor: Cursor) -> tuple[list[Session], bool]:
+            if after is None:
+                rows = cursor.execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE expires_at > ?"
+                    " ORDER BY created_at DESC, id DESC LIMIT ?",
+                    (now, limit + 1),
+                ).fetchall()
+            else:
+                if cursor.execute("SELECT 1 FROM sessions WHERE id = ?", (after,)).fetchone() is None:
+                    raise SessionNotFound(f"no such session: {after[:100]}")
+                # The cursor's time compared in SQL, never read back: on
+                # PostgreSQL a REAL read as text is rounded.
+                mark = "(SELECT created_at FROM sessions WHERE id = ?)"
+                rows = cursor.execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE expires_at > ?"
+                    f" AND (created_at < {mark} OR (created_at = {mark} AND id < ?))"
+                    " ORDER BY created_at DESC, id DESC LIMIT ?",
+                    (now, after, after, after, limit + 1),
+                ).fetchall()
+            return [_session(row) for row in rows[:limit]], len(rows) > limit
+
+        return self.store.interact(read)
+
+    def owner_of(self, session_id: str) -> Deferred[str | None]:
+        """
+        Whose session C{session_id} is (its client scope), or L{None}.
+        """
+        return self.store.query("SELECT client FROM sessions WHERE id = ?", (session_id,)).addCallback(
+            lambda rows: str(rows[0][0]) if rows else None
+        )
+
     def delete_session(self, client: str, session_id: str) -> Deferred[None]:
         """
         @raise SessionNotFound: (as a failure) unknown, expired or another's.

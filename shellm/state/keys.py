@@ -192,10 +192,16 @@ class KeyStore:
         self._secret = secret
         self._clock = clock
 
-    def hash(self, key: str) -> str:
+    def secret(self) -> bytes:
+        """
+        The server secret (read when first needed).
+        """
         if callable(self._secret):
             self._secret = self._secret()
-        return key_hash(self._secret, key)
+        return self._secret
+
+    def hash(self, key: str) -> str:
+        return key_hash(self.secret(), key)
 
     def all(self) -> Deferred[list[KeyRecord]]:
         return ensureDeferred(self._all())
