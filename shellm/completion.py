@@ -18,6 +18,24 @@ if TYPE_CHECKING:
 
 
 @frozen
+class CacheControl:
+    """
+    What a request asked of the response cache (L{shellm.routing.cache}):
+    its C{cache} field and C{Cache-Control} header, read together.
+
+    @ivar ttl: how long to keep this answer, in seconds (at most the
+        operator's C{SHELLM_CACHE_TTL}); L{None}: that TTL.
+    @ivar no_cache: answer afresh, never from the cache (the fresh answer
+        is still stored).
+    @ivar no_store: do not keep this answer.
+    """
+
+    ttl: int | None = None
+    no_cache: bool = False
+    no_store: bool = False
+
+
+@frozen
 class CompletionRequest:
     """
     A validated request, whatever dialect it arrived in.
@@ -42,6 +60,8 @@ class CompletionRequest:
     #: Structured output or offered functions (L{shellm.structured}): what
     #: the answer must be, for backends with a mechanism of their own.
     output: OutputSpec | None = None
+    #: What the client asked of the response cache; not part of its key.
+    cache: CacheControl = CacheControl()
 
 
 @frozen

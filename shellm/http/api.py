@@ -10,6 +10,7 @@ import functools
 import json
 from typing import TYPE_CHECKING
 
+from attrs import evolve
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
@@ -38,6 +39,7 @@ from shellm.http.sse import EventStream
 from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
 from shellm.routing.budgets import check_budget
+from shellm.routing.cache import HIT, UNCACHED, CacheHit, ResponseCache, read_control
 from shellm.routing.health import overall_status
 from shellm.routing.limits import Limiter
 from shellm.routing.router import Admission, Router
@@ -110,6 +112,7 @@ class ShellmAPI:
         metrics_public: bool = False,
         admin=None,
         conversations: Conversations | None = None,
+        cache: ResponseCache | None = None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
@@ -120,7 +123,11 @@ class ShellmAPI:
             if keys are administered here.
         @param conversations: sessions and stored responses; none means
             neither is available.
+        @param cache: the response cache; none (or one with no TTL) means
+            answers are not cached.
         """
+        #: The response cache, when answers are cached.
+        self.cache = cache if cache is not None and cache.enabled else None
         self._admin = admin
         self._clock = clock
         self._router = router
@@ -131,6 +138,8 @@ class ShellmAPI:
         self._ledger = ledger
         self.metrics = metrics or Metrics(router.queues, router.circuits, router.quota)
         self.accounting = Accounting(clock, self.metrics, ledger)
+        if self.cache is not None:
+            self.metrics.watch_cache(self.cache)
         self._metrics_public = metrics_public
         self.conversations = conversations
         self._sessions = SessionsAPI(self, conversations)
@@ -192,15 +201,33 @@ class ShellmAPI:
             return False
         return True
 
-    async def _admit(self, client: Client, completion_request: CompletionRequest, endpoint: str) -> Admission:
+    async def _admit(
+        self, client: Client, completion_request: CompletionRequest, endpoint: str
+    ) -> Admission | CacheHit:
         """
-        Model allow-list, then the router's admission (a provider and a
-        place in its queue), then rate limits: a request refused by a full
-        queue or an unusable provider uses none of its client's quota.
+        Model allow-list, then the response cache (a hit needs no provider,
+        queue or budget, only its place in the rate limits; an identical
+        request under way is waited for), then the router's admission (a
+        provider and a place in its queue), then rate limits: a request
+        refused by a full queue or an unusable provider uses none of its
+        client's quota.
         """
         entry = completion_request.entry
         if not client.may_use(completion_request.model, entry.provider):
             raise ModelNotAllowed(f"client {client.name} may not use {completion_request.model}")
+        ticket = await self.cache.consult(client.scope, completion_request) if self.cache is not None else None
+        if ticket is not None and ticket.status == HIT:
+            if self._limiter is not None:
+                await self._limiter.admit(client)
+            return CacheHit(entry, self._clock.seconds(), ticket)
+        try:
+            return await self._admit_to_router(client, completion_request, endpoint, ticket)
+        except BaseException:
+            if ticket is not None and self.cache is not None:
+                self.cache.abandon(ticket)
+            raise
+
+    async def _admit_to_router(self, client, completion_request, endpoint, ticket) -> Admission:
         try:
             if self._ledger is not None:
                 await check_budget(self._ledger, client, self._clock.seconds())
@@ -223,6 +250,7 @@ class ShellmAPI:
             except BaseException:
                 admission.withdraw()
                 raise
+        admission.cache = ticket
         return admission
 
     @staticmethod
@@ -249,22 +277,30 @@ class ShellmAPI:
         started = admission.admitted_at
         status, completion, code = 500, None, "internal_error"
         self.in_flight += 1
+        ticket = admission.cache
         try:
             permits = self._permits(client)
-            # Structured answers are validated, and repaired once (a second run).
-            completion = await structured.answer(
-                completion_request,
-                lambda to: self._router.run(
-                    admission,
+
+            def answer(to):
+                # Structured answers are validated, and repaired once (a second run).
+                return structured.answer(
                     completion_request,
-                    self.accounting.timing_first_delta(admission.entry.provider, started, to),
-                    permits=permits,
-                    streaming=streaming,
-                ),
-                lambda again, to: self._router.complete(again, to, permits, streaming),
-                sink,
-                streaming,
-            )
+                    lambda to: self._router.run(
+                        admission,
+                        completion_request,
+                        self.accounting.timing_first_delta(admission.entry.provider, started, to),
+                        permits=permits,
+                        streaming=streaming,
+                    ),
+                    lambda again, to: self._router.complete(again, to, permits, streaming),
+                    to,
+                    streaming,
+                )
+
+            if ticket is not None and self.cache is not None:
+                completion = await self.cache.serve(ticket, completion_request, answer, sink)
+            else:
+                completion = await answer(sink)
             if turn is not None:
                 await turn.commit(completion)
             status, code = 200, None
@@ -288,6 +324,7 @@ class ShellmAPI:
                 key_id=client.id,
                 endpoint=endpoint,
                 error_code=code,
+                cached=ticket is not None and ticket.status == HIT,
             )
             if not self.in_flight:
                 waiters, self._idle_waiters = self._idle_waiters, []
@@ -330,6 +367,19 @@ class ShellmAPI:
             value += f";status={window.status}"
             name = "x-shellm-quota-" + window.kind.replace("_", "-")
             request.setHeader(name.encode("ascii", "replace"), value.lstrip(";").encode("ascii", "replace"))
+
+    def _cache_headers(self, request, admission) -> None:
+        """
+        C{X-SheLLM-Cache: hit|miss|bypass} when answers are cached, and on
+        a hit C{Age}, the seconds since the answer was stored (RFC 9111).
+        """
+        ticket = getattr(admission, "cache", None)
+        if self.cache is None:
+            return
+        request.setHeader(b"x-shellm-cache", (ticket.status if ticket is not None else "bypass").encode())
+        if ticket is not None and ticket.answer is not None:
+            age = max(0, int(self._clock.seconds() - ticket.answer.stored_at))
+            request.setHeader(b"age", str(age).encode())
 
     # -- for the mounted sub-apps (sessions, responses)
 
@@ -407,6 +457,7 @@ class ShellmAPI:
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
         self._quota_headers(request, completion.provider)
+        self._cache_headers(request, admission)
         return completion
 
     async def _stream(self, request, client, completion_request, admission, writer) -> None:
@@ -419,6 +470,7 @@ class ShellmAPI:
         self._request_id_headers(request)
         self._queue_headers(request, admission.entry.provider)
         self._quota_headers(request, admission.entry.provider)
+        self._cache_headers(request, admission)
         stream = EventStream(request, self._clock, self._heartbeat)
         try:
             stream.write(writer.start())
@@ -461,6 +513,9 @@ class ShellmAPI:
                 self._max_prompt_chars,
                 request.request_id,
             )
+            control = read_control(body, header(request, b"cache-control"))
+            # A session's history lives on the server: its turns are never cached.
+            completion_request = evolve(completion_request, cache=control if turn is None else UNCACHED)
             if turn is not None:
                 completion_request = turn.frame(completion_request, self._max_prompt_chars)
             request.request_id = completion_request.request_id  # the body may name one

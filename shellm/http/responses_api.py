@@ -20,7 +20,9 @@ from shellm.errors import InvalidRequest
 from shellm.http.dialects import openai, responses
 from shellm.http.dialects.conversation import ASSISTANT, USER, InvalidField, Turn, clean_text
 from shellm.http.dialects.responses import ResponseShape, ResponsesRequest, ResponseStream
+from shellm.http.headers import header
 from shellm.http.history import frame_history
+from shellm.routing.cache import UNCACHED, read_control
 from shellm.state.conversations import Conversations, StoredResponse
 
 if TYPE_CHECKING:
@@ -128,7 +130,9 @@ class ResponsesAPI:
     @app.route("/", methods=["POST"])
     async def create(self, request: Any) -> Any:
         client = self._api.authenticate(request)
-        parsed = responses.parse_request(self._api.read_json(request))
+        body = self._api.read_json(request)
+        parsed = responses.parse_request(body)
+        control = read_control(body, header(request, b"cache-control"))
         entry = self._api.models.resolve(parsed.model)
         if entry is None:
             raise openai.unknown_model(parsed.model)
@@ -154,6 +158,8 @@ class ResponsesAPI:
             request_id=request.request_id,
             temperature=parsed.temperature,
             top_p=parsed.top_p,
+            # A chain's history lives on the server: it is never cached.
+            cache=control if parsed.previous_response_id is None else UNCACHED,
         )
         request.log_fields.update(provider=entry.provider, model=parsed.model)
         response_id = responses.new_response_id()

@@ -45,6 +45,8 @@ _FIELDS = {
     "include",
     "reasoning",
     "stream_options",
+    # SheLLM's own: the response cache's controls (read by the API).
+    "cache",
 }
 
 
