@@ -49,6 +49,11 @@ def _results(http_cpu: float, idle: float) -> dict:
         "floor_memory": 52.0,
         "streams": {"streams": 1000, "opened_at_once": 1000, "errors": 0, "rss_peak": 90},
         "startup_s": [0.7, 0.8],
+        "cache_miss_c1": _point(250, 3.8, 3.0),
+        "cache_hit_c1": _point(1500, 0.6, 0.5),
+        "cache_miss_c8": _point(400, 20.0, 3.0),
+        "cache_hit_c8": _point(2500, 3.0, 0.4),
+        "cache_counts": {"hit": 4000, "miss": 0, "bypass": 650},
     }
 
 
@@ -61,7 +66,8 @@ def test_targets_pass_and_fail_on_the_figures():
     assert good["Memory: RSS idle"].passed and not bad["Memory: RSS idle"].passed
     assert "floor 52.0" in bad["Memory: RSS idle"].figure
     assert "setpriv+env 1.600" in good["CLI path: p50 over a bare spawn, c=1"].figure
-    assert len(good) == 16
+    assert good["Cache: a hit's p50 vs a miss's, c=1"].passed
+    assert len(good) == 18
 
 
 def test_a_missing_figure_never_passes():
@@ -80,3 +86,4 @@ def test_the_report_prints_every_target_with_its_verdict():
         assert line.rstrip().endswith("PASS" if target.passed else "FAIL")
     assert "floor: Klein + treq relay" in text
     assert "spawn through setpriv + env -C, c=1" in text
+    assert "7. Response cache" in text and "hit, c=8" in text
