@@ -376,7 +376,9 @@ class ShellmAPI:
         ticket = getattr(admission, "cache", None)
         if self.cache is None:
             return
-        request.setHeader(b"x-shellm-cache", (ticket.status if ticket is not None else "bypass").encode())
+        status = ticket.status if ticket is not None else "bypass"
+        request.log_fields["cache"] = status
+        request.setHeader(b"x-shellm-cache", status.encode())
         if ticket is not None and ticket.answer is not None:
             age = max(0, int(self._clock.seconds() - ticket.answer.stored_at))
             request.setHeader(b"age", str(age).encode())
