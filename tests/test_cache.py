@@ -305,6 +305,31 @@ async def test_every_dialect_refuses_bad_controls(path, body):
         assert runs(gw) == 0
 
 
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/completions", body_of("Say hi")),
+        ("/v1/chat/completions", {"model": "claude", "messages": [{"role": "user", "content": "Say hi"}]}),
+        ("/v1/messages", {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "Say hi"}]}),
+        ("/v1/responses", {"model": "claude", "input": "Say hi"}),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_every_dialect_takes_the_controls(path, body):
+    """
+    Every dialect accepts the cache field and honours it: no_cache runs
+    the provider again although the answer is stored.
+    """
+    gw = cached_gateway()
+    response, _ = await ask(gw, path, body)
+    assert header(response, "x-shellm-cache") == "miss"
+    response, _ = await ask(gw, path, {**body, "cache": {"no_cache": True, "ttl": 30}})
+    assert response.code == 200 and header(response, "x-shellm-cache") == "bypass"
+    response, _ = await ask(gw, path, {**body, "cache": {}})
+    assert header(response, "x-shellm-cache") == "hit"
+    assert runs(gw) == 2
+
+
 # -- expiry and size
 
 
