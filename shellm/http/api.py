@@ -228,6 +228,10 @@ class ShellmAPI:
             raise
 
     async def _admit_to_router(self, client, completion_request, endpoint, ticket) -> Admission:
+        """
+        Budget, the router's admission, rate limits; the admission carries
+        the cache's C{ticket} to L{_serve}.
+        """
         try:
             if self._ledger is not None:
                 await check_budget(self._ledger, client, self._clock.seconds())
@@ -373,9 +377,9 @@ class ShellmAPI:
         C{X-SheLLM-Cache: hit|miss|bypass} when answers are cached, and on
         a hit C{Age}, the seconds since the answer was stored (RFC 9111).
         """
-        ticket = getattr(admission, "cache", None)
         if self.cache is None:
             return
+        ticket = admission.cache
         status = ticket.status if ticket is not None else "bypass"
         request.log_fields["cache"] = status
         request.setHeader(b"x-shellm-cache", status.encode())

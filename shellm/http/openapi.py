@@ -99,6 +99,8 @@ def _cached(paths: dict) -> None:
     completion route.
     """
     for route in CACHED_ROUTES:
+        if route not in paths:
+            continue  # a document without the mounted sub-apps' routes
         operation = paths[route]["post"]
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
         if "properties" in schema:
