@@ -17,12 +17,13 @@ from attrs import define, field
 now_ns = time.monotonic_ns  # CLOCK_MONOTONIC: the same clock in every process
 
 
-def build_request(port: int, method: str, path: str, body: dict | None = None) -> bytes:
+def build_request(port: int, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> bytes:
     """
     One complete request, ready to be written as many times as wanted.
     """
     payload = json.dumps(body).encode() if body is not None else b""
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
     return head.encode() + b"\r\n" + payload

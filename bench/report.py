@@ -135,6 +135,13 @@ def targets(results: dict) -> list[Target]:
     add(
         f"{n:,} concurrent streams: daemon peak RSS", f"{num(peak, 1)} MiB", "<= 200 MiB", _ok(peak, lambda v: v <= 200)
     )
+    hit, miss = _get(r, "cache_hit_c1", "p50_ms"), _get(r, "cache_miss_c1", "p50_ms")
+    add(
+        "Cache: a hit's p50 vs a miss's, c=1",
+        f"{num(hit, 3)} ms vs {num(miss, 3)} ms",
+        "<= half",
+        _ok(hit, lambda v: v <= miss / 2),
+    )
     startups = r.get("startup_s", [])
     middle = statistics.median(startups) if startups else nan
     floors = r.get("floor_startup_s", [])
@@ -331,6 +338,29 @@ def render(results: dict, plan) -> str:
 
     startups = r.get("startup_s", [])
     out.append("6. Start-up, spawn of twistd to the first 200 on /health: " + ", ".join(f"{x:.3f} s" for x in startups))
+    out.append("")
+
+    rows = []
+    for key, label in (
+        ("cache_miss_c1", "miss (Cache-Control: no-cache), c=1"),
+        ("cache_hit_c1", "hit, c=1"),
+        ("cache_hit_stream_c1", "hit, streamed, c=1"),
+        ("cache_miss_c8", "miss (Cache-Control: no-cache), c=8"),
+        ("cache_hit_c8", "hit, c=8"),
+    ):
+        s = r.get(key)
+        if s:
+            rows.append(
+                [label, num(s["rate"], 0), num(s["p50_ms"], 3), num(s["p99_ms"], 3), num(s["daemon_cpu_ms"], 3)]
+                + [str(s["errors"])]
+            )
+    counts = r.get("cache_counts") or {}
+    out.append(
+        "7. Response cache: claude -> instant fake CLI, SHELLM_CACHE_TTL=3600, SHELLM_MAX_CONCURRENT=2 "
+        f"(the daemon counted {counts.get('hit', '-')} hits, {counts.get('miss', '-')} misses, "
+        f"{counts.get('bypass', '-')} no-cache runs)"
+    )
+    out.append(table(["", "req/s", "p50 ms", "p99 ms", "daemon CPU/req", "errors"], rows))
     out.append("")
 
     found = targets(r)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 from attrs import define, field
 
@@ -131,6 +132,21 @@ def daemon_settings(
     }
 
 
+def cache_counts(port: int) -> dict:
+    """
+    The daemon's response-cache counts, from its /metrics (open: the bench
+    daemons have no keys).
+    """
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("shellm_cache_requests_total{"):
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            counts[result] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
 def calibrate(tmpdir: str) -> dict:
     """
     Two figures that explain most differences between machines: how fast
@@ -177,10 +193,11 @@ class Bench:
             probes["daemon"] = daemon.cpu_seconds
         return probes
 
-    async def _start_daemon(self, name: str, **kwargs) -> Daemon:
+    async def _start_daemon(self, name: str, extra: dict | None = None, **kwargs) -> Daemon:
         workdir = os.path.join(self.workdir, name)
         os.makedirs(workdir, exist_ok=True)
-        daemon = Daemon(workdir, daemon_settings(workdir, self.fake_cli, self.upstream, self.plan, **kwargs))
+        settings = daemon_settings(workdir, self.fake_cli, self.upstream, self.plan, **kwargs)
+        daemon = Daemon(workdir, {**settings, **(extra or {})})
         self._daemons.append(daemon)
         daemon.start()
         took = await daemon.ready()
@@ -523,6 +540,37 @@ class Bench:
                 connection.close()
             self._stop_daemon(daemon)
 
+    async def cache_path(self) -> None:
+        """
+        The response cache, a hit next to a miss in the same daemon: the
+        same claude request, answered afresh (Cache-Control: no-cache runs
+        the CLI and stores the answer) or from the cache.
+        """
+        daemon = await self._start_daemon("cache", max_concurrent=2, extra={"SHELLM_CACHE_TTL": "3600"})
+        port = daemon.port
+        body = seed_body("claude", "bench:fast")
+        miss = build_request(port, "POST", "/completions", body, headers={"Cache-Control": "no-cache"})
+        hit = build_request(port, "POST", "/completions", body)
+        hit_stream = build_request(port, "POST", "/completions/stream", body)
+        probes = {"daemon": daemon.cpu_seconds}
+        for c in (1, 8):
+            self.say(f"response cache: miss (no-cache), c={c}")
+            self._record(
+                f"cache_miss_c{c}",
+                await run_load(port, miss, c, answered_by("claude"), cpu_probes=probes, **self._window()),
+            )
+            self.say(f"response cache: hit, c={c}")
+            self._record(
+                f"cache_hit_c{c}",
+                await run_load(port, hit, c, answered_by("claude"), cpu_probes=probes, **self._window()),
+            )
+        self.say("response cache: streamed hit, c=1")
+        self._record(
+            "cache_hit_stream_c1", await run_load(port, hit_stream, 1, ended_clean, cpu_probes=probes, **self._window())
+        )
+        self.results["cache_counts"] = cache_counts(port)
+        self._stop_daemon(daemon)
+
     async def startups(self) -> None:
         """
         More start-ups of the daemon, each beside one of the floor, so
@@ -574,6 +622,7 @@ class Bench:
             await self.cli_path(two, "cli_c8_max2", 8)
             self._stop_daemon(two)
 
+            await self.cache_path()
             await self.open_streams()
             await self.startups()
         finally:

@@ -18,6 +18,24 @@ if TYPE_CHECKING:
 
 
 @frozen
+class CacheControl:
+    """
+    What a request asked of the response cache (L{shellm.routing.cache}):
+    its C{cache} field and C{Cache-Control} header, read together.
+
+    @ivar ttl: how long to keep this answer, in seconds (at most the
+        operator's C{SHELLM_CACHE_TTL}); L{None}: that TTL.
+    @ivar no_cache: answer afresh, never from the cache (the fresh answer
+        is still stored).
+    @ivar no_store: do not keep this answer.
+    """
+
+    ttl: int | None = None
+    no_cache: bool = False
+    no_store: bool = False
+
+
+@frozen
 class CompletionRequest:
     """
     A validated request, whatever dialect it arrived in.
@@ -45,6 +63,8 @@ class CompletionRequest:
     #: The prompt template version that made the prompt (C{name@version}),
     #: for the request log; the prompt itself is already rendered.
     template: str | None = None
+    #: What the client asked of the response cache; not part of its key.
+    cache: CacheControl = CacheControl()
 
 
 @frozen

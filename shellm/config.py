@@ -207,6 +207,19 @@ SETTINGS: tuple[Setting, ...] = (
         "session_max_chars", "SHELLM_SESSION_MAX_CHARS", "1048576", _int(1), "characters of text a session may hold"
     ),
     Setting(
+        "cache_ttl",
+        "SHELLM_CACHE_TTL",
+        "0",
+        _seconds(0),
+        "seconds an answer stays in the response cache, at most (0: answers are not cached)",
+    ),
+    Setting(
+        "cache_shared", "SHELLM_CACHE_SHARED", "0", _flag, "1 lets a cached answer serve every key, not only its own"
+    ),
+    Setting(
+        "cache_max_bytes", "SHELLM_CACHE_MAX_BYTES", "67108864", _int(1), "bytes the response cache holds, at most"
+    ),
+    Setting(
         "request_deadline",
         "SHELLM_REQUEST_DEADLINE",
         "30",
@@ -408,6 +421,9 @@ class Config:
     session_ttl: float
     session_max_turns: int
     session_max_chars: int
+    cache_ttl: float
+    cache_shared: bool
+    cache_max_bytes: int
     request_deadline: float
     max_connections: int
     max_connections_per_ip: int

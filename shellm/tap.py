@@ -35,6 +35,7 @@ from shellm.providers.spawner import SessionSpawner, find_launcher
 from shellm.providers.watchdog import Watchdog
 from shellm.reload import ClientReload
 from shellm.routing.auth import Authenticator
+from shellm.routing.cache import ResponseCache
 from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
 from shellm.routing.job_runner import JobService
@@ -251,6 +252,9 @@ def makeService(options, reactor=None):
     conversations = Conversations(
         store, reactor, config.session_ttl, config.session_max_turns, config.session_max_chars
     )
+    cache = ResponseCache(
+        reactor, config.cache_ttl, config.cache_max_bytes, shared=config.cache_shared, max_wait=config.timeout
+    )
     api = ShellmAPI(
         reactor,
         router,
@@ -261,9 +265,10 @@ def makeService(options, reactor=None):
         ledger=ledger,
         metrics=metrics,
         metrics_public=config.metrics_public,
-        admin=AdminAPI(reactor, authenticator, keys, router.models, templates, config.max_prompt_chars),
+        admin=AdminAPI(reactor, authenticator, keys, router.models, templates, config.max_prompt_chars, cache=cache),
         conversations=conversations,
         templates=templates,
+        cache=cache,
     )
     api.accounting.log_bodies = config.log_bodies
     api.dashboard = Dashboard(

@@ -51,6 +51,11 @@ def _results(http_cpu: float, idle: float) -> dict:
         "streams": {"streams": 1000, "opened_at_once": 1000, "errors": 0, "rss_peak": 90},
         "startup_s": [0.18, 0.19, 0.25],
         "floor_startup_s": [0.15],
+        "cache_miss_c1": _point(250, 3.8, 3.0),
+        "cache_hit_c1": _point(1500, 0.6, 0.5),
+        "cache_miss_c8": _point(400, 20.0, 3.0),
+        "cache_hit_c8": _point(2500, 3.0, 0.4),
+        "cache_counts": {"hit": 4000, "miss": 0, "bypass": 650},
     }
 
 
@@ -65,7 +70,8 @@ def test_targets_pass_and_fail_on_the_figures():
     assert "setpriv+env 1.600" in good["CLI path: p50 over a bare spawn, c=1"].figure
     startup = good["Start-up to first 200 on /health, median"]
     assert startup.passed and "190 ms" in startup.figure and "floor 150" in startup.figure
-    assert len(good) == 14
+    assert good["Cache: a hit's p50 vs a miss's, c=1"].passed
+    assert len(good) == 15
 
 
 def test_streaming_targets_are_judged_against_direct_and_the_floor():
@@ -97,6 +103,7 @@ def test_the_report_prints_every_target_with_its_verdict():
         assert line.rstrip().endswith("PASS" if target.passed else "FAIL")
     assert "floor: Klein + treq relay" in text
     assert "spawn through setpriv + env -C, c=1" in text
+    assert "7. Response cache" in text and "hit, c=8" in text
 
 
 def test_the_record_is_generated_with_its_machine_targets_and_warning(tmp_path):

@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from shellm.completion import ProviderResult, Usage
 from shellm.errors import ProviderFailed
 from shellm.routing.auth import Authenticator, Client
+from shellm.routing.cache import ResponseCache
 from shellm.state.conversations import Conversations
 from shellm.state.store import Store
 from tests.daemon import eventually
@@ -594,3 +595,43 @@ async def test_one_turn_at_a_time_across_nodes(cgw, db_setting):
         assert [(e.prompt, e.answer) for e in exchanges] == [("p", "a")]
     finally:
         await other_store.close()
+
+
+# -- with the response cache
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_side_history_is_never_cached(cgw):
+    """
+    With the response cache on, a session turn and a Responses request
+    chained by previous_response_id are neither answered from it nor
+    stored (X-SheLLM-Cache: bypass); an unchained Response is, and its hit
+    is stored as a response of its own.
+    """
+    cgw.api.cache = ResponseCache(cgw.clock, 60, 1 << 20)
+
+    async def asked(path: str, body: dict, provider: str, runs: int) -> tuple[str, dict]:
+        before = len(cgw.providers[provider].runs)
+        d = post(cgw, path, body)
+        if runs > before:
+            (await started(cgw, provider, runs)).emit("Hello").succeed(ProviderResult(usage=Usage(7, 3)))
+        response = await answer(cgw, d)
+        assert response.code == 200
+        assert len(cgw.providers[provider].runs) == runs
+        return response.headers.getRawHeaders(b"x-shellm-cache")[0].decode(), await response.json()
+
+    for runs in (1, 2):
+        session_id = await new_session(cgw)
+        status, _ = await asked(
+            "/completions", {"model": "claude", "prompt": "Hi", "session_id": session_id}, "claude", runs
+        )
+        assert status == "bypass"
+    status, first = await asked("/v1/responses", {"model": "codex", "input": "Hi"}, "codex", 1)
+    assert status == "miss"
+    status, again = await asked("/v1/responses", {"model": "codex", "input": "Hi"}, "codex", 1)
+    assert status == "hit" and again["id"] != first["id"]
+    assert (await json_of(cgw, get(cgw, f"/v1/responses/{again['id']}")))["output"][0]["content"][0]["text"] == "Hello"
+    for runs in (2, 3):
+        chained = {"model": "codex", "input": "More", "previous_response_id": first["id"]}
+        status, _ = await asked("/v1/responses", chained, "codex", runs)
+        assert status == "bypass"

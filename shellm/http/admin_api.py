@@ -32,6 +32,7 @@ from shellm.http.headers import header, presented_token
 from shellm.http.templates_api import TemplatesAdmin
 from shellm.models import ModelTable
 from shellm.routing.auth import Authenticator, AuthRequired, Client
+from shellm.routing.cache import ResponseCache
 from shellm.state import request_log
 from shellm.state.keys import EDITABLE, KeyRecord, KeyStore, NameTaken
 from shellm.state.request_log import MAX_PAGE, LogFilter
@@ -146,16 +147,19 @@ class AdminAPI:
         models: ModelTable,
         templates: TemplateStore | None = None,
         max_prompt_chars: int = 50000,
+        cache: ResponseCache | None = None,
     ):
         """
         @param templates: the prompt templates; none means C{/admin/templates} is off.
         @param max_prompt_chars: the prompt limit a rendered template obeys.
+        @param cache: the response cache shown and cleared at C{/admin/cache}.
         """
         self._clock = clock
         self._authenticator = authenticator
         self._keys = keys
         self._models = models
         self._templates = TemplatesAdmin(self, templates, max_prompt_chars) if templates is not None else None
+        self._cache = cache
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -413,3 +417,22 @@ class AdminAPI:
             where = LogFilter(self._now() - 86400, where.until, where.key, where.provider, where.status, where.error)
         result = await request_log.stats(self._keys.store, where, 3600 if bucket == "hour" else 86400, by)
         return _json(request, 200, result)
+
+    # -- the response cache
+
+    def _cache_stats(self) -> dict[str, Any]:
+        if self._cache is None:
+            return {**ResponseCache(self._clock, 0, 1).stats(), "max_bytes": 0}
+        return self._cache.stats()
+
+    @app.route("/cache", methods=["GET"])
+    def cache_stats(self, request: IRequest) -> bytes:
+        self._admin(request)
+        return _json(request, 200, self._cache_stats())
+
+    @app.route("/cache", methods=["DELETE"])
+    def clear_cache(self, request: IRequest) -> bytes:
+        admin = self._admin(request)
+        cleared = self._cache.clear() if self._cache is not None else 0
+        self.log.info("response cache cleared by {actor}: {count} entries", actor=admin.name, count=cleared)
+        return _json(request, 200, {"cleared": cleared, **self._cache_stats()})

@@ -38,6 +38,7 @@ from shellm.http.template_use import expand_seed
 from shellm.routing.accounting import Accounting
 from shellm.routing.auth import Authenticator, AuthRequired, Client, ModelNotAllowed
 from shellm.routing.budgets import check_budget
+from shellm.routing.cache import HIT, UNCACHED, CacheHit, ResponseCache, read_control
 from shellm.routing.health import overall_status
 from shellm.routing.limits import Limiter
 from shellm.routing.router import Admission, Router
@@ -113,6 +114,7 @@ class ShellmAPI:
         conversations: Conversations | None = None,
         templates: TemplateStore | None = None,
         dashboard=None,
+        cache: ResponseCache | None = None,
     ):
         """
         @param authenticator: the client keys; none means auth is off.
@@ -125,7 +127,11 @@ class ShellmAPI:
             neither is available.
         @param templates: the prompt templates requests may name; none means
             none may.
+        @param cache: the response cache; none (or one with no TTL) means
+            answers are not cached.
         """
+        #: The response cache, when answers are cached.
+        self.cache = cache if cache is not None and cache.enabled else None
         self._admin = admin
         #: The web dashboard (L{shellm.http.dashboard.pages.Dashboard}), if any.
         self.dashboard = dashboard
@@ -138,6 +144,8 @@ class ShellmAPI:
         self._ledger = ledger
         self.metrics = metrics or Metrics(router.queues, router.circuits, router.quota)
         self.accounting = Accounting(clock, self.metrics, ledger)
+        if self.cache is not None:
+            self.metrics.watch_cache(self.cache)
         self._metrics_public = metrics_public
         self.conversations = conversations
         self.templates = templates
@@ -197,15 +205,37 @@ class ShellmAPI:
             return False
         return True
 
-    async def _admit(self, client: Client, completion_request: CompletionRequest, endpoint: str) -> Admission:
+    async def _admit(
+        self, client: Client, completion_request: CompletionRequest, endpoint: str
+    ) -> Admission | CacheHit:
         """
-        Model allow-list, then the router's admission (a provider and a
-        place in its queue), then rate limits: a request refused by a full
-        queue or an unusable provider uses none of its client's quota.
+        Model allow-list, then the response cache (a hit needs no provider,
+        queue or budget, only its place in the rate limits; an identical
+        request under way is waited for), then the router's admission (a
+        provider and a place in its queue), then rate limits: a request
+        refused by a full queue or an unusable provider uses none of its
+        client's quota.
         """
         entry = completion_request.entry
         if not client.may_use(completion_request.model, entry.provider):
             raise ModelNotAllowed(f"client {client.name} may not use {completion_request.model}")
+        ticket = await self.cache.consult(client.scope, completion_request) if self.cache is not None else None
+        if ticket is not None and ticket.status == HIT:
+            if self._limiter is not None:
+                await self._limiter.admit(client)
+            return CacheHit(entry, self._clock.seconds(), ticket)
+        try:
+            return await self._admit_to_router(client, completion_request, endpoint, ticket)
+        except BaseException:
+            if ticket is not None and self.cache is not None:
+                self.cache.abandon(ticket)
+            raise
+
+    async def _admit_to_router(self, client, completion_request, endpoint, ticket) -> Admission:
+        """
+        Budget, the router's admission, rate limits; the admission carries
+        the cache's C{ticket} to L{_serve}.
+        """
         try:
             if self._ledger is not None:
                 await check_budget(self._ledger, client, self._clock.seconds())
@@ -228,6 +258,7 @@ class ShellmAPI:
             except BaseException:
                 admission.withdraw()
                 raise
+        admission.cache = ticket
         return admission
 
     @staticmethod
@@ -254,22 +285,30 @@ class ShellmAPI:
         started = admission.admitted_at
         status, completion, code = 500, None, "internal_error"
         self.in_flight += 1
+        ticket = admission.cache
         try:
             permits = self._permits(client)
-            # Structured answers are validated, and repaired once (a second run).
-            completion = await structured.answer(
-                completion_request,
-                lambda to: self._router.run(
-                    admission,
+
+            def answer(to):
+                # Structured answers are validated, and repaired once (a second run).
+                return structured.answer(
                     completion_request,
-                    self.accounting.timing_first_delta(admission.entry.provider, started, to),
-                    permits=permits,
-                    streaming=streaming,
-                ),
-                lambda again, to: self._router.complete(again, to, permits, streaming),
-                sink,
-                streaming,
-            )
+                    lambda to: self._router.run(
+                        admission,
+                        completion_request,
+                        self.accounting.timing_first_delta(admission.entry.provider, started, to),
+                        permits=permits,
+                        streaming=streaming,
+                    ),
+                    lambda again, to: self._router.complete(again, to, permits, streaming),
+                    to,
+                    streaming,
+                )
+
+            if ticket is not None and self.cache is not None:
+                completion = await self.cache.serve(ticket, completion_request, answer, sink)
+            else:
+                completion = await answer(sink)
             if turn is not None:
                 await turn.commit(completion)
             status, code = 200, None
@@ -293,6 +332,7 @@ class ShellmAPI:
                 key_id=client.id,
                 endpoint=endpoint,
                 error_code=code,
+                cached=ticket is not None and ticket.status == HIT,
             )
             if not self.in_flight:
                 waiters, self._idle_waiters = self._idle_waiters, []
@@ -344,6 +384,21 @@ class ShellmAPI:
         """
         request.setHeader(b"x-shellm-template", label.encode("ascii"))
         return evolve(completion_request, template=label)
+
+    def _cache_headers(self, request, admission) -> None:
+        """
+        C{X-SheLLM-Cache: hit|miss|bypass} when answers are cached, and on
+        a hit C{Age}, the seconds since the answer was stored (RFC 9111).
+        """
+        if self.cache is None:
+            return
+        ticket = admission.cache
+        status = ticket.status if ticket is not None else "bypass"
+        request.log_fields["cache"] = status
+        request.setHeader(b"x-shellm-cache", status.encode())
+        if ticket is not None and ticket.answer is not None:
+            age = max(0, int(self._clock.seconds() - ticket.answer.stored_at))
+            request.setHeader(b"age", str(age).encode())
 
     # -- for the mounted sub-apps (sessions, responses)
 
@@ -429,6 +484,7 @@ class ShellmAPI:
         request.log_fields.update(provider=completion.provider, queued_ms=completion.queued_ms)
         self._queue_headers(request, completion.provider)
         self._quota_headers(request, completion.provider)
+        self._cache_headers(request, admission)
         return completion
 
     async def _stream(self, request, client, completion_request, admission, writer) -> None:
@@ -441,6 +497,7 @@ class ShellmAPI:
         self._request_id_headers(request)
         self._queue_headers(request, admission.entry.provider)
         self._quota_headers(request, admission.entry.provider)
+        self._cache_headers(request, admission)
         stream = EventStream(request, self._clock, self._heartbeat)
         try:
             stream.write(writer.start())
@@ -484,6 +541,9 @@ class ShellmAPI:
                 self._max_prompt_chars,
                 request.request_id,
             )
+            control = read_control(body, header(request, b"cache-control"))
+            # A session's history lives on the server: its turns are never cached.
+            completion_request = evolve(completion_request, cache=control if turn is None else UNCACHED)
             if turn is not None:
                 completion_request = turn.frame(completion_request, self._max_prompt_chars)
             if template is not None:

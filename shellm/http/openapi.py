@@ -61,6 +61,61 @@ _SECURITY = [{"bearer": []}, {"apiKey": []}, {}]
 _NO_TEMPLATE = _error(NO_TEMPLATE)
 
 
+#: The C{cache} field every completion dialect takes (L{shellm.routing.cache}).
+CACHE_CONTROL = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": (
+        "The response cache (on when the operator sets SHELLM_CACHE_TTL): ttl keeps this answer that many "
+        "seconds (at most SHELLM_CACHE_TTL; 0: not kept), no_cache answers afresh (and stores the fresh "
+        "answer), no_store does not keep it"
+    ),
+    "properties": {
+        "ttl": {"type": "integer", "minimum": 0, "maximum": 365 * 86400},
+        "no_cache": {"type": "boolean"},
+        "no_store": {"type": "boolean"},
+    },
+}
+
+#: The completion routes the response cache serves, in every dialect.
+CACHED_ROUTES = ("/completions", "/completions/stream", "/v1/chat/completions", "/v1/messages", "/v1/responses")
+
+_CACHE_CONTROL_HEADER = {
+    "name": "Cache-Control",
+    "in": "header",
+    "required": False,
+    "description": "no-cache: answer afresh; no-store: do not keep the answer (as the cache field's flags)",
+    "schema": {"type": "string"},
+}
+
+_CACHE_HEADERS = {
+    "X-SheLLM-Cache": {
+        "description": (
+            "When answers are cached: hit (from the cache), miss (run, and kept when it may be) or bypass "
+            "(the cache was not read: no_cache, a session turn, a previous_response_id)"
+        ),
+        "schema": {"type": "string", "enum": ["hit", "miss", "bypass"]},
+    },
+    "Age": {"description": "On a hit: seconds since the answer was stored", "schema": {"type": "integer"}},
+}
+
+
+def _cached(paths: dict) -> None:
+    """
+    The cache's field, request header and response headers, on every
+    completion route.
+    """
+    for route in CACHED_ROUTES:
+        if route not in paths:
+            continue  # a document without the mounted sub-apps' routes
+        operation = paths[route]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        if "properties" in schema:
+            schema["properties"]["cache"] = {"$ref": "#/components/schemas/CacheControl"}
+        operation.setdefault("parameters", []).append(_CACHE_CONTROL_HEADER)
+        operation["responses"]["200"] = {**operation["responses"]["200"], "headers": _CACHE_HEADERS}
+
+
 def _completion_body() -> dict:
     return {
         "required": True,
@@ -259,6 +314,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
             }
         )
     paths.update(extra_paths or {})
+    _cached(paths)
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"].setdefault("400", _MALFORMED)
@@ -296,8 +352,10 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                             "anyOf": [{"$ref": "#/components/schemas/ResponseFormat"}, {"type": "null"}]
                         },
                         "session_id": {"type": "string", "description": "continue this session (POST /sessions)"},
+                        "cache": {"$ref": "#/components/schemas/CacheControl"},
                     },
                 },
+                "CacheControl": CACHE_CONTROL,
                 "ResponseFormat": RESPONSE_FORMAT,
                 "Usage": {
                     "type": ["object", "null"],

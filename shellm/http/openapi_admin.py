@@ -1,7 +1,7 @@
 """
-The C{/admin/} part of the OpenAPI document: key administration and the
-request log (L{shellm.http.admin_api}), and prompt templates
-(L{shellm.http.templates_api}).
+The C{/admin/} part of the OpenAPI document: key administration, the
+request log and the response cache (L{shellm.http.admin_api}), and prompt
+templates (L{shellm.http.templates_api}).
 """
 
 from __future__ import annotations
@@ -63,6 +63,25 @@ _KEY = {
         "revoked_at": {"type": ["number", "null"]},
         "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
         "source": {"type": "string", "enum": ["db", "env"]},
+    },
+}
+
+
+_CACHE = {
+    "type": "object",
+    "required": ["enabled", "entries", "bytes", "hits", "misses", "hit_ratio"],
+    "properties": {
+        "enabled": {"type": "boolean", "description": "SHELLM_CACHE_TTL is set"},
+        "entries": {"type": "integer"},
+        "bytes": {"type": "integer"},
+        "max_bytes": {"type": "integer"},
+        "ttl": {"type": "number"},
+        "shared": {"type": "boolean"},
+        "hits": {"type": "integer"},
+        "misses": {"type": "integer"},
+        "bypasses": {"type": "integer"},
+        "hit_ratio": {"type": ["number", "null"], "description": "hits / (hits + misses); null before any"},
+        "cleared": {"type": "integer", "description": "DELETE only: the entries forgotten"},
     },
 }
 
@@ -162,6 +181,16 @@ def admin_paths(models: list[str]) -> dict[str, Any]:
                     {"name": "bucket", "in": "query", "schema": {"type": "string", "enum": ["hour", "day"]}},
                     {"name": "by", "in": "query", "schema": {"type": "string", "enum": ["provider", "key", "model"]}},
                 ],
+            ),
+        },
+        "/admin/cache": {
+            "get": _operation(
+                "The response cache (this node's): entries, bytes, hits, misses, hit_ratio",
+                {"200": _json("The cache", _CACHE)},
+            ),
+            "delete": _operation(
+                "Forget every cached answer on this node",
+                {"200": _json("How many entries went, and the cache now", _CACHE)},
             ),
         },
     }

@@ -20,8 +20,10 @@ from shellm.errors import InvalidRequest
 from shellm.http.dialects import openai, responses
 from shellm.http.dialects.conversation import ASSISTANT, USER, InvalidField, Turn, clean_text
 from shellm.http.dialects.responses import ResponseShape, ResponsesRequest, ResponseStream
+from shellm.http.headers import header
 from shellm.http.history import frame_history
 from shellm.http.template_use import joined_system, render_prompt_object
+from shellm.routing.cache import UNCACHED, read_control
 from shellm.state.conversations import Conversations, StoredResponse
 
 if TYPE_CHECKING:
@@ -138,6 +140,7 @@ class ResponsesAPI:
         if rendered is not None:
             given = body["prompt"].get("variables")
             parsed = evolve(parsed, prompt={"id": rendered.name, "version": str(rendered.version), "variables": given})
+        control = read_control(body, header(request, b"cache-control"))
         entry = self._api.models.resolve(parsed.model)
         if entry is None:
             raise openai.unknown_model(parsed.model)
@@ -163,6 +166,8 @@ class ResponsesAPI:
             request_id=request.request_id,
             temperature=parsed.temperature,
             top_p=parsed.top_p,
+            # A chain's history lives on the server: it is never cached.
+            cache=control if parsed.previous_response_id is None else UNCACHED,
         )
         if rendered is not None:
             completion_request = self._api.used_template(request, completion_request, rendered.label)

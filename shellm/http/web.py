@@ -351,6 +351,7 @@ class ShellmSite(Site):
                 provider=fields.get("provider"),
                 model=fields.get("model"),
                 queued_ms=fields.get("queued_ms"),
+                cache=fields.get("cache"),
             )
         except Exception:
             log.failure("the access log line could not be written")

@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from shellm.completion import Completion, CompletionRequest, EventSink, TextDelta
+from attrs import evolve
+
+from shellm.completion import Completion, CompletionRequest, EventSink, TextDelta, Usage
 from shellm.state.ledger import Ledger, UsageRecord
 from shellm.state.metrics import Metrics
 
 #: Characters of a prompt or an answer kept when SHELLM_LOG_BODIES=1.
 BODY_CAP = 4096
+
+#: The provider a request answered from the response cache is counted
+#: under: no provider ran, so none is charged tokens, cost or time.
+CACHE_PROVIDER = "cache"
 
 
 class Accounting:
@@ -54,17 +60,27 @@ class Accounting:
         key_id: str | None = None,
         endpoint: str | None = None,
         error_code: str | None = None,
+        cached: bool = False,
     ) -> None:
         """
         Count one finished request: C{status} is what its client got (499
         when it left first), C{completion} the answer when there was one.
+
+        @param cached: the answer came from the response cache: it is
+            counted under the provider L{CACHE_PROVIDER}, with no tokens
+            and no cost (the client still sees the original usage).
         """
         provider = completion.provider if completion else request.entry.provider
+        if cached:
+            provider = CACHE_PROVIDER
         elapsed = self._clock.seconds() - started
         self.metrics.requests.labels(provider, request.model, str(status), client).inc()
         self.metrics.duration.labels(provider).observe(elapsed)
-        usage = completion.usage if completion else None
-        if completion is not None:
+        usage = completion.usage if completion and not cached else None
+        if cached and completion is not None:
+            usage = Usage(0, 0)
+            completion = evolve(completion, usage=usage, cost_usd=0.0, duration_ms=round(elapsed * 1000))
+        elif completion is not None:
             self.metrics.queue_wait.labels(provider).observe(completion.queued_ms / 1000)
         if usage is not None:
             self.metrics.tokens.labels(provider, client, "input").inc(usage.input_tokens)

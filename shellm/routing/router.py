@@ -7,6 +7,7 @@ back once to another provider when it fails on its side.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
@@ -28,6 +29,9 @@ from shellm.routing.circuit import Circuit
 from shellm.routing.health import HealthMonitor
 from shellm.routing.queue import RequestQueue
 from shellm.routing.quota import QuotaTracker
+
+if TYPE_CHECKING:
+    from shellm.routing.cache import Ticket
 
 
 class Router:
@@ -371,6 +375,10 @@ class Admission:
     fallback: FallbackInfo | None
     slot: Deferred
     admitted_at: float
+    #: What the response cache decided (L{shellm.routing.cache}), when it
+    #: was read: a miss or a bypass runs here (a hit is a
+    #: L{shellm.routing.cache.CacheHit} instead).
+    cache: Ticket | None = None
 
     def withdraw(self) -> None:
         """

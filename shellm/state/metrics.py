@@ -5,7 +5,7 @@ Prometheus metrics, in a registry of the daemon's own.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -69,6 +69,34 @@ class _LiveState:
                 if window.resets_at is not None:
                     resets.add_metric(labels, window.resets_at)
         return [used, resets, exhausted]
+
+
+class _CacheState:
+    """
+    The response cache's counts and size, read at scrape time from its
+    C{stats()}.
+    """
+
+    def __init__(self, cache):
+        self._cache = cache
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        stats = self._cache.stats()
+        requests = CounterMetricFamily(
+            "shellm_cache_requests",
+            "Completion requests by what the response cache did: hit, miss, or bypass (not read)",
+            labels=["result"],
+        )
+        for result, name in (("hit", "hits"), ("miss", "misses"), ("bypass", "bypasses")):
+            requests.add_metric([result], stats[name])
+        entries = GaugeMetricFamily("shellm_cache_entries", "Answers held by the response cache")
+        entries.add_metric([], stats["entries"])
+        size = GaugeMetricFamily("shellm_cache_bytes", "Bytes held by the response cache (text and overhead)")
+        size.add_metric([], stats["bytes"])
+        return [requests, entries, size]
 
 
 class Metrics:
@@ -141,6 +169,13 @@ class Metrics:
         self.last_reload_ok.set(1 if applied else 0)
         if not applied:
             self.reload_failures.inc()
+
+    def watch_cache(self, cache) -> None:
+        """
+        Show the response cache (L{shellm.routing.cache.ResponseCache}):
+        its counts and size, read from it at scrape time.
+        """
+        self.registry.register(_CacheState(cache))
 
     def count_call(self, provider: str, outcome: str) -> None:
         self.provider_calls.labels(provider, outcome).inc()

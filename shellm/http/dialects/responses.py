@@ -46,6 +46,8 @@ _FIELDS = {
     "reasoning",
     "stream_options",
     "prompt",
+    # SheLLM's own: the response cache's controls (read by the API).
+    "cache",
 }
 
 

@@ -15,7 +15,7 @@ from shellm.models import ModelTable
 from shellm.structured import response_format_spec
 
 MAX_TOKENS_LIMIT = 128000
-_FIELDS = {"model", "prompt", "system", "max_tokens", "request_id", "fallback", "response_format"}
+_FIELDS = {"model", "prompt", "system", "max_tokens", "request_id", "fallback", "response_format", "cache"}
 
 
 def parse_json_body(raw: bytes) -> dict:
