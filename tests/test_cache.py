@@ -146,6 +146,8 @@ def test_key_covers_what_changes_the_answer():
         ({"ttl": 1.5}, "cache.ttl"),
         ({"no_cache": "true"}, "cache.no_cache"),
         ({"no_store": 1}, "cache.no_store"),
+        ({"no_store": None}, "cache.no_store"),
+        ({"ttl": None}, "cache.ttl"),
         ({"max_age": 5}, "cache.max_age"),
     ],
 )
@@ -161,6 +163,7 @@ def test_controls_from_body_and_header():
     assert read_control({}, "No-Cache, max-age=0") == CacheControl(no_cache=True)
     assert read_control({}, "no-store") == CacheControl(no_store=True)
     assert read_control({"cache": {"no_cache": False}}, "private") == CacheControl()
+    assert read_control({"cache": {"ttl": 60.0}}, None) == CacheControl(ttl=60)  # an integer to JSON
 
 
 # -- hits and misses

@@ -429,6 +429,8 @@ async def test_a_session_turn_from_a_template(gw):
         ({"template": "nope"}, 404, "template_not_found", "nope"),
         ({"template_version": 9}, 404, "template_version_not_found", "no version 9"),
         ({"template_version": 0}, 400, "invalid_request", "template_version"),
+        ({"template_version": 10**21}, 400, "invalid_request", "template_version"),
+        ({"template_version": 9.0}, 404, "template_version_not_found", "no version 9"),  # 9 to JSON
         ({"variables": {}}, 400, "missing_template_variables", "who"),
         ({"variables": {"who": "x", "whom": "y"}}, 400, "unknown_template_variables", "whom"),
         ({"variables": {"who": ["x"]}}, 400, "invalid_template_variable", "variables.who"),

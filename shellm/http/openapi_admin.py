@@ -214,7 +214,9 @@ _TEMPLATE = {
     },
 }
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": TEMPLATE_NAME}]
-_VERSION = [{"name": "version", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}}]
+_VERSION = [
+    {"name": "version", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 10**9}}
+]
 _READ_ONLY = _error("template_read_only: the name is a SHELLM_TEMPLATES_DIR file's; or template_full")
 
 

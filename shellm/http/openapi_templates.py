@@ -19,7 +19,12 @@ TEMPLATE_VARIABLES: dict[str, Any] = {
 #: The seed fields that name a template instead of a prompt.
 TEMPLATE_FIELDS: dict[str, Any] = {
     "template": TEMPLATE_NAME | {"description": "a prompt template's name, instead of prompt"},
-    "template_version": {"type": ["integer", "null"], "minimum": 1, "description": "default: the latest"},
+    "template_version": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": 1_000_000_000,
+        "description": "default: the latest",
+    },
     "variables": TEMPLATE_VARIABLES | {"description": "the template's variables, every one of them"},
 }
 #: A body has a prompt, or a template and its fields, not both.

@@ -36,6 +36,8 @@ def version_number(value: object, field: str = "version") -> int:
     """
     if isinstance(value, str) and value.isdigit() and len(value) <= 9:
         value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)  # 3.0 is an integer to JSON
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10**9:
         raise InvalidField(f"{field}: must be a version number (a positive integer)", field)
     return value

@@ -77,11 +77,12 @@ def read_control(body: Mapping[str, Any], cache_control: str | None) -> CacheCon
             name = str(unknown[0])[:100]
             raise InvalidField(f'unknown field: "cache.{name}"', f"cache.{name}")
         ttl = value.get("ttl")
-        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_REQUEST_TTL):
+        if isinstance(ttl, float) and ttl.is_integer():
+            ttl = int(ttl)  # 60.0 is an integer to JSON
+        if "ttl" in value and (not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_REQUEST_TTL):
             raise InvalidField(f'"cache.ttl" must be an integer from 0 to {MAX_REQUEST_TTL} (seconds)', "cache.ttl")
         for name in ("no_cache", "no_store"):
-            flag = value.get(name)
-            if flag is not None and not isinstance(flag, bool):
+            if name in value and not isinstance(value[name], bool):
                 raise InvalidField(f'"cache.{name}" must be true or false', f"cache.{name}")
         no_cache = value.get("no_cache") is True
         no_store = value.get("no_store") is True
