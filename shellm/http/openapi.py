@@ -77,6 +77,9 @@ CACHE_CONTROL = {
     },
 }
 
+#: The C{cache} field of a completion body: null is as good as left out.
+CACHE_FIELD = {"anyOf": [{"$ref": "#/components/schemas/CacheControl"}, {"type": "null"}]}
+
 #: The completion routes the response cache serves, in every dialect.
 CACHED_ROUTES = ("/completions", "/completions/stream", "/v1/chat/completions", "/v1/messages", "/v1/responses")
 
@@ -111,7 +114,7 @@ def _cached(paths: dict) -> None:
         operation = paths[route]["post"]
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
         if "properties" in schema:
-            schema["properties"]["cache"] = {"$ref": "#/components/schemas/CacheControl"}
+            schema["properties"]["cache"] = CACHE_FIELD
         operation.setdefault("parameters", []).append(_CACHE_CONTROL_HEADER)
         operation["responses"]["200"] = {**operation["responses"]["200"], "headers": _CACHE_HEADERS}
 
@@ -351,8 +354,12 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
                         "response_format": {
                             "anyOf": [{"$ref": "#/components/schemas/ResponseFormat"}, {"type": "null"}]
                         },
-                        "session_id": {"type": "string", "description": "continue this session (POST /sessions)"},
-                        "cache": {"$ref": "#/components/schemas/CacheControl"},
+                        "session_id": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "continue this session (POST /sessions)",
+                        },
+                        "cache": CACHE_FIELD,
                     },
                 },
                 "CacheControl": CACHE_CONTROL,
