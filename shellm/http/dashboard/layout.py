@@ -25,6 +25,7 @@ NAV = (
     ("keys", "Keys", "/dashboard/keys"),
     ("jobs", "Jobs", "/dashboard/jobs"),
     ("sessions", "Sessions", "/dashboard/sessions"),
+    ("templates", "Templates", "/dashboard/templates"),
 )
 
 
