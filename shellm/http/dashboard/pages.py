@@ -164,6 +164,10 @@ class Dashboard:
                 return handler(request, failure)
         return self.unexpected(request, failure)
 
+    @app.route("/templates/")
+    def templates_slash(self, request: IRequest) -> Any:
+        return self.templates(request)
+
     @app.route("/templates", branch=True)
     def templates(self, request: IRequest) -> Any:
         if not request.postpath:
