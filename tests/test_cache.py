@@ -83,7 +83,7 @@ def cached_gateway(
         authenticator=authenticator,
         limiter=RateLimiter(clock, global_rpm=100000),
         ledger=ledger,
-        admin=AdminAPI(clock, authenticator, None, router.models, cache),
+        admin=AdminAPI(clock, authenticator, None, router.models, cache=cache),
         cache=cache,
     )
     site = ShellmSite(api.resource(), clock, MAX_BODY)

@@ -635,3 +635,27 @@ async def test_server_side_history_is_never_cached(cgw):
         chained = {"model": "codex", "input": "More", "previous_response_id": first["id"]}
         status, _ = await asked("/v1/responses", chained, "codex", runs)
         assert status == "bypass"
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_times_keep_their_seconds(db_setting):
+    """
+    A session's times come back as stored, to the second and below, on
+    both engines (PostgreSQL's 4-byte REAL held only every 128th second).
+    """
+    from twisted.internet.task import Clock
+
+    from shellm.state.store import Store
+
+    clock = Clock()
+    clock.advance(1_764_547_201.25)
+    store = Store.from_setting(db_setting, reactor)
+    await store.open()
+    try:
+        conversations = Conversations(store, clock, 3600, max_turns=5, max_chars=1000)
+        made = await conversations.create_session("app", "claude", None, {})
+        session, _ = await conversations.get_session("app", made.id)
+        assert session.created_at == 1_764_547_201.25
+        assert session.expires_at == 1_764_547_201.25 + 3600
+    finally:
+        await store.close()

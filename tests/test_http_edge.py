@@ -568,3 +568,16 @@ def test_openapi_documents_the_connection_level_answers():
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             assert {"400", "408", "431"} <= set(operation["responses"]), (path, method)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("path", ["/admin", "/jobs/"])
+async def test_a_path_werkzeug_would_redirect_is_a_json_404(gw, path, log_events):
+    """
+    A mounted app's prefix without its slash (or a route with one too many)
+    is answered as an endpoint that does not exist: a JSON 404, never a 500
+    with a traceback in the log.
+    """
+    body = await error_response(gw, gw.get(path), 404, "not_found")
+    assert path in body["message"]
+    assert not [e for e in log_events if "log_failure" in e]

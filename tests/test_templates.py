@@ -202,7 +202,7 @@ def build(store: Store, folder: TemplateFolder | None = None) -> Gateway:
         heartbeat=15,
         authenticator=authenticator,
         ledger=ledger,
-        admin=AdminAPI(clock, authenticator, keys, router.models, templates, MAX_PROMPT),
+        admin=AdminAPI(clock, authenticator, keys, router.models, templates=templates, max_prompt_chars=MAX_PROMPT),
         templates=templates,
         conversations=conversations,
     )

@@ -145,6 +145,7 @@ class AdminAPI:
         authenticator: Authenticator,
         keys: KeyStore,
         models: ModelTable,
+        *,
         templates: TemplateStore | None = None,
         max_prompt_chars: int = 50000,
         cache: ResponseCache | None = None,

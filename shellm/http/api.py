@@ -16,6 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import RequestRedirect
 
 from shellm import __version__, structured
 from shellm.completion import Completion, CompletionRequest
@@ -428,7 +429,7 @@ class ShellmAPI:
         """
         if failure.check(ShellmError):
             return self.shellm_error(request, failure)
-        if failure.check(WerkzeugNotFound):
+        if failure.check(WerkzeugNotFound, RequestRedirect):
             return self.not_found(request, failure)
         if failure.check(WerkzeugMethodNotAllowed):
             return self.method_not_allowed(request, failure)
@@ -449,7 +450,9 @@ class ShellmAPI:
             self._queue_headers(request, request.log_fields["provider"])
         return self._error(request, error)
 
-    @app.handle_errors(WerkzeugNotFound)
+    # werkzeug would redirect /admin to /admin/ (a mounted app's prefix); an
+    # API answers that path as what it is, an endpoint that does not exist.
+    @app.handle_errors(WerkzeugNotFound, RequestRedirect)
     def not_found(self, request, failure):
         error = NotFound(f"no such endpoint: {request.path.decode('ascii', 'replace')[:200]}")
         return self._error(request, error)

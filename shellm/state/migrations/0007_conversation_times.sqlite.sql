@@ -1,0 +1,2 @@
+-- Nothing to change on SQLite, where REAL is already 8 bytes: this step
+-- widens the conversation tables' times on PostgreSQL (see its file).
