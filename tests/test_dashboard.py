@@ -417,7 +417,7 @@ async def test_every_page_answers_html(dgw):
         assert response.code == 200, (path, body)
         assert body.startswith("<!DOCTYPE html>")
         assert 'aria-current="page"' in body
-    for path in ("/dashboard/nothing-here", "/dashboard/templates/a/b"):
+    for path in ("/dashboard/nothing-here", "/dashboard/templates/a/b", "/dashboard/templates//a"):
         response, body = await browser.request("GET", path)
         assert response.code == 404 and _header(response, "content-type").startswith("text/html"), path
     response, _ = await browser.request("DELETE", "/dashboard/templates/greet")

@@ -20,6 +20,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.template import Tag, flattenString, tags
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import RequestRedirect
 
 from shellm.errors import InvalidRequest, ShellmError, StoreUnavailable
 from shellm.http.admin_api import MAX_GRACE, check_key_fields
@@ -157,6 +158,7 @@ class Dashboard:
             (LoginNeeded, self.login_needed),
             (ShellmError, self.shellm_error),
             (WerkzeugNotFound, self.not_found),
+            (RequestRedirect, self.not_found),
             (WerkzeugMethodNotAllowed, self.method_not_allowed),
         ]
         for kind, handler in handlers:
@@ -229,7 +231,9 @@ class Dashboard:
             request, Page("Refused", tags.p(str(error)), notice=str(error), error=True), error.status
         )
 
-    @app.handle_errors(WerkzeugNotFound)
+    # werkzeug would redirect a path it merges (//) or completes (a slash):
+    # a page answers it as the missing page it is.
+    @app.handle_errors(WerkzeugNotFound, RequestRedirect)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
         return self._plain_error(request, 404, "No such page.")
 
