@@ -38,6 +38,7 @@ from shellm.http.dashboard.layout import (
     money,
     option,
     post_button,
+    size,
     state,
     when,
 )
@@ -437,7 +438,7 @@ class Dashboard:
                 card(f"{stats['misses']:,}", "misses"),
                 card(f"{stats['bypasses']:,}", "bypasses"),
                 card(f"{stats['entries']:,}", "entries"),
-                card(f"{stats['bytes']:,} / {stats['max_bytes']:,}", "bytes held / at most"),
+                card(f"{size(stats['bytes'])} / {size(stats['max_bytes'])}", "held / at most"),
             ),
             tags.p(post_button(session, "/dashboard/cache/clear", "Clear cache", danger=True)),
         ]

@@ -90,7 +90,7 @@ class TemplatePages:
                 charts.table(
                     ["name", "latest", "versions", "variables", "source", "description", "updated (UTC)"],
                     rows,
-                    caption=f"{len(rows)} templates",
+                    caption=f"{len(rows)} template{'' if len(rows) == 1 else 's'}",
                 )
             ),
             tags.p(class_="muted")(
@@ -203,7 +203,12 @@ class TemplatePages:
                 tags.p(
                     post_button(session, action, f"Delete version {number}", danger=True, version=str(number)),
                     " ",
-                    post_button(session, action, f"Delete all {len(versions)} versions", danger=True),
+                    post_button(
+                        session,
+                        action,
+                        f"Delete all {len(versions)} versions" if len(versions) > 1 else "Delete the template",
+                        danger=True,
+                    ),
                 ),
             ]
         title = f"Template {template.name} (version {template.version})"
