@@ -8,6 +8,7 @@ The browser tests are in tests/test_dashboard_browser.py.
 from __future__ import annotations
 
 import re
+from html import unescape
 from urllib.parse import urlencode
 
 import pytest
@@ -163,6 +164,16 @@ def test_bar_chart_values_on_hover_and_in_a_table():
     # Scale top 10 over 134 px: 3 -> 40.2, 1 -> 13.4, 8 -> 107.2, 2 -> 26.8.
     assert heights == [40.2, 13.4, 107.2, 26.8]
     assert "<td>d3</td><td>8</td><td>2</td>" in html
+
+
+@pytest.mark.parametrize(
+    "count, shown",
+    [(0, "0 bytes"), (1023, "1,023 bytes"), (2360, "2.3 KiB"), (64 << 20, "64 MiB"), (3 << 40, "3,072 GiB")],
+)
+def test_sizes_read_as_people_read_them(count, shown):
+    from shellm.http.dashboard.layout import size
+
+    assert size(count) == shown
 
 
 @pytest.mark.parametrize("value, top", [(0, 1), (1, 1), (3, 5), (7, 10), (10, 10), (11, 20), (420, 500), (0.3, 0.5)])
@@ -410,13 +421,21 @@ async def test_request_log_pages_and_bad_filters(dgw, store):
 async def test_every_page_answers_html(dgw):
     browser = Browser(dgw)
     await browser.login()
-    for path in ("/dashboard/", "/dashboard/requests", "/dashboard/keys", "/dashboard/jobs", "/dashboard/sessions"):
+    pages = ("/dashboard/", "/dashboard/requests", "/dashboard/keys", "/dashboard/jobs", "/dashboard/sessions")
+    for path in (*pages, "/dashboard/templates", "/dashboard/templates/"):
         response, body = await browser.request("GET", path)
         assert response.code == 200, (path, body)
         assert body.startswith("<!DOCTYPE html>")
         assert 'aria-current="page"' in body
-    response, body = await browser.request("GET", "/dashboard/nothing-here")
-    assert response.code == 404 and _header(response, "content-type").startswith("text/html")
+    for path in ("/dashboard/nothing-here", "/dashboard/templates/a/b", "/dashboard/templates//a"):
+        response, body = await browser.request("GET", path)
+        assert response.code == 404 and _header(response, "content-type").startswith("text/html"), path
+    response, _ = await browser.request("DELETE", "/dashboard/templates/greet")
+    assert response.code == 405 and _header(response, "content-type").startswith("text/html")
+    token = await browser.csrf("/dashboard/")
+    await browser.request("POST", "/dashboard/logout", {"csrf": token})
+    response, _ = await browser.request("GET", "/dashboard/templates")
+    assert response.code == 303 and _header(response, "location") == "/dashboard/login"
     response, _ = await browser.request("GET", "/dashboard/static/dashboard.js")
     assert response.code == 200 and _header(response, "content-type").startswith("text/javascript")
     response, _ = await browser.request("GET", "/dashboard/static/../../pyproject.toml")
@@ -539,3 +558,158 @@ async def test_overview_with_the_store_down_still_shows_the_live_state(dgw, stor
     assert "usage figures are missing" in body and "Queues (now)" in body and "Requests per day" not in body
     response, body = await browser.request("GET", "/dashboard/requests")
     assert response.code == 503 and "state store" in body
+
+
+# -- templates and the response cache
+
+
+def _with_templates(gw: Gateway, store: Store, folder=None):
+    from shellm.state.templates import TemplateStore
+
+    gw.api.templates = TemplateStore(store, gw.clock, folder)
+    return gw.api.templates
+
+
+async def _save(templates, name: str, template: str, system: str | None = None, variables=None):
+    from shellm.state.templates import draft
+
+    return await templates.create("admin", name, draft(template, system, variables, None))
+
+
+@pytest_twisted.ensureDeferred
+async def test_templates_listed_shown_rendered_and_deleted(dgw, store, tmp_path):
+    """
+    The templates page lists each template (latest version, count,
+    variables, source); a version's page shows its text and renders it with
+    one field per variable or a JSON object, refusing what the admin API
+    refuses; its versions are deleted one or all with the form's token, and
+    a folder template offers no delete and refuses one.
+    """
+    from shellm.state.templates import TemplateFolder
+
+    (tmp_path / "review.md").write_text("---\nsystem: You review {{ language }}.\n---\nReview:\n{{ code }}\n")
+    (tmp_path / "broken.md").write_text("Hi {{ who")
+    folder = TemplateFolder(str(tmp_path))
+    folder.load()
+    templates = _with_templates(dgw, store, folder)
+    await _save(templates, "greet", "Hello {{ who }}", "Be <b>brief</b>.")
+    dgw.clock.advance(1)
+    await _save(templates, "greet", "Hi {{ who }}, {{ mood }}", "Be brief, {{ who }}.")
+    browser = Browser(dgw)
+    await browser.login()
+
+    response, body = await browser.request("GET", "/dashboard/templates")
+    assert response.code == 200 and 'href="/dashboard/templates" aria-current="page"' in body
+    rows = re.findall(
+        r'<tr><td><a href="/dashboard/templates/(\w+)">\w+</a></td><td>(\d+)</td><td>(\d+)</td><td>([^<]*)<', body
+    )
+    assert rows == [("review", "1", "1", "code, language"), ("greet", "2", "2", "who, mood")]
+    assert "folder, read-only" in body and "broken.md" in body and "line 1, column 4" in body
+
+    response, body = await browser.request("GET", "/dashboard/templates/greet?version=1")
+    assert response.code == 200 and "Hello {{ who }}" in body and "Be &lt;b&gt;brief&lt;/b&gt;." in body
+    assert 'name="var-who"' in body and 'name="var-mood"' not in body
+    token = re.search(r'name="csrf" value="([^"]+)"', body).group(1)
+
+    render = "/dashboard/templates/greet/render"
+    response, _ = await browser.request("POST", render, {"var-who": "Ann", "var-mood": "glad"})
+    assert response.code == 403
+    response, body = await browser.request(
+        "POST", render, {"csrf": token, "version": "2", "var-who": "<Ann>", "var-mood": "glad"}
+    )
+    assert response.code == 200, body
+    assert '<pre class="text" id="rendered-prompt">Hi &lt;Ann&gt;, glad</pre>' in body
+    assert '<pre class="text" id="rendered-system">Be brief, &lt;Ann&gt;.</pre>' in body
+    response, body = await browser.request(
+        "POST", render, {"csrf": token, "version": "1", "variables_json": '{"who": 3}'}
+    )
+    assert response.code == 200 and '<pre class="text" id="rendered-prompt">Hello 3</pre>' in body
+    # What the admin API refuses, the form refuses, and the form keeps what was typed.
+    response, body = await browser.request(
+        "POST", render, {"csrf": token, "version": "1", "variables_json": '{"who": "x", "extra": 1}'}
+    )
+    assert response.code == 400 and "unknown template variables: 'extra'" in unescape(body)
+    assert '>{"who": "x", "extra": 1}</textarea>' in unescape(body)
+    response, body = await browser.request("POST", render, {"csrf": token, "variables_json": "{nope"})
+    assert response.code == 400 and "not valid JSON" in body
+    response, body = await browser.request("POST", render, {"csrf": token, "version": "0"})
+    assert response.code == 400 and "version" in body
+    response, body = await browser.request("POST", render, {"csrf": token, "var-who": "x" * 1001, "var-mood": ""})
+    assert response.code == 400 and "maximum length of 1000" in body
+    response, _ = await browser.request("GET", "/dashboard/templates/nothing")
+    assert response.code == 404
+    response, _ = await browser.request("GET", "/dashboard/templates/greet?version=9")
+    assert response.code == 404
+
+    # A folder template renders but has no delete button, and refuses a delete.
+    response, body = await browser.request("GET", "/dashboard/templates/review")
+    assert response.code == 200 and "/delete" not in body and "read-only" in body
+    response, body = await browser.request("POST", "/dashboard/templates/review/delete", {"csrf": token})
+    assert response.code == 409 and "read-only" in body
+
+    delete = "/dashboard/templates/greet/delete"
+    response, _ = await browser.request("POST", delete, {"version": "1"})
+    assert response.code == 403 and len(await templates.versions("greet")) == 2
+    response, _ = await browser.request("POST", delete, {"csrf": token, "version": "1"})
+    assert response.code == 303 and _header(response, "location") == "/dashboard/templates/greet"
+    assert [v["version"] for v in await templates.versions("greet")] == [2]
+    response, _ = await browser.request("POST", delete, {"csrf": token})
+    assert response.code == 303 and _header(response, "location") == "/dashboard/templates"
+    assert await templates.versions("greet") == []
+    response, _ = await browser.request("POST", delete, {"csrf": token})
+    assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_templates_page_without_templates(dgw):
+    """
+    Without the templates store the page says what they need; a version's
+    page is a 404.
+    """
+    browser = Browser(dgw)
+    await browser.login()
+    response, body = await browser.request("GET", "/dashboard/templates")
+    assert response.code == 200 and "need the state store" in body
+    response, _ = await browser.request("GET", "/dashboard/templates/greet")
+    assert response.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_overview_shows_the_cache_and_clears_it(dgw):
+    """
+    With caching off the overview says so; with it on it shows the hit
+    ratio and counts, and its button (with the form's token) empties the
+    cache as DELETE /admin/cache does.
+    """
+    from shellm.routing.cache import ResponseCache
+
+    browser = Browser(dgw)
+    await browser.login()
+    _, body = await browser.request("GET", "/dashboard/")
+    assert '<div class="value">off</div>' in body and "/dashboard/cache/clear" not in body
+
+    dgw.api.cache = ResponseCache(dgw.clock, 3600, 10**6)
+    for _ in range(3):
+        response = await dgw.stub.post(
+            URL + "/completions",
+            json={"model": "claude", "prompt": "same question"},
+            headers={"authorization": f"Bearer {ADMIN}"},
+        )
+        assert response.code == 200, await response.text()
+    stats = dgw.api.cache.stats()
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (2, 1, 1)
+    _, body = await browser.request("GET", "/dashboard/")
+    cards = dict(
+        (what, value)
+        for value, what in re.findall(r'<div class="value">([^<]*)</div><div class="what">([^<]*)</div>', body)
+    )
+    assert cards["hit ratio"] == "66.7 %" and cards["hits"] == "2" and cards["misses"] == "1"
+    assert cards["entries"] == "1" and cards["bypasses"] == "0"
+    assert re.fullmatch(r"\d+ bytes / 976.6 KiB", cards["held / at most"])
+
+    response, _ = await browser.request("POST", "/dashboard/cache/clear", {})
+    assert response.code == 403 and dgw.api.cache.stats()["entries"] == 1
+    token = await browser.csrf("/dashboard/")
+    response, _ = await browser.request("POST", "/dashboard/cache/clear", {"csrf": token})
+    assert response.code == 303 and _header(response, "location") == "/dashboard/"
+    assert dgw.api.cache.stats()["entries"] == 0

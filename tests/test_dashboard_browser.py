@@ -193,15 +193,22 @@ def need_browser() -> Iterator[None]:
 @pytest_twisted.ensureDeferred
 async def test_dashboard_in_a_browser(need_browser, tmp_path, marker):
     """
-    Log in, see the overview's charts after traffic, make a key in the UI
-    and use it through the API, revoke it and see the API refuse it, page
-    through the request log, log out; every page with the CSP header, no
+    Log in, see the overview's charts (and the response cache's figures)
+    after traffic, make a key in the UI and use it through the API, revoke
+    it and see the API refuse it, page through the request log, render a
+    template, log out; every page with the CSP header, no
     console error, the script and style sheet loaded (nothing blocked), and
     a screenshot.
     """
-    daemon = Daemon(_all_providers_env(marker), marker, str(tmp_path))
+    daemon = Daemon({**_all_providers_env(marker), "SHELLM_CACHE_TTL": "600"}, marker, str(tmp_path))
     try:
         await daemon.started()
+        response = await treq.post(
+            daemon.url + "/admin/templates",
+            json.dumps({"name": "greet", "template": "Hello {{ who }}!", "system": "Be brief."}).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert response.code == 201, await response.text()
         # Older rows, then real traffic through a fake CLI, and a refusal.
         await deferToThread(_fill_request_log, str(tmp_path / "shellm.db"), 150)
         for i in range(4):
@@ -235,6 +242,8 @@ async def test_dashboard_in_a_browser(need_browser, tmp_path, marker):
             bars = s.finds("svg.chart g.bar title")
             assert any("ok" in bar.get_attribute("textContent") for bar in bars)
             assert "Requests per day" in s.driver.page_source
+            # Four different prompts: four misses for the response cache.
+            assert "hit ratio" in s.driver.page_source and s.find("form[action='/dashboard/cache/clear']")
             # The style sheet applies (the header is a flex row).
             assert s.find("header").value_of_css_property("display") == "flex"
             seen["overview"] = s.shoot("overview")
@@ -268,6 +277,16 @@ async def test_dashboard_in_a_browser(need_browser, tmp_path, marker):
             s.go("/dashboard/keys")
             seen["keys"] = s.shoot("keys")
 
+            s.go("/dashboard/templates")
+            assert s.heading() == "Templates"
+            seen["templates"] = s.shoot("templates")
+            s.click("main a[href='/dashboard/templates/greet']")
+            s.find("textarea[name=var-who]").send_keys("<browser>")
+            s.submit("form[action$='/render']")
+            assert s.find("#rendered-prompt").text == "Hello <browser>!"
+            assert s.find("#rendered-system").text == "Be brief."
+            seen["template"] = s.shoot("template")
+
             for path in ("/dashboard/jobs", "/dashboard/sessions"):
                 s.go(path)
                 assert s.heading() in ("Jobs", "Sessions")
@@ -283,7 +302,7 @@ async def test_dashboard_in_a_browser(need_browser, tmp_path, marker):
 
         seen = await run_in_browser(scenario, daemon.url)
         assert seen["errors"] == []
-        for name in ("overview", "requests", "keys", "key", "key-created", "jobs", "sessions"):
+        for name in ("overview", "requests", "keys", "key", "key-created", "templates", "template", "jobs", "sessions"):
             assert os.path.getsize(seen[name]) > 5000
 
         # At a phone's width nothing runs off the side.

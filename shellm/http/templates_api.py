@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -20,7 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from shellm.errors import InternalError, InvalidField, InvalidRequest, MethodNotAllowed, NotFound, ShellmError
-from shellm.state.templates import PromptTemplate, TemplateStore, check_name, draft
+from shellm.state.templates import PromptTemplate, Rendered, TemplateStore, check_name, draft
 
 if TYPE_CHECKING:
     from shellm.http.admin_api import AdminAPI
@@ -52,6 +53,34 @@ def check_rendered(rendered_prompt: str, rendered_system: str | None, max_chars:
             raise InvalidField(
                 f"the rendered {field} exceeds the maximum length of {max_chars} characters (got {len(text)})", field
             )
+
+
+async def render_template(
+    templates: TemplateStore, name: object, version: int | None, variables: object, max_prompt_chars: int
+) -> Rendered:
+    """
+    A named template (its latest version, or C{version}) filled in with
+    C{variables}, checked against the prompt limits; nothing runs.  What
+    C{POST /admin/templates/{name}/render} and the dashboard's render form
+    both answer.
+
+    @raise InvalidField: a bad name, or variables that do not fit.
+    @raise TemplateNotFound: no such template (or version).
+    """
+    template = await templates.get(check_name(name), version)
+    rendered = template.render(variables)
+    check_rendered(rendered.prompt, rendered.system, max_prompt_chars)
+    return rendered
+
+
+def delete_template(templates: TemplateStore, name: object, version: int | None) -> Deferred[list[int]]:
+    """
+    Delete one version of a named template, or all: what C{DELETE
+    /admin/templates/{name}} and the dashboard's delete buttons do.
+
+    @raise TemplateReadOnly: the name is a folder template's.
+    """
+    return templates.delete(check_name(name), version)
 
 
 class TemplatesAdmin:
@@ -141,7 +170,7 @@ class TemplatesAdmin:
     async def delete(self, request: IRequest, name: str) -> bytes:
         admin = self._admin.authorize(request)
         version = self._version_arg(request)
-        gone = await self._templates.delete(check_name(name), version)
+        gone = await delete_template(self._templates, name, version)
         self.log.info(
             "template {name} versions {versions} deleted by {actor}", name=name, versions=gone, actor=admin.name
         )
@@ -155,7 +184,5 @@ class TemplatesAdmin:
         if unknown:
             raise InvalidRequest(f"{unknown[0][:100]}: unknown field")
         version = version_number(body["version"]) if body.get("version") is not None else None
-        template = await self._templates.get(check_name(name), version)
-        rendered = template.render(body.get("variables"))
-        check_rendered(rendered.prompt, rendered.system, self._max_prompt_chars)
+        rendered = await render_template(self._templates, name, version, body.get("variables"), self._max_prompt_chars)
         return self._admin.respond(request, 200, rendered.to_json())

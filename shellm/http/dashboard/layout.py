@@ -25,6 +25,7 @@ NAV = (
     ("keys", "Keys", "/dashboard/keys"),
     ("jobs", "Jobs", "/dashboard/jobs"),
     ("sessions", "Sessions", "/dashboard/sessions"),
+    ("templates", "Templates", "/dashboard/templates"),
 )
 
 
@@ -36,6 +37,18 @@ def when(seconds: float | None) -> str:
 
 def money(value: float | None) -> str:
     return "—" if value is None else f"${value:,.4f}"
+
+
+def size(count: int) -> str:
+    """
+    A number of bytes as people read it (binary units).
+    """
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count:,} bytes" if unit == "bytes" else f"{value:,.1f} {unit}".replace(".0 ", " ")
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Page(Element):

@@ -20,6 +20,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.template import Tag, flattenString, tags
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import RequestRedirect
 
 from shellm.errors import InvalidRequest, ShellmError, StoreUnavailable
 from shellm.http.admin_api import MAX_GRACE, check_key_fields
@@ -37,6 +38,7 @@ from shellm.http.dashboard.layout import (
     money,
     option,
     post_button,
+    size,
     state,
     when,
 )
@@ -50,6 +52,7 @@ from shellm.http.dashboard.session import (
     same_origin,
     set_security_headers,
 )
+from shellm.http.dashboard.template_pages import TemplatePages
 from shellm.http.headers import header
 from shellm.routing.auth import AuthRequired
 from shellm.state import request_log, usage_summary
@@ -101,6 +104,7 @@ class Dashboard:
         self._signer = signer
         self._secure_cookie = secure_cookie
         self._summaries = usage_summary.UsageSummaries(keys.store)
+        self._template_pages = TemplatePages(self)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -128,6 +132,50 @@ class Dashboard:
         request.setHeader(b"location", location.encode("ascii"))
         request.setHeader(b"content-length", b"0")
         return b""
+
+    # -- for the mounted templates pages (template_pages.py)
+
+    @property
+    def api(self) -> ShellmAPI:
+        return self._api
+
+    def session(self, request: IRequest) -> DashboardSession:
+        return self._session(request)
+
+    def session_posting(self, request: IRequest) -> DashboardSession:
+        return self._changing(request)
+
+    async def html(self, request: IRequest, page: Page, status: int = 200) -> bytes:
+        return await self._html(request, page, status)
+
+    def redirect(self, request: IRequest, location: str) -> bytes:
+        return self._redirect(request, location)
+
+    def answer_failure(self, request: IRequest, failure: Failure) -> Any:
+        """
+        A mounted page's failure, answered as this app's own are.
+        """
+        handlers: list[tuple[type[BaseException], Any]] = [
+            (LoginNeeded, self.login_needed),
+            (ShellmError, self.shellm_error),
+            (WerkzeugNotFound, self.not_found),
+            (RequestRedirect, self.not_found),
+            (WerkzeugMethodNotAllowed, self.method_not_allowed),
+        ]
+        for kind, handler in handlers:
+            if failure.check(kind):
+                return handler(request, failure)
+        return self.unexpected(request, failure)
+
+    @app.route("/templates/")
+    def templates_slash(self, request: IRequest) -> Any:
+        return self.templates(request)
+
+    @app.route("/templates", branch=True)
+    def templates(self, request: IRequest) -> Any:
+        if not request.postpath:
+            request.postpath = [b""]  # the mount point itself is the sub-app's "/"
+        return self._template_pages.resource()
 
     def _secure(self, request: IRequest) -> bool:
         return self._secure_cookie or bool(request.isSecure())
@@ -184,7 +232,9 @@ class Dashboard:
             request, Page("Refused", tags.p(str(error)), notice=str(error), error=True), error.status
         )
 
-    @app.handle_errors(WerkzeugNotFound)
+    # werkzeug would redirect a path it merges (//) or completes (a slash):
+    # a page answers it as the missing page it is.
+    @app.handle_errors(WerkzeugNotFound, RequestRedirect)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
         return self._plain_error(request, 404, "No such page.")
 
@@ -301,6 +351,7 @@ class Dashboard:
             notice = f"{error} The usage figures are missing until it is back."
         else:
             content += self._summary_view(summary, names)
+        content += self._cache_view(session)
         content += await self._live_view()
         self.log.debug("overview rendered in {cpu} ms of CPU", cpu=round(1000 * (time.process_time() - started)))
         return await self._html(request, Page("Overview", content, "overview", session, notice, notice is not None))
@@ -369,6 +420,36 @@ class Dashboard:
             tags.h2("Tokens by key, last 30 days"),
             tags.div(class_="scroll")(shares(summary.by_key, True)),
         ]
+
+    def _cache_view(self, session: DashboardSession) -> list[Tag]:
+        cache = self._api.cache
+        if cache is None:
+            return [
+                tags.h2("Response cache"),
+                tags.div(class_="cards")(card("off", "answers are not cached (SHELLM_CACHE_TTL is 0)")),
+            ]
+        stats = cache.stats()
+        ratio = stats["hit_ratio"]
+        return [
+            tags.h2("Response cache (since the daemon started)"),
+            tags.div(class_="cards")(
+                card("—" if ratio is None else f"{100 * ratio:.1f} %", "hit ratio"),
+                card(f"{stats['hits']:,}", "hits"),
+                card(f"{stats['misses']:,}", "misses"),
+                card(f"{stats['bypasses']:,}", "bypasses"),
+                card(f"{stats['entries']:,}", "entries"),
+                card(f"{size(stats['bytes'])} / {size(stats['max_bytes'])}", "held / at most"),
+            ),
+            tags.p(post_button(session, "/dashboard/cache/clear", "Clear cache", danger=True)),
+        ]
+
+    @app.route("/cache/clear", methods=["POST"])
+    def clear_cache(self, request: IRequest) -> bytes:
+        session = self._changing(request)
+        cache = self._api.cache
+        cleared = cache.clear() if cache is not None else 0
+        self.log.info("response cache cleared by {who} (dashboard): {count} entries", who=session.who, count=cleared)
+        return self._redirect(request, "/dashboard/")
 
     async def _live_view(self) -> list[Tag]:
         router = self._api.router
