@@ -117,9 +117,6 @@ async def test_schemathesis_finds_no_undocumented_answer(tmp_path, marker):
         config.write_text(
             '[[operations]]\ninclude-path = "/jobs"\ninclude-method = "POST"\n'
             'checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]\n'
-            # A revoked key stays readable (status "revoked"), by design.
-            '[[operations]]\ninclude-path = "/admin/keys/{key_id}"\ninclude-method = "GET"\n'
-            "checks.use_after_free.enabled = false\n"
         )
         # SheLLM's own endpoints, every check.  The compatible ones accept
         # what the vendors' APIs accept, which a JSON schema cannot fully
@@ -137,12 +134,16 @@ async def test_schemathesis_finds_no_undocumented_answer(tmp_path, marker):
                 "positive_data_acceptance,ensure_resource_availability",
             ],
             # Last: keys it makes turn auth on.  Schema-valid input may still
-            # be refused (an expiry in the past, a key id that does not exist).
+            # be refused (an expiry in the past, a key id that does not exist),
+            # and a revoked key (DELETE) stays readable as "revoked", by design:
+            # the per-operation switch for that check is not honoured by the
+            # stateful phase, so it is off here (tests/test_templates.py checks
+            # that a deleted template is gone).
             [
                 "--include-path-regex",
                 "^/admin/",
                 "--exclude-checks",
-                "positive_data_acceptance",
+                "positive_data_acceptance,use_after_free",
                 "--header",
                 f"Authorization: Bearer {ADMIN_KEY}",
             ],
