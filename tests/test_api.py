@@ -22,6 +22,7 @@ from shellm.errors import ProviderFailed, ProviderUnavailable, RateLimited, Time
 from shellm.http.api import ShellmAPI
 from shellm.http.web import ShellmSite
 from shellm.routing.router import Router
+from tests.daemon import eventually
 from tests.fake_providers import fake_providers, make_router
 
 URL = "http://shellm.test"
@@ -1093,3 +1094,24 @@ async def test_stream_queue_full_is_an_error_event_or_429(gw):
         assert events(chunks)[-1]["error"] == "queue_full"
         assert events(chunks)[-1]["done"] is True
     assert len(gw.providers["claude"].runs) == 1
+
+
+async def admin_call(gw: Gateway, method: str, path: str, body=None, key: str | None = None):
+    """
+    One request through the real resource, waiting (on the real reactor,
+    as the store answers from its threads) for the answer: its status,
+    JSON body and the response.
+    """
+    headers = dict(JSON)
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    data = json.dumps(body).encode() if body is not None else None
+    d = gw.stub.request(method, URL + path, data=data, headers=headers)
+
+    def answered():
+        gw.stub.flush()
+        return has_result(d)
+
+    assert await eventually(answered, timeout=10)
+    response = await d
+    return response.code, await response.json(), response

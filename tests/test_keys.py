@@ -25,7 +25,7 @@ from shellm.state.ledger import Ledger
 from shellm.state.store import Store
 from tests.daemon import eventually
 from tests.fake_providers import fake_providers, make_router
-from tests.test_api import JSON, MAX_BODY, URL, Gateway, has_result, stub_treq
+from tests.test_api import MAX_BODY, Gateway, admin_call, stub_treq
 
 ADMIN = "admin-key-0123456789abcdef"
 ENV_KEY = "env-key-0123456789abcdef"
@@ -73,23 +73,7 @@ def gw(store) -> Gateway:
 
 
 async def call(gw: Gateway, method: str, path: str, body=None, key: str | None = ADMIN):
-    """
-    One request through the real resource, waiting (on the real reactor,
-    as the store answers from its threads) for the answer.
-    """
-    headers = dict(JSON)
-    if key is not None:
-        headers["authorization"] = f"Bearer {key}"
-    data = json.dumps(body).encode() if body is not None else None
-    d = gw.stub.request(method, URL + path, data=data, headers=headers)
-
-    def answered():
-        gw.stub.flush()
-        return has_result(d)
-
-    assert await eventually(answered, timeout=10)
-    response = await d
-    return response.code, await response.json(), response
+    return await admin_call(gw, method, path, body, key)
 
 
 async def create(gw: Gateway, **fields) -> dict:
