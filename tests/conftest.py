@@ -11,6 +11,7 @@ import sys
 import uuid
 
 import pytest
+import pytest_twisted
 from twisted.logger import globalLogPublisher
 
 FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes")
@@ -131,6 +132,21 @@ def postgres_url(request):
     url = cluster.new_database()
     yield url
     cluster.drop_database(url)
+
+
+@pytest_twisted.async_yield_fixture
+async def store(db_setting):
+    """
+    An open store on an empty database, once per engine.
+    """
+    from twisted.internet import reactor
+
+    from shellm.state.store import Store
+
+    store = Store.from_setting(db_setting, reactor)
+    await store.open()
+    yield store
+    await store.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

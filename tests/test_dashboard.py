@@ -31,7 +31,6 @@ from shellm.state.store import Store
 from tests.daemon import eventually
 from tests.test_api import URL, Gateway, has_result
 from tests.test_keys import ADMIN, NOW, SECRET, build
-from tests.test_keys import store as store  # the fixture, on both engines
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 

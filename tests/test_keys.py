@@ -12,7 +12,6 @@ import stat
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 
 from shellm.http.admin_api import AdminAPI
@@ -57,14 +56,6 @@ def build(store: Store, admin_key: str | None = ADMIN, clients=()) -> Gateway:
     )
     site = ShellmSite(api.resource(), clock, MAX_BODY)
     return Gateway(clock, providers, router, site, stub_treq(site), api)
-
-
-@pytest_twisted.async_yield_fixture
-async def store(db_setting):
-    store = Store.from_setting(db_setting, reactor)
-    await store.open()
-    yield store
-    await store.close()
 
 
 @pytest.fixture

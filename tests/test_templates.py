@@ -209,14 +209,6 @@ def build(store: Store, folder: TemplateFolder | None = None) -> Gateway:
     return Gateway(clock, providers, router, site, stub_treq(site), api)
 
 
-@pytest_twisted.async_yield_fixture
-async def store(db_setting):
-    store = Store.from_setting(db_setting, reactor)
-    await store.open()
-    yield store
-    await store.close()
-
-
 @pytest.fixture
 def gw(store) -> Gateway:
     return build(store)
