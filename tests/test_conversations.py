@@ -424,7 +424,7 @@ async def test_previous_response_id_over_three_turns(cgw):
     items = await json_of(cgw, get(cgw, f"/v1/responses/{third['id']}/input_items"))
     assert [i["content"][0]["text"] for i in items["data"]] == ["Who am I?"]
     other = await json_of(cgw, get(cgw, f"/v1/responses/{third['id']}", KEY_B), 404)
-    assert other["error"]["code"] == "response_not_found"
+    assert other["error"]["code"] == "response_not_found" and other["error"]["param"] == "response_id"
     d = post(cgw, "/v1/responses", {"model": "codex", "input": "x", "previous_response_id": third["id"]}, KEY_B)
     assert (await json_of(cgw, d, 404))["error"]["param"] == "previous_response_id"
     assert (await json_of(cgw, delete(cgw, f"/v1/responses/{third['id']}")))["deleted"] is True

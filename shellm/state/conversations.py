@@ -41,7 +41,14 @@ class SessionNotFound(NotFound):
 
 class ResponseNotFound(NotFound):
     code = "response_not_found"
-    param = "previous_response_id"
+
+    def __init__(self, message: str, param: str):
+        """
+        @param param: the field that named it: C{previous_response_id} in a
+            request body, C{response_id} in a path.
+        """
+        super().__init__(message)
+        self.param = param
 
 
 class SessionBusy(ShellmError):
@@ -238,12 +245,7 @@ class Conversations:
 
         def read(cursor: Cursor) -> tuple[Session, list[Exchange]]:
             session = _live_session(cursor, client, session_id, now)
-            rows = cursor.execute(
-                "SELECT seq, prompt, answer, model, provider, input_tokens, output_tokens, created_at"
-                " FROM session_turns WHERE session_id = ? ORDER BY seq",
-                (session_id,),
-            ).fetchall()
-            return session, [Exchange(*row) for row in rows]
+            return session, _turns(cursor, session_id)
 
         return self.store.interact(read)
 
@@ -348,12 +350,7 @@ class Conversations:
             ).fetchall()
             if not taken:
                 raise SessionBusy(f"session {session_id} is answering another turn; retry when it is done", 1)
-            rows = cursor.execute(
-                "SELECT seq, prompt, answer, model, provider, input_tokens, output_tokens, created_at"
-                " FROM session_turns WHERE session_id = ? ORDER BY seq",
-                (session_id,),
-            ).fetchall()
-            return session, [Exchange(*row) for row in rows]
+            return session, _turns(cursor, session_id)
 
         return self.store.interact(claim)
 
@@ -435,7 +432,7 @@ class Conversations:
         @raise ResponseNotFound: (as a failure) unknown, expired or another's.
         """
         now = self._now()
-        return self.store.interact(lambda cursor: _live_response(cursor, client, response_id, now))
+        return self.store.interact(lambda cursor: _live_response(cursor, client, response_id, now, "response_id"))
 
     def chain(self, client: str, response_id: str) -> Deferred[list[StoredResponse]]:
         """
@@ -449,7 +446,7 @@ class Conversations:
         now = self._now()
 
         def read(cursor: Cursor) -> list[StoredResponse]:
-            found = [_live_response(cursor, client, response_id, now)]
+            found = [_live_response(cursor, client, response_id, now, "previous_response_id")]
             while found[-1].previous_id is not None and len(found) < MAX_CHAIN:
                 row = cursor.execute(
                     f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id = ? AND client = ? AND expires_at > ?",
@@ -466,7 +463,7 @@ class Conversations:
         now = self._now()
 
         def delete(cursor: Cursor) -> None:
-            _live_response(cursor, client, response_id, now)
+            _live_response(cursor, client, response_id, now, "response_id")
             cursor.execute("DELETE FROM responses WHERE id = ?", (response_id,))
 
         return self.store.interact(delete)
@@ -518,13 +515,22 @@ def _live_session(cursor: Cursor, client: str, session_id: str, now: float) -> S
     return _session(row)
 
 
-def _live_response(cursor: Cursor, client: str, response_id: str, now: float) -> StoredResponse:
+def _turns(cursor: Cursor, session_id: str) -> list[Exchange]:
+    rows = cursor.execute(
+        "SELECT seq, prompt, answer, model, provider, input_tokens, output_tokens, created_at"
+        " FROM session_turns WHERE session_id = ? ORDER BY seq",
+        (session_id,),
+    ).fetchall()
+    return [Exchange(*row) for row in rows]
+
+
+def _live_response(cursor: Cursor, client: str, response_id: str, now: float, param: str) -> StoredResponse:
     row = cursor.execute(
         f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id = ? AND client = ? AND expires_at > ?",
         (response_id, client, now),
     ).fetchone()
     if row is None:
-        raise ResponseNotFound(f"no such response: {response_id[:100]}")
+        raise ResponseNotFound(f"no such response: {response_id[:100]}", param)
     return _response(row)
 
 
