@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = render(results, plan)
     print(report)
-    if busy_warning(results["machine"]):
-        print(f"warning: {busy_warning(results['machine'])}", file=sys.stderr)
+    if warning:  # again, under the tables it concerns
+        print(f"warning: {warning}", file=sys.stderr)
     if args.record:
         before = None
         if args.before:
