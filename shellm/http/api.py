@@ -531,8 +531,12 @@ class ShellmAPI:
         Who is asking and for what: the key first (an unknown caller learns
         nothing about validation), then the body, then the admission.
         """
-        client = self._authenticate(request)
-        body = self._read_json(request)
+        return await self._take_on_body(request, dialect, self._authenticate(request), self._read_json(request))
+
+    async def _take_on_body(self, request, dialect, client: Client, body: dict):
+        """
+        L{_take_on} for a request whose key and body were already read.
+        """
         template = await expand_seed(self.templates, body) if dialect is seed else None
         # A session turn holds its session from here: abandoned on any refusal.
         session = dialect is seed and "session_id" in body
@@ -546,7 +550,9 @@ class ShellmAPI:
             )
             control = read_control(body, header(request, b"cache-control"))
             # A session's history lives on the server: its turns are never cached.
-            completion_request = evolve(completion_request, cache=control if turn is None else UNCACHED)
+            control = control if turn is None else UNCACHED
+            if control != completion_request.cache:
+                completion_request = evolve(completion_request, cache=control)
             if turn is not None:
                 completion_request = turn.frame(completion_request, self._max_prompt_chars)
             if template is not None:
@@ -588,13 +594,12 @@ class ShellmAPI:
     @app.route("/completions", methods=["POST"])
     @speaks(seed)
     async def completions(self, request):
-        if self.jobs is not None:
-            client = self._authenticate(request)
-            body = self._read_json(request)
-            if "callback_url" in body:
-                # With a callback, the request is a job: 202 now, the answer later.
-                return await self.jobs.accept(request, client, body)
-        client, completion_request, _, admission = await self._take_on(request, seed)
+        client = self._authenticate(request)
+        body = self._read_json(request)
+        if self.jobs is not None and "callback_url" in body:
+            # With a callback, the request is a job: 202 now, the answer later.
+            return await self.jobs.accept(request, client, body)
+        client, completion_request, _, admission = await self._take_on_body(request, seed, client, body)
         completion = await self._complete(request, client, completion_request, admission)
         body = seed.completion_json(completion)
         if request.turn is not None:

@@ -45,7 +45,7 @@ class Accounting:
         def timed(event: TextDelta) -> None:
             if not first:
                 first.append(True)
-                self.metrics.first_token.labels(provider).observe(self._clock.seconds() - started)
+                self.metrics.labelled(self.metrics.first_token, provider).observe(self._clock.seconds() - started)
             sink(event)
 
         return timed
@@ -74,17 +74,18 @@ class Accounting:
         if cached:
             provider = CACHE_PROVIDER
         elapsed = self._clock.seconds() - started
-        self.metrics.requests.labels(provider, request.model, str(status), client).inc()
-        self.metrics.duration.labels(provider).observe(elapsed)
+        metrics = self.metrics
+        metrics.labelled(metrics.requests, provider, request.model, str(status), client).inc()
+        metrics.labelled(metrics.duration, provider).observe(elapsed)
         usage = completion.usage if completion and not cached else None
         if cached and completion is not None:
             usage = Usage(0, 0)
             completion = evolve(completion, usage=usage, cost_usd=0.0, duration_ms=round(elapsed * 1000))
         elif completion is not None:
-            self.metrics.queue_wait.labels(provider).observe(completion.queued_ms / 1000)
+            metrics.labelled(metrics.queue_wait, provider).observe(completion.queued_ms / 1000)
         if usage is not None:
-            self.metrics.tokens.labels(provider, client, "input").inc(usage.input_tokens)
-            self.metrics.tokens.labels(provider, client, "output").inc(usage.output_tokens)
+            metrics.labelled(metrics.tokens, provider, client, "input").inc(usage.input_tokens)
+            metrics.labelled(metrics.tokens, provider, client, "output").inc(usage.output_tokens)
         if self._ledger is None:
             return
         self._ledger.record(

@@ -109,6 +109,8 @@ class QuotaTracker:
         C{model} (the model string passed on; none: the CLI's default) is
         spent, else L{None}.
         """
+        if not self._windows.get(provider):
+            return None  # nothing reported: the common case, asked on every request
         state = self.state(provider, model or DEFAULT_MODEL)
         return state if state.state == EXHAUSTED else None
 

@@ -161,6 +161,18 @@ class Metrics:
         )
         self.last_reload_ok.set(1)
         self.registry.register(_LiveState(queues, circuits, quota))
+        self._children: dict[tuple, object] = {}
+
+    def labelled(self, metric, *values: str):
+        """
+        C{metric.labels(*values)}, looked up once: prometheus_client checks
+        and converts the values again on every call (seven times a request).
+        """
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def reload_done(self, applied: bool) -> None:
         """
@@ -178,7 +190,7 @@ class Metrics:
         self.registry.register(_CacheState(cache))
 
     def count_call(self, provider: str, outcome: str) -> None:
-        self.provider_calls.labels(provider, outcome).inc()
+        self.labelled(self.provider_calls, provider, outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
