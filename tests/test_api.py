@@ -20,6 +20,7 @@ from shellm import __version__
 from shellm.completion import ProviderHealth, ProviderResult, Usage
 from shellm.errors import ProviderFailed, ProviderUnavailable, RateLimited, Timeout
 from shellm.http.api import ShellmAPI
+from shellm.http.sse import HEAD_WAIT
 from shellm.http.web import ShellmSite
 from shellm.routing.router import Router
 from tests.daemon import eventually
@@ -75,6 +76,14 @@ class Gateway:
         self.stub.flush()
         assert has_result(d), "the server has not answered (yet)"
         return d
+
+    def opened(self, d: Deferred) -> Deferred:
+        """
+        L{answered}, for a stream with no event yet: its head goes out once
+        it has waited L{HEAD_WAIT} for one.
+        """
+        self.clock.advance(HEAD_WAIT)
+        return self.answered(d)
 
 
 def has_result(d: Deferred) -> bool:
@@ -620,7 +629,7 @@ async def test_disconnect_while_queued_leaves_the_queue(path, log_events):
     assert (queue.active, queue.pending) == (1, 1)
     if "stream" in path:
         # The stream's headers are out; the client drops the connection.
-        response = await gw.answered(queued)
+        response = await gw.opened(queued)
         treq.collect(response, _hang_up).addErrback(lambda f: f.trap(_HangUp))
     else:
         queued.cancel()
@@ -881,7 +890,7 @@ async def open_stream(gw: Gateway, body: dict, headers=None):
     Start a stream; return the response and the list its chunks go to.
     """
     d = gw.post("/completions/stream", body, headers=headers, unbuffered=True)
-    response = await gw.answered(d)
+    response = await gw.opened(d)
     chunks: list[bytes] = []
     ended = treq.collect(response, chunks.append)
     return response, chunks, ended
@@ -903,9 +912,9 @@ def events(chunks: list[bytes]) -> list[dict]:
 @pytest_twisted.ensureDeferred
 async def test_stream_headers_and_opening_comment(gw):
     """
-    The stream answers at once, before the provider says anything: 200,
-    text/event-stream, no-cache, X-Accel-Buffering: no, the request id, and
-    an opening comment frame.
+    The stream answers before the provider says anything (once its head has
+    waited L{HEAD_WAIT} for an event): 200, text/event-stream, no-cache,
+    X-Accel-Buffering: no, the request id, and an opening comment frame.
     """
     response, chunks, ended = await open_stream(gw, body_of(), headers={**JSON, "x-request-id": "s-1"})
     assert response.code == 200
@@ -917,6 +926,25 @@ async def test_stream_headers_and_opening_comment(gw):
     gw.stub.flush()
     assert frames(chunks) and frames(chunks)[0].startswith(":")
     assert not ended.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_head_leaves_with_a_quick_first_event(gw):
+    """
+    A stream's head waits a moment for the first event: nothing is written
+    before, then both leave together.
+    """
+    d = gw.post("/completions/stream", body_of(), unbuffered=True)
+    gw.stub.flush()
+    gw.clock.advance(HEAD_WAIT * 0.9)
+    gw.stub.flush()
+    assert not has_result(d)
+    gw.providers["claude"].last.emit("Hi")
+    response = await gw.answered(d)
+    chunks: list[bytes] = []
+    treq.collect(response, chunks.append)
+    gw.stub.flush()
+    assert frames(chunks) == [": stream open", 'data: {"content": "Hi", "done": false}']
 
 
 @pytest_twisted.ensureDeferred
@@ -939,7 +967,7 @@ async def test_stream_delivers_each_delta_as_it_is_emitted(gw):
     run.emit("world")
     gw.stub.flush()
     assert events(chunks)[1:] == [{"content": "lo, ", "done": False}, {"content": "world", "done": False}]
-    gw.clock.advance(2)
+    gw.clock.advance(2 - HEAD_WAIT)  # two seconds since the request came
     run.succeed(ProviderResult(usage=Usage(5, 3), cost_usd=0.01, model="claude-haiku-4-5"))
     gw.stub.flush()
     assert ended.called
@@ -1048,7 +1076,7 @@ async def test_stream_disconnect_cancels_the_run(gw, log_events):
     freed when the process is reaped.
     """
     d = gw.post("/completions/stream", body_of(), headers={**JSON, "x-request-id": "gone-1"}, unbuffered=True)
-    response = await gw.answered(d)
+    response = await gw.opened(d)
     seen: list[bytes] = []
 
     def collector(data: bytes) -> None:

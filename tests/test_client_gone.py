@@ -85,7 +85,7 @@ async def test_client_gone_starts_no_fallback_and_blames_nobody(provider, path, 
     gw.stub.flush()
     run = target.last
     if stream:
-        response = await gw.answered(d)
+        response = await gw.opened(d)
         treq.collect(response, _hang_up).addErrback(lambda f: f.trap(_HangUp))
         run.emit("partial")
     else:

@@ -501,9 +501,8 @@ class ShellmAPI:
         self._queue_headers(request, admission.entry.provider)
         self._quota_headers(request, admission.entry.provider)
         self._cache_headers(request, admission)
-        stream = EventStream(request, self._clock, self._heartbeat)
+        stream = EventStream(request, self._clock, self._heartbeat, opening=writer.start())
         try:
-            stream.write(writer.start())
             completion = await self._serve(
                 client,
                 completion_request,

@@ -23,14 +23,27 @@ def comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
 
+#: How long a stream's head (its headers and opening frames) waits for the
+#: first answer event.  A quick answer (a cache hit, a fast API) then leaves
+#: with its head in one write instead of two; a slower one (queued, or a
+#: model that takes its time) still tells its client at once, in human terms,
+#: that the stream started.
+HEAD_WAIT = 0.05
+
+
 class EventStream:
     """
-    An open SSE response.  Headers and an opening comment go out at once; a
-    C{: keepalive} comment follows every C{heartbeat} seconds of silence;
-    nothing is written once the client is gone.
+    An open SSE response.  Its head (headers, an opening comment and the
+    dialect's opening frames) goes out with the first event, or after
+    L{HEAD_WAIT} seconds without one; a C{: keepalive} comment follows every
+    C{heartbeat} seconds of silence; nothing is written once the client is
+    gone.
     """
 
-    def __init__(self, request, clock, heartbeat: float):
+    def __init__(self, request, clock, heartbeat: float, opening: Iterable[bytes] = ()):
+        """
+        @param opening: the dialect's opening frames (its writer's C{start()}).
+        """
         self._request = request
         self._clock = clock
         self._heartbeat = heartbeat
@@ -40,28 +53,41 @@ class EventStream:
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-accel-buffering", b"no")
         request.notifyFinish().addBoth(self._gone)
-        request.write(comment("stream open"))
-        self._timer = clock.callLater(heartbeat, self._keepalive)
+        self._head: list[bytes] | None = [comment("stream open"), *opening]
+        self._written_at = clock.seconds()
+        # One timer, first for the head, then for keepalives.  Writes do not
+        # reset it (a reset per event would cost more than the event): when
+        # it fires, it looks at how long the stream has really been silent.
+        self._timer = clock.callLater(HEAD_WAIT, self._tick)
 
-    def _keepalive(self) -> None:
+    def _tick(self) -> None:
         self._timer = None
-        self._write(comment("keepalive"))
-
-    def _write(self, data: bytes) -> None:
         if self.closed:
             return
-        self._request.write(data)
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._heartbeat)
+        silent = self._clock.seconds() - self._written_at
+        if self._head is not None:
+            self.write(())
+        elif silent >= self._heartbeat:
+            self.write((comment("keepalive"),))
         else:
-            self._timer = self._clock.callLater(self._heartbeat, self._keepalive)
+            self._timer = self._clock.callLater(self._heartbeat - silent, self._tick)
+            return
+        self._timer = self._clock.callLater(self._heartbeat, self._tick)
 
     def write(self, frames: Iterable[bytes]) -> None:
         """
-        Write frames already framed by a dialect's stream writer.
+        Write frames already framed by a dialect's stream writer (the head
+        first, if it is still held), as one chunk.
         """
-        for data in frames:
-            self._write(data)
+        if self.closed:
+            return
+        data = b"".join(frames)
+        if self._head is not None:
+            data = b"".join(self._head) + data
+            self._head = None
+        if data:
+            self._request.write(data)
+            self._written_at = self._clock.seconds()
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -74,9 +100,11 @@ class EventStream:
 
     def close(self) -> None:
         """
-        End the response (if the client is still there).
+        End the response (if the client is still there), its head first if
+        nothing was written yet.
         """
         self._stop_timer()
         if not self.closed:
+            self.write(())
             self.closed = True
             self._request.finish()
