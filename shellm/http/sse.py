@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+#: json.dumps with options builds a new encoder on every call; a stream
+#: frames every token.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
 
 def frame(data, event: str | None = None) -> bytes:
     """
     One SSE frame.  C{data} is JSON-encoded unless it is already a string;
     JSON never contains a raw newline, so it always fits in one C{data:} line.
     """
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    text = data if isinstance(data, str) else _encode(data)
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {text}\n\n".encode()
 
