@@ -38,6 +38,7 @@ from shellm.errors import (
 from shellm.providers.base import Capabilities
 from shellm.providers.process import CliCommand, CliExit, CliRunner
 from shellm.providers.scratch import make as scratch_dir
+from shellm.providers.scratch import remove as remove_scratch
 
 #: How long C{--version} may take in a health check.
 VERSION_TIMEOUT = 10.0
@@ -296,7 +297,8 @@ class CliProvider:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         run.result.addCallback(parser.finish)
-        run.finished.addBoth(lambda _: shutil.rmtree(scratch, ignore_errors=True))
+        # Whoever waits for the run's end (its queue slot) waits for this too.
+        run.finished.addBoth(lambda _: remove_scratch(self._reactor, scratch))
         return ProviderRun(result=run.result, finished=run.finished)
 
     def check_health(self) -> Deferred:

@@ -17,6 +17,10 @@ import shutil
 import stat
 import tempfile
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+
 _NAME = re.compile(r"shellm-.+-(\d+)\.(\d+)-\w+")
 
 
@@ -53,6 +57,15 @@ def make(what: str) -> str:
     under the temporary directory; its path.
     """
     return tempfile.mkdtemp(prefix=f"shellm-{what}-{owner_tag()}-")
+
+
+def remove(reactor: IReactorThreads, path: str) -> Deferred[None]:
+    """
+    Remove the scratch directory C{path}, in a thread of C{reactor}'s pool:
+    on a slow disk that takes about a millisecond, which neither the reactor
+    nor the answer it is about to send should wait for.
+    """
+    return deferToThreadPool(reactor, reactor.getThreadPool(), shutil.rmtree, path, ignore_errors=True)
 
 
 def sweep(root: str) -> list[str]:
