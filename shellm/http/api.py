@@ -134,7 +134,9 @@ class ShellmAPI:
         #: The response cache, when answers are cached.
         self.cache = cache if cache is not None and cache.enabled else None
         self._admin = admin
-        #: The web dashboard (L{shellm.http.dashboard.pages.Dashboard}), if any.
+        #: The web dashboard, if any: anything with the dashboard's Klein C{app}
+        #: (L{shellm.http.dashboard.pages.Dashboard}, or in the daemon the
+        #: C{LazyDashboard} that builds one on first use).
         self.dashboard = dashboard
         self._clock = clock
         self._router = router

@@ -6,7 +6,6 @@ read-only sandbox and the command tools switched off.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -151,6 +150,9 @@ class CodexProvider(CliProvider):
         if os.path.isfile(os.path.join(codex_home, "auth.json")):
             return True
         # A custom provider in config.toml names the variable holding its key.
+        # Imported here: only a Codex set up this way (no key, no login) needs it.
+        import tomllib
+
         try:
             with open(os.path.join(codex_home, "config.toml"), "rb") as f:
                 config = tomllib.load(f)

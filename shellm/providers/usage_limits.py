@@ -13,10 +13,12 @@ import datetime
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any
 
 from shellm.completion import QuotaWindow
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 #: When a limit-reached text gives no reset time: claude and codex windows
 #: are 5 hours, so that is the longest a rolling window can still hold.
@@ -294,6 +296,9 @@ def _json_in(text: str) -> Any:
 def _zone(name: str | None) -> ZoneInfo | None:
     if not name:
         return None
+    # Imported here: only a limit message that names a time zone needs it.
+    from zoneinfo import ZoneInfo
+
     try:
         return ZoneInfo(name)
     except Exception:

@@ -23,7 +23,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -376,6 +375,9 @@ def parse_file(name: str, text: str, modified: float) -> PromptTemplate:
             end = next(i for i, line in enumerate(lines[1:], 1) if line.rstrip() == "---")
         except StopIteration:
             raise ValueError("the front matter opened by --- on line 1 is never closed by a --- line") from None
+        # Imported here: only a templates folder has front matter to read.
+        import yaml
+
         try:
             loaded = yaml.safe_load("\n".join(lines[1:end]))
         except yaml.YAMLError as e:
