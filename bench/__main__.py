@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 if any target is missed")
     parser.add_argument("--record", metavar="FILE", help="write the record of this run here (docs/performance.md)")
     parser.add_argument(
-        "--before", metavar="FILE", help="the --json of an earlier run, for a before/after table in the record"
+        "--compare", metavar="FILE", help="the --json of python -m bench.compare, the record's before/after table"
     )
     args = parser.parse_args(argv)
 
@@ -113,11 +113,11 @@ def main(argv=None) -> int:
     if warning:  # again, under the tables it concerns
         print(f"warning: {warning}", file=sys.stderr)
     if args.record:
-        before = None
-        if args.before:
-            with open(args.before) as f:
-                before = json.load(f)
-        record.write(args.record, results, report, before)
+        compared = None
+        if args.compare:
+            with open(args.compare) as f:
+                compared = json.load(f)
+        record.write(args.record, results, report, compared)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)

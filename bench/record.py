@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 import os
 import platform
-import statistics
 from datetime import UTC, datetime
 from importlib.metadata import version
 from string import Template
 
+from bench.compare import render as render_comparison
 from bench.report import num, targets
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "record_template.md")
@@ -70,47 +70,16 @@ def _targets_table(results: dict) -> tuple[str, str]:
     return "\n".join(rows), f"{met} of {len(judged)} targets met."
 
 
-#: The figures a before/after table compares: (label, how to read them).
-COMPARED = (
-    ("HTTP /completions, c=1: p50 ms", lambda r: r.get("http_c1", {}).get("p50_ms")),
-    ("HTTP /completions, c=8: req/s", lambda r: r.get("http_c8", {}).get("rate")),
-    ("HTTP /completions, c=8: daemon CPU ms/req", lambda r: r.get("http_c8", {}).get("daemon_cpu_ms")),
-    ("stream, c=1: first content event p50 ms", lambda r: r.get("stream_c1", {}).get("first_event_p50_ms")),
-    ("stream, c=1: whole stream p50 ms", lambda r: r.get("stream_c1", {}).get("p50_ms")),
-    ("stream, c=8: daemon CPU ms/req", lambda r: r.get("stream_c8", {}).get("daemon_cpu_ms")),
-    ("CLI (claude), c=1: p50 ms", lambda r: r.get("cli_c1", {}).get("p50_ms")),
-    ("RSS idle MiB", lambda r: r.get("memory", {}).get("idle")),
-    ("RSS after load MiB", lambda r: r.get("memory", {}).get("after_round2")),
-    (
-        "start-up ms, median",
-        lambda r: statistics.median(r["startup_s"]) * 1000 if r.get("startup_s") else None,
-    ),
-)
-
-
-def _before_after(before: dict | None, after: dict) -> str:
-    if before is None:
+def _before_after(compared: dict | None) -> str:
+    if compared is None:
         return ""
-    rows = [
-        "### Before and after",
-        "",
-        f"The previous version (run {before.get('date', 'earlier')}, load average before it "
-        f"{num(before.get('machine', {}).get('load_before', [float('nan')])[0])}) and this one, "
-        "with the same bench on the same machine:",
-        "",
-        "| figure | before | after |",
-        "|---|---:|---:|",
-    ]
-    for label, read in COMPARED:
-        old, new = read(before), read(after)
-        rows.append(f"| {label} | {num(old if old is not None else float('nan'), 3)} | {num(new, 3)} |")
-    return "\n".join(rows) + "\n\n"
+    return "### Before and after\n\n" + render_comparison(compared) + "\n\n"
 
 
-def write(path: str, results: dict, report: str, before: dict | None = None) -> None:
+def write(path: str, results: dict, report: str, compared: dict | None = None) -> None:
     """
-    Write the record of this run (and of C{before}, an earlier run's
-    results) to C{path}.
+    Write the record of this run to C{path}, with C{compared} (what
+    C{python -m bench.compare} measured) as its before/after table.
     """
     machine = results.get("machine", {})
     table, verdict = _targets_table(results)
@@ -125,7 +94,7 @@ def write(path: str, results: dict, report: str, before: dict | None = None) -> 
         elapsed=f"{num(results.get('elapsed_s'), 0)} s",
         targets_table=table,
         verdict=verdict,
-        before_after=_before_after(before, results),
+        before_after=_before_after(compared),
         report=report.rstrip("\n"),
     )
     with open(path, "w") as f:
