@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -56,7 +57,10 @@ async def compare(before: str, rounds: int, measure_s: float, starts: int, say: 
     results: dict = {
         "rounds": rounds,
         "measure_s": measure_s,
-        **{name: {"checkout": checkouts[name], "startup_s": [], "idle_rss": []} for name in VERSIONS},
+        **{
+            name: {"checkout": checkouts[name], "commit": _commit(checkouts[name]), "startup_s": [], "idle_rss": []}
+            for name in VERSIONS
+        },
     }
     workdir = tempfile.mkdtemp(prefix="shellm-compare-")
     upstream = Upstream()
@@ -116,6 +120,21 @@ async def compare(before: str, rounds: int, measure_s: float, starts: int, say: 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _commit(checkout: str) -> str | None:
+    """
+    The commit checked out at C{checkout} (with C{+} if it has changes), if
+    it is a git checkout.
+    """
+    try:
+        head = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", checkout, "status", "--porcelain"], capture_output=True, text=True)
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
 def _median(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -150,9 +169,13 @@ def render(results: dict) -> str:
     def change(old: float | None, new: float | None) -> str:
         return "-" if not old or new is None else f"{(new - old) / old * 100:+.0f} %"
 
+    def version(name: str) -> str:
+        figures = results[name]
+        return f"`{figures.get('commit') or figures['checkout']}`"
+
     starts = len(results["before"]["startup_s"])
     lines = [
-        f"The previous version (`{results['before']['checkout']}`) and this one, each its own daemon "
+        f"The previous version ({version('before')}) and this one ({version('after')}), each its own daemon "
         f"on one fake upstream, the load points alternating between them for {results['rounds']} "
         f"rounds of {results['measure_s']:g} s, the order swapped every round; medians of the rounds "
         f"(`python -m bench.compare`). Start-up and idle RSS: {starts} fresh daemons of each, "
