@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import statistics
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from bench import fakecli, processes
 from bench.loadgen import build_request, run_load
 from bench.processes import Daemon, Upstream, memory_mib
+from bench.report import publish
 from bench.run import Plan, answered_by, daemon_settings, ended_clean, seed_body
 
 #: The load points compared: key, label, path, model, concurrency.
@@ -204,10 +204,7 @@ def main(argv=None) -> int:
         print(f"# {text}", file=sys.stderr, flush=True)
 
     results = asyncio.run(compare(args.before, args.rounds, args.measure, args.starts, say))
-    print(render(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    publish(render(results), results, args.json)
     return 0
 
 

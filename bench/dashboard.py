@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import random
 import re
 import shutil
@@ -26,7 +25,7 @@ import time
 import urllib.parse
 
 from bench.processes import Daemon, cpu_seconds
-from bench.report import table
+from bench.report import publish, table
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 PAGES = ("/dashboard/", "/dashboard/requests", "/dashboard/keys")
@@ -224,10 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if cluster is not None:
             cluster.remove()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(render(results, args.rows, args.views))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    publish(render(results, args.rows, args.views), results, args.json)
     return 0
 
 

@@ -4,6 +4,7 @@ The bench's results as text tables, and each target with PASS or FAIL.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -16,6 +17,17 @@ def num(value, digits: int = 2) -> str:
     if isinstance(value, float) and digits == 0:
         return f"{value:,.0f}"
     return f"{value:,.{digits}f}"
+
+
+def publish(text: str, results: dict, json_path: str | None) -> None:
+    """
+    Print a bench's tables, and write its raw figures to C{json_path} if
+    one was given (C{--json}).
+    """
+    print(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2, default=str)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -26,7 +26,7 @@ import time
 from bench import fakecli
 from bench.loadgen import build_request, run_load
 from bench.processes import Daemon, Upstream
-from bench.report import num, table
+from bench.report import num, publish, table
 from bench.run import Plan, answered_by, daemon_settings, seed_body
 
 KEY = "bench-key-0123456789abcdef"
@@ -217,10 +217,7 @@ def main(argv=None) -> int:
         if cluster is not None:
             cluster.remove()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(render(daemons, micro))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"daemons": daemons, "in_process": micro}, f, indent=2)
+    publish(render(daemons, micro), {"daemons": daemons, "in_process": micro}, args.json)
     return 0
 
 
