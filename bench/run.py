@@ -361,24 +361,17 @@ class Bench:
             self.results.setdefault("floor_startup_s", []).append(await server.ready())
             await asyncio.sleep(0.5)
             self.results["floor_memory"] = server.memory()["rss"]
-            raw = build_request(server.port, "POST", "/completions", seed_body("cerebras", "bench:fast"))
-            for c in (1, 8):
-                self.say(f"framework floor (Klein + treq), c={c}")
-                self._record(
-                    f"floor_c{c}",
-                    await run_load(
-                        server.port, raw, c, answered_by("cerebras"), cpu_probes=self._probes(server), **self._window()
-                    ),
-                )
-            raw = build_request(server.port, "POST", "/completions/stream", seed_body("cerebras", "bench:fast"))
-            for c in (1, 8):
-                self.say(f"framework floor (Klein + treq), streaming, c={c}")
-                self._record(
-                    f"floor_stream_c{c}",
-                    await run_load(
-                        server.port, raw, c, upstream_done, cpu_probes=self._probes(server), **self._window()
-                    ),
-                )
+            for path, key, check in (
+                ("/completions", "floor", answered_by("cerebras")),
+                ("/completions/stream", "floor_stream", upstream_done),
+            ):
+                raw = build_request(server.port, "POST", path, seed_body("cerebras", "bench:fast"))
+                for c in (1, 8):
+                    self.say(f"framework floor (Klein + treq), {path}, c={c}")
+                    self._record(
+                        f"{key}_c{c}",
+                        await run_load(server.port, raw, c, check, cpu_probes=self._probes(server), **self._window()),
+                    )
         finally:
             self._stop_daemon(server)
 
