@@ -469,6 +469,37 @@ async def test_closed_days_are_summed_once_a_day(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_just_after_midnight_yesterday_is_read_again(store):
+    """
+    Within SETTLE of midnight the ledger may still be writing yesterday's
+    last batch: those days are not kept yet, so a late row still counts.
+    """
+    summaries = usage_summary.UsageSummaries(store)
+    midnight = NOW - NOW % 86400
+    now = midnight + usage_summary.UsageSummaries.SETTLE / 5
+    await _rows(store, [(midnight - 30, "app", "key_a", "claude", "m", 200, None, 1, 1, None, 10)])
+    assert (await summaries.summarize(now)).daily[-2].requests == 1
+    await _rows(store, [(midnight - 1, "app", "key_a", "claude", "m", 200, None, 1, 1, None, 10)])
+    assert (await summaries.summarize(now)).daily[-2].requests == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_overview_ranks_twenty_keys_the_keys_pages_see_all(store):
+    """
+    The overview's table is the top twenty keys; each key's own usage (the
+    keys pages) is there whatever its rank.
+    """
+    rows = [(NOW - 60, "app", f"key_{i:02d}", "claude", "m", 200, None, 1, 1, None, 10) for i in range(25)]
+    rows += [(NOW - 60, "app", "key_00", "claude", "m", 200, None, 1, 1, None, 10)]
+    await _rows(store, rows)
+    summaries = usage_summary.UsageSummaries(store)
+    summary = await summaries.summarize(NOW)
+    assert len(summary.by_key) == 20 and summary.by_key[0].name == "key_00"
+    usage = await summaries.key_usage(NOW)
+    assert len(usage) == 25 and usage["key_24"].requests == 1 and usage["key_00"].requests == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_every_clients_sessions_listed_shown_and_deleted(dgw, store):
     """
     An administrator sees every client's sessions, newest first and paged,

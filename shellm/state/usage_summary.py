@@ -152,6 +152,15 @@ def _fold(cursor: Cursor, since: float, until: float | None) -> _Folded:
     return folded
 
 
+def _totals(cursor: Cursor, now: float, kept: _Folded | None) -> tuple[_Folded, _Folded]:
+    """
+    The closed days of the last 30 (C{kept}, or summed now) and today's rows.
+    """
+    today = int(now // DAY)
+    past = kept if kept is not None else _fold(cursor, float((today - DAYS + 1) * DAY), float(today * DAY))
+    return past, _fold(cursor, float(today * DAY), None)
+
+
 def _merged(past: _Folded, today: _Folded) -> _Folded:
     both = _Folded(dict(past.daily), {}, {}, dict(past.codes))
     for day, counts in today.daily.items():
@@ -166,7 +175,7 @@ def _merged(past: _Folded, today: _Folded) -> _Folded:
     return both
 
 
-def _shares(table: dict[str, list[Any]], limit: int) -> tuple[Share, ...]:
+def _shares(table: dict[str, list[Any]], limit: int | None = None) -> tuple[Share, ...]:
     ranked = sorted(table.items(), key=lambda item: (-item[1][0], item[0]))[:limit]
     return tuple(Share(name, n, tokens_in, tokens_out, cost) for name, (n, tokens_in, tokens_out, cost) in ranked)
 
@@ -196,23 +205,19 @@ class UsageSummaries:
         """
         today = int(now // DAY)
         first = today - DAYS + 1
-        cached = self._past[1] if self._past is not None and self._past[0] == today else None
-        settled = now - today * DAY >= self.SETTLE
+        kept = self._kept(now)
 
         def read(cursor: Cursor) -> _Read:
-            past = cached if cached is not None else _fold(cursor, float(first * DAY), float(today * DAY))
+            past, live = _totals(cursor, now, kept)
             day = now - DAY
             counts = cursor.execute(
                 "SELECT COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) FROM usage WHERE time >= ?", (day,)
             ).fetchone()
-            live = _fold(cursor, float(today * DAY), None)
             return past, live, _buckets(cursor, now, HOUR, HOURS), (*counts, *_percentiles(cursor, day))
 
         def done(result: _Read) -> Summary:
             past, live, hourly, (day_requests, day_errors, p50, p95) = result
-            if cached is None and settled:
-                self._past = (today, past)
-            both = _merged(past, live)
+            both = self._settled(now, past, live)
             return Summary(
                 now=now,
                 daily=tuple(Bucket(float((first + i) * DAY), *both.daily.get(first + i, [0, 0])) for i in range(DAYS)),
@@ -224,18 +229,42 @@ class UsageSummaries:
                 errors_by_code=tuple(sorted(both.codes.items(), key=lambda item: (-item[1], item[0]))[:20]),
                 by_provider=_shares(both.providers, 20),
                 # A stored key by its id, a SHELLM_CLIENTS client as client:NAME.
-                by_key=_shares(both.keys, 1000),
+                by_key=_shares(both.keys, 20),
             )
 
         return self.store.interact(read).addCallback(done)
 
     def key_usage(self, now: float) -> Deferred[dict[str, Share]]:
         """
-        Each stored key's requests, tokens and cost over the last 30 days, by id.
+        Each stored key's requests, tokens and cost over the last 30 days, by
+        id (every key, not only the overview's top ones; none of the
+        overview's other figures).
         """
-        return self.summarize(now).addCallback(
-            lambda summary: {share.name: share for share in summary.by_key if not share.name.startswith("client:")}
-        )
+        kept = self._kept(now)
+
+        def done(result: tuple[_Folded, _Folded]) -> dict[str, Share]:
+            both = self._settled(now, *result)
+            return {share.name: share for share in _shares(both.keys) if not share.name.startswith("client:")}
+
+        return self.store.interact(_totals, now, kept).addCallback(done)
+
+    def _kept(self, now: float) -> _Folded | None:
+        """
+        The closed days' sums kept for C{now}'s day, if any.
+        """
+        if self._past is not None and self._past[0] == int(now // DAY):
+            return self._past[1]
+        return None
+
+    def _settled(self, now: float, past: _Folded, live: _Folded) -> _Folded:
+        """
+        The 30 days' sums; the closed days' are kept once yesterday is
+        taken as settled.
+        """
+        today = int(now // DAY)
+        if now - today * DAY >= self.SETTLE:
+            self._past = (today, past)
+        return _merged(past, live)
 
 
 def summarize(store: Store, now: float) -> Deferred[Summary]:
