@@ -22,6 +22,7 @@ from shellm.models import ModelEntry
 from shellm.routing.auth import Authenticator, Client
 from shellm.routing.cache import ResponseCache, cache_key, read_control
 from shellm.routing.limits import RateLimiter
+from shellm.structured import OutputSpec
 from tests.test_api import (
     HEARTBEAT,
     JSON,
@@ -130,6 +131,7 @@ def test_key_covers_what_changes_the_answer():
         cache_key("k1", request(temperature=0.5)),
         cache_key("k1", request(top_p=0.5)),
         cache_key("k1", request(stop=("x",))),
+        cache_key("k1", request(output=OutputSpec("json_object", "{}"))),
         cache_key("k1", request(entry=ModelEntry("claude-opus", "claude", "opus"))),
     ):
         assert changed != base
@@ -206,6 +208,22 @@ async def test_a_different_question_is_a_miss():
     response, _ = await ask(gw, body=body_of(max_tokens=10))
     assert header(response, "x-shellm-cache") == "miss"
     assert runs(gw) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_sequence_with_no_utf_8_form_is_cached_too():
+    """
+    JSON lets a client send a lone surrogate, which has no UTF-8 form; the
+    key is built from ASCII escapes, so such a request is answered (it was
+    a 500 with the cache on) and cached like any other.
+    """
+    gw = cached_gateway()
+    body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}], "stop": "\ud800"}
+    response, _ = await ask(gw, "/v1/chat/completions", body)
+    assert response.code == 200
+    response, _ = await ask(gw, "/v1/chat/completions", body)
+    assert header(response, "x-shellm-cache") == "hit"
+    assert runs(gw) == 1
 
 
 @pytest_twisted.ensureDeferred

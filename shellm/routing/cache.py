@@ -112,8 +112,10 @@ def cache_key(scope: str | None, request: CompletionRequest) -> str:
         "stop": list(request.stop),
         "output": asdict(request.output) if request.output is not None else None,
     }
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # ASCII escapes: a lone surrogate (which JSON lets a client send in a
+    # stop sequence) has no UTF-8 form.
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 @frozen
@@ -283,9 +285,14 @@ class ResponseCache:
         ticket that leads must reach L{serve} or L{abandon}.
         """
         control = request.cache
-        key = cache_key(None if self.shared else scope, request)
         ttl = self.ttl if control.ttl is None else min(control.ttl, self.ttl)
         store_for = 0 if control.no_store else ttl
+        if control.no_cache and not store_for:
+            # Neither read nor written (a session's turn, say): no key to
+            # hash over a history that may be a megabyte long.
+            self.bypasses += 1
+            return Ticket(BYPASS, "")
+        key = cache_key(None if self.shared else scope, request)
         if control.no_cache:
             self.bypasses += 1
             return Ticket(BYPASS, key, store_for=store_for)
