@@ -473,7 +473,7 @@ async def test_a_job_with_a_template(db_setting):
     """
     POST /jobs takes the /completions body with a template: rendered when
     the job is accepted (a bad variable is a 400 at once), and the job runs
-    that text.
+    that text, logged as made by that version.
     """
     from tests.test_jobs import make_setup
 
@@ -489,6 +489,7 @@ async def test_a_job_with_a_template(db_setting):
         run = setup.gw.providers["claude"]
         assert await eventually(lambda: len(run.runs) == 1, timeout=10)
         assert (run.runs[0].request.prompt, run.runs[0].request.system) == ("Hello Ada", "Be kind.")
+        assert run.runs[0].request.template == "greet@1"  # what the request log records
         run.runs[0].emit("Hi").succeed()
         done = await setup.job_reaches(job_id, lambda job: job["status"] == "succeeded")
         assert done["result"]["content"] == "Hi"

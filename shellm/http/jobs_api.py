@@ -9,6 +9,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from attrs import evolve
 from klein import Klein
 from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from shellm.http.api import ShellmAPI
 
 _JOB_FIELDS = {"callback_url", "metadata"}
+#: Where a stored job body keeps the template version that made its prompt
+#: (the template fields themselves are rendered away when it is accepted).
+TEMPLATE_LABEL = "_template"
 MAX_LIST = 100
 
 
@@ -77,7 +81,11 @@ class JobsAPI:
         """
         client = self._client_named(job.client)
         api = self._api
-        request = seed.parse_completion_request(job.body, api._router.models, api._max_prompt_chars, job.id)
+        body = dict(job.body)
+        label = body.pop(TEMPLATE_LABEL, None)
+        request = seed.parse_completion_request(body, api._router.models, api._max_prompt_chars, job.id)
+        if label is not None:
+            request = evolve(request, template=label)  # for the request log
         if not client.may_use(request.model, request.entry.provider):
             raise ModelNotAllowed(f"client {client.name} may not use {request.model}")
         admission = api._router.admit(request, api._permits(client))
@@ -116,6 +124,8 @@ class JobsAPI:
         )
         if not client.may_use(parsed.model, parsed.entry.provider):
             raise ModelNotAllowed(f"client {client.name} may not use {parsed.model}")
+        if rendered is not None:
+            completion[TEMPLATE_LABEL] = rendered.label
         key = header(request, b"idempotency-key")
         if key is not None and not (1 <= len(key) <= 255 and all("!" <= c <= "~" for c in key)):
             raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters without spaces")
