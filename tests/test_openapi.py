@@ -94,6 +94,12 @@ async def test_document_is_valid_openapi_and_covers_every_route(tmp_path, marker
     assert served <= set(document["paths"])
     assert not [path for path in document["paths"] if path.startswith("/dashboard")]
     assert "claude-sonnet" in document["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"]
+    # Every answer a template may make names it (X-SheLLM-Template), the cached ones their cache use.
+    from shellm.http.openapi import TEMPLATED
+
+    for route, status in TEMPLATED:
+        assert "X-SheLLM-Template" in document["paths"][route]["post"]["responses"][status]["headers"], route
+    assert "X-SheLLM-Cache" in document["paths"]["/completions"]["post"]["responses"]["200"]["headers"]
 
 
 @pytest.mark.slow

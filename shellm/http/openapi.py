@@ -119,6 +119,37 @@ def _cached(paths: dict) -> None:
         operation["responses"]["200"] = {**operation["responses"]["200"], "headers": _CACHE_HEADERS}
 
 
+#: Where a prompt may come from a template, and the answer that says which.
+TEMPLATED = (
+    ("/completions", "200"),
+    ("/completions", "202"),
+    ("/completions/stream", "200"),
+    ("/jobs", "202"),
+    ("/v1/responses", "200"),
+)
+
+_TEMPLATE_HEADER = {
+    "X-SheLLM-Template": {
+        "description": "When the prompt was made from a template: its name@version (also in the request log)",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _templated(paths: dict) -> None:
+    """
+    The template header, on every answer whose prompt a template may make.
+    """
+    for route, status in TEMPLATED:
+        if route not in paths:
+            continue  # a document without the mounted sub-apps' routes
+        responses = paths[route]["post"]["responses"]
+        responses[status] = {
+            **responses[status],
+            "headers": {**responses[status].get("headers", {}), **_TEMPLATE_HEADER},
+        }
+
+
 def _completion_body() -> dict:
     return {
         "required": True,
@@ -318,6 +349,7 @@ def document(models: list[str], max_prompt_chars: int, extra_paths: dict | None 
         )
     paths.update(extra_paths or {})
     _cached(paths)
+    _templated(paths)
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"].setdefault("400", _MALFORMED)
