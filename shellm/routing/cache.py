@@ -36,7 +36,7 @@ from typing import Any
 from attrs import asdict, define, evolve, frozen
 from cachetools import TLRUCache
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from shellm.completion import CacheControl, Completion, CompletionRequest, EventSink, TextDelta
 from shellm.errors import InvalidField
@@ -167,31 +167,15 @@ class _Flight:
         Fires when the leader ends, or after C{seconds}; cancelling it only
         stops this waiter.
         """
-        timer: list[IDelayedCall] = []
-
-        def leave(d: Deferred[None]) -> None:
-            if d in self._waiters:
-                self._waiters.remove(d)
-            if timer and timer[0].active():
-                timer[0].cancel()
-
-        waiter: Deferred[None] = Deferred(leave)
+        waiter: Deferred[None] = Deferred(self._leave)
         self._waiters.append(waiter)
+        # Given up waiting: the waiter left (cancelled), and goes on as if
+        # the leader had ended.
+        return waiter.addTimeout(seconds, clock, onTimeoutCancel=lambda result, timeout: None)
 
-        def late() -> None:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                waiter.callback(None)
-
-        timer.append(clock.callLater(seconds, late))
-
-        def done(result: None) -> None:
-            if timer[0].active():
-                timer[0].cancel()
-            return result
-
-        waiter.addCallback(done)
-        return waiter
+    def _leave(self, waiter: Deferred[None]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def land(self) -> None:
         waiters, self._waiters = self._waiters, []
