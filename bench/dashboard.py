@@ -100,8 +100,11 @@ def fill(engine: str, location: str, rows: int) -> float:
 def measure(daemon: Daemon, cookie: str, views: int) -> dict:
     results = {}
     for page in PAGES:
+        first = 0.0
         for _ in range(3):  # warm up: caches, the health check, the query plans
+            started = time.perf_counter()
             status, _, body = _get(daemon.port, page, cookie)
+            first = first or time.perf_counter() - started
             assert status == 200, (status, body[:300])
         walls = []
         cpu_before = cpu_seconds(daemon.pid)
@@ -114,6 +117,8 @@ def measure(daemon: Daemon, cookie: str, views: int) -> dict:
         results[page] = {
             "wall_ms_median": 1000 * statistics.median(walls),
             "wall_ms_max": 1000 * max(walls),
+            # The first view of a daemon's day sums the closed days once.
+            "wall_ms_first": 1000 * first,
             "cpu_ms_per_view": 1000 * cpu / views,
             "bytes": len(body),
         }
@@ -121,6 +126,19 @@ def measure(daemon: Daemon, cookie: str, views: int) -> dict:
 
 
 def run_engine(engine: str, location: str, workdir: str, rows: int, views: int, say) -> dict:
+    say(f"{engine}: empty log")
+    empty = _measured(engine, location, workdir, views)
+    say(f"{engine}: inserting {rows:,} rows")
+    filled_in = fill(engine, location, rows)
+    # A fresh daemon: the one before kept the empty log's closed days.
+    say(f"{engine}: {rows:,} rows (inserted in {filled_in:.1f} s)")
+    return {"empty": empty, "full": _measured(engine, location, workdir, views)}
+
+
+def _measured(engine: str, location: str, workdir: str, views: int) -> dict:
+    """
+    Every page measured on a daemon of its own, started for it.
+    """
     daemon = Daemon(
         f"{workdir}/{engine}",
         {
@@ -143,15 +161,9 @@ def run_engine(engine: str, location: str, workdir: str, rows: int, views: int, 
         deadline = time.monotonic() + 30
         while _get(daemon.port, "/dashboard/", cookie)[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
-        say(f"{engine}: empty log")
-        empty = measure(daemon, cookie, views)
-        say(f"{engine}: inserting {rows:,} rows")
-        filled_in = fill(engine, location, rows)
-        say(f"{engine}: {rows:,} rows (inserted in {filled_in:.1f} s)")
-        full = measure(daemon, cookie, views)
+        return measure(daemon, cookie, views)
     finally:
         daemon.stop()
-    return {"empty": empty, "full": full}
 
 
 def render(results: dict, rows: int, views: int) -> str:
@@ -168,6 +180,7 @@ def render(results: dict, rows: int, views: int) -> str:
                     f"{full['cpu_ms_per_view']:.1f}",
                     f"{full['wall_ms_median']:.1f}",
                     f"{full['wall_ms_max']:.1f}",
+                    f"{full['wall_ms_first']:.1f}",
                 ]
             )
         lines.append(f"{engine} ({views} views per page)")
@@ -180,6 +193,7 @@ def render(results: dict, rows: int, views: int) -> str:
                     f"CPU ms, {rows:,} rows",
                     "wall ms (median)",
                     "wall ms (max)",
+                    "wall ms (a fresh daemon's first)",
                 ],
                 body,
             )
