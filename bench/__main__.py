@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from bench import processes, record
 from bench.record import busy_warning
-from bench.report import render, targets
+from bench.report import publish, render, targets
 from bench.run import Bench, Plan
 
 
@@ -69,6 +69,8 @@ def main(argv=None) -> int:
         "--compare", metavar="FILE", help="the --json of python -m bench.compare, the record's before/after table"
     )
     args = parser.parse_args(argv)
+    if args.compare and not args.record:
+        parser.error("--compare goes into the record: give --record FILE too")
 
     overrides = {"log_level": args.log_level, "daemon_env": dict(item.split("=", 1) for item in args.daemon_env)}
     if args.requests is not None:
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
         say(f"work directory kept: {bench.workdir}")
     results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = render(results, plan)
-    print(report)
+    publish(report, results, args.json)
     if warning:  # again, under the tables it concerns
         print(f"warning: {warning}", file=sys.stderr)
     if args.record:
@@ -118,9 +120,6 @@ def main(argv=None) -> int:
             with open(args.compare) as f:
                 compared = json.load(f)
         record.write(args.record, results, report, compared)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2, default=str)
     if args.strict and not all(t.passed for t in targets(results)):
         return 1
     return 0
