@@ -48,10 +48,10 @@ _JSON_KINDS = {type(None): "null", bool: "a boolean", dict: "an object", list: "
 
 
 #: string.Template's four groups: C{{{{{}, a placeholder, never, anything else.
-_PATTERN = r"""
-\{\{(?:
-  (?P<escaped>\{\{) |
-  [ \t]*(?P<named>[A-Za-z_][A-Za-z0-9_]*)[ \t]*\}\} |
+_PATTERN = rf"""
+\{{\{{(?:
+  (?P<escaped>\{{\{{) |
+  [ \t]*(?P<named>{NAME.pattern})[ \t]*\}}\}} |
   (?P<braced>(?!)) |
   (?P<invalid>)
 )"""

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-#: A prompt template's name (L{shellm.state.templates.NAME}).
-TEMPLATE_NAME: dict[str, Any] = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"}
+from shellm import rendering
+from shellm.state import templates
+
+#: A prompt template's name.
+TEMPLATE_NAME: dict[str, Any] = {"type": "string", "pattern": f"^{templates.NAME.pattern}$"}
 #: A template's variables: each a string or a number.
 TEMPLATE_VARIABLES: dict[str, Any] = {
     "type": ["object", "null"],
-    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+    "propertyNames": {"pattern": f"^{rendering.NAME.pattern}$"},
     "additionalProperties": {"type": ["string", "number"]},
 }
 #: The seed fields that name a template instead of a prompt.
