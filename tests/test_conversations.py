@@ -17,7 +17,7 @@ from shellm.completion import ProviderResult, Usage
 from shellm.errors import ProviderFailed
 from shellm.routing.auth import Authenticator, Client
 from shellm.routing.cache import ResponseCache
-from shellm.state.conversations import Conversations
+from shellm.state.conversations import Conversations, SessionNotFound
 from shellm.state.store import Store
 from tests.daemon import eventually
 from tests.test_api import MAX_PROMPT, Gateway, has_result, make_gateway
@@ -657,5 +657,40 @@ async def test_session_times_keep_their_seconds(db_setting):
         session, _ = await conversations.get_session("app", made.id)
         assert session.created_at == 1_764_547_201.25
         assert session.expires_at == 1_764_547_201.25 + 3600
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_session_paged_once_when_times_are_equal(db_setting):
+    """
+    The administrators' list pages by (created_at, id): sessions made in
+    the same instant are each listed once across a page boundary, on both
+    engines; a cursor naming no session is refused.
+    """
+    from twisted.internet.task import Clock
+
+    from shellm.state.store import Store
+
+    clock = Clock()
+    clock.advance(1_764_547_201.25)
+    store = Store.from_setting(db_setting, reactor)
+    await store.open()
+    try:
+        conversations = Conversations(store, clock, 3600, max_turns=5, max_chars=1000)
+        made = {(await conversations.create_session("app", "claude", None, {})).id for _ in range(5)}
+        clock.advance(1)
+        made.add((await conversations.create_session("other", "claude", None, {})).id)
+        seen: list[str] = []
+        after = None
+        for _ in range(4):
+            page, more = await conversations.list_all_sessions(2, after)
+            seen += [session.id for session in page]
+            after = page[-1].id
+            if not more:
+                break
+        assert sorted(seen) == sorted(made) and len(seen) == 6
+        with pytest.raises(SessionNotFound):
+            await conversations.list_all_sessions(2, "no-such-session")
     finally:
         await store.close()

@@ -512,8 +512,7 @@ async def test_every_clients_sessions_listed_shown_and_deleted(dgw, store):
     dgw.api.conversations = conversations
     made = []
     for i in range(53):
-        # Far enough apart for PostgreSQL's REAL (4 bytes: 128 s apart at these times).
-        dgw.clock.advance(200)
+        dgw.clock.advance(1)  # newest first is then the order they were made in
         made.append(await conversations.create_session(f"client-{i % 3}", None, "SECRET SYSTEM PROMPT", {}))
     browser = Browser(dgw)
     await browser.login()

@@ -289,16 +289,16 @@ class Conversations:
                     (now, limit + 1),
                 ).fetchall()
             else:
-                if cursor.execute("SELECT 1 FROM sessions WHERE id = ?", (after,)).fetchone() is None:
+                mark = cursor.execute("SELECT created_at FROM sessions WHERE id = ?", (after,)).fetchone()
+                if mark is None:
                     raise SessionNotFound(f"no such session: {after[:100]}")
-                # The cursor's time compared in SQL, never read back: on
-                # PostgreSQL a REAL read as text is rounded.
-                mark = "(SELECT created_at FROM sessions WHERE id = ?)"
+                # Times are 8-byte floats on both engines (migration 0007):
+                # the value read back is the value stored.
                 rows = cursor.execute(
                     f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE expires_at > ?"
-                    f" AND (created_at < {mark} OR (created_at = {mark} AND id < ?))"
+                    " AND (created_at < ? OR (created_at = ? AND id < ?))"
                     " ORDER BY created_at DESC, id DESC LIMIT ?",
-                    (now, after, after, after, limit + 1),
+                    (now, mark[0], mark[0], after, limit + 1),
                 ).fetchall()
             return [_session(row) for row in rows[:limit]], len(rows) > limit
 
