@@ -60,14 +60,21 @@ async def render_template(
 ) -> Rendered:
     """
     A named template (its latest version, or C{version}) filled in with
-    C{variables}, checked against the prompt limits; nothing runs.  What
-    C{POST /admin/templates/{name}/render} and the dashboard's render form
-    both answer.
+    C{variables}, checked against the prompt limits; nothing runs: what
+    C{POST /admin/templates/{name}/render} answers.
 
     @raise InvalidField: a bad name, or variables that do not fit.
     @raise TemplateNotFound: no such template (or version).
     """
-    template = await templates.get(check_name(name), version)
+    return fill_in(await templates.get(check_name(name), version), variables, max_prompt_chars)
+
+
+def fill_in(template: PromptTemplate, variables: object, max_prompt_chars: int) -> Rendered:
+    """
+    C{template} filled in with C{variables}, checked against the prompt
+    limits: L{render_template} for a template already read (the
+    dashboard's render form renders the version its page shows).
+    """
     rendered = template.render(variables)
     check_rendered(rendered.prompt, rendered.system, max_prompt_chars)
     return rendered

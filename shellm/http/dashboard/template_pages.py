@@ -26,7 +26,7 @@ from shellm.http.dashboard import charts
 from shellm.http.dashboard.forms import arg
 from shellm.http.dashboard.layout import Page, brief, csrf_field, post_button, state, when
 from shellm.http.dashboard.session import DashboardSession
-from shellm.http.templates_api import delete_template, render_template, version_number
+from shellm.http.templates_api import delete_template, fill_in, version_number
 from shellm.state.templates import PromptTemplate, Rendered, TemplateStore, check_name
 
 if TYPE_CHECKING:
@@ -122,9 +122,8 @@ class TemplatePages:
         template = await self._templates.get(check_name(name), version)
         try:
             variables = _variables(request, template)
-            rendered = await render_template(
-                self._templates, name, version, variables, self._dashboard.api.max_prompt_chars
-            )
+            # The version on the page, not one saved since.
+            rendered = fill_in(template, variables, self._dashboard.api.max_prompt_chars)
         except InvalidRequest as error:
             page = await self._page(session, template, request, notice=str(error))
             return await self._dashboard.html(request, page, 400)
