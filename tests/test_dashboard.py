@@ -205,7 +205,7 @@ async def test_summary_sums_in_sql(store):
     rows += [(now - 3 * 86400, "envapp", None, "gemini", "flash", 429, None, 1, 2, None, 50)]
     rows += [(now - 40 * 86400, "app", "key_a", "claude", "sonnet", 200, None, 999, 999, 9.0, 1)]  # too old
     await _rows(store, rows)
-    summary = await usage_summary.summarize(store, now)
+    summary = await usage_summary.UsageSummaries(store).summarize(now)
     assert len(summary.daily) == usage_summary.DAYS and len(summary.hourly) == usage_summary.HOURS
     assert sum(b.requests for b in summary.daily) == 20
     assert sum(b.errors for b in summary.daily) == 2
@@ -229,7 +229,7 @@ async def test_summary_sums_in_sql(store):
 
 @pytest_twisted.ensureDeferred
 async def test_summary_of_an_empty_log(store):
-    summary = await usage_summary.summarize(store, NOW)
+    summary = await usage_summary.UsageSummaries(store).summarize(NOW)
     assert summary.day_requests == 0 and summary.p50_ms is None and summary.by_key == ()
     assert all(b.requests == 0 for b in summary.daily)
 

@@ -266,9 +266,3 @@ class UsageSummaries:
             self._past = (today, past)
         return _merged(past, live)
 
-
-def summarize(store: Store, now: float) -> Deferred[Summary]:
-    """
-    The overview's numbers as of C{now}, nothing kept.
-    """
-    return UsageSummaries(store).summarize(now)
