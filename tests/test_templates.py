@@ -276,6 +276,26 @@ async def test_saves_at_once_get_distinct_versions(store, db_setting):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_full_template_refuses_a_version_and_keeps_its_numbers(store, monkeypatch):
+    """
+    A name holding its most versions refuses the next (409 template_full)
+    without using a number: once an old version is deleted, the next save
+    takes the number after the last one made.
+    """
+    from shellm.state import templates
+
+    monkeypatch.setattr(templates, "MAX_VERSIONS", 2)
+    saved = TemplateStore(store, Clock())
+    text = draft("Hi {{ who }}", None, None, None)
+    assert [(await saved.create("a", "greet", text)).version for _ in range(2)] == [1, 2]
+    with pytest.raises(templates.TemplateFull) as refused:
+        await saved.create("a", "greet", text)
+    assert refused.value.status == 409
+    await saved.delete("greet", 1)
+    assert (await saved.create("a", "greet", text)).version == 3
+
+
+@pytest_twisted.ensureDeferred
 async def test_render_returns_the_text_without_running_anything(gw):
     """
     POST /admin/templates/{name}/render fills the latest (or a given)
