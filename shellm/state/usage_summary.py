@@ -265,4 +265,3 @@ class UsageSummaries:
         if now - today * DAY >= self.SETTLE:
             self._past = (today, past)
         return _merged(past, live)
-
